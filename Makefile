@@ -1,0 +1,37 @@
+# ugclu_jax: `make run` and `make test` set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+WORKDIR ?= runs/default
+CONFIG  ?= default
+
+.PHONY: setup test run smoke bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+data: $(STAMP)
+	@bash scripts/get_data.sh
+
+run: $(STAMP)
+	@bash scripts/get_data.sh
+	$(PY) -m ugclu_jax run --config $(CONFIG) --workdir $(WORKDIR)
+
+smoke: $(STAMP)
+	$(PY) -m ugclu_jax run --config smoke --workdir runs/smoke
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
