@@ -1,0 +1,117 @@
+"""Losses and adaptive weights against hand-computed values."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+import ugclu_jax as ug
+
+LOGITS = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5], [-1.0, 3.0, 0.0]])
+LABELS = jnp.array([0, 2, 1])
+
+
+def _hand_ce():
+  z = np.asarray(LOGITS, np.float64)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  return -logp[np.arange(3), np.asarray(LABELS)]
+
+
+class ObjectivesTest(chex.TestCase, parameterized.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_cross_entropy_reductions(self):
+    ce = _hand_ce()
+    mask = jnp.array([1.0, 0.0, 1.0])
+    f = self.variant(lambda r, m: ug.cross_entropy(logits=LOGITS, labels=LABELS, mask=m,
+                                                   reduction=r), static_argnums=0)
+    np.testing.assert_allclose(f("none", None), ce, rtol=1e-6)
+    np.testing.assert_allclose(f("sum", None), ce.sum(), rtol=1e-6)
+    np.testing.assert_allclose(f("mean", mask), (ce[0] + ce[2]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(f("none", mask), ce * np.array([1, 0, 1]), rtol=1e-6)
+
+  def test_kl_to_one_hot_reference_is_cross_entropy(self):
+    onehot = jax.nn.one_hot(LABELS, 3)
+    np.testing.assert_allclose(
+        ug.kl_to_reference(logits=LOGITS, reference_probs=onehot, reduction="none"),
+        _hand_ce(), rtol=1e-6)
+
+  def test_kl_to_itself_is_zero_and_hand_value(self):
+    p = jax.nn.softmax(LOGITS)
+    np.testing.assert_allclose(
+        ug.kl_to_reference(logits=LOGITS, reference_probs=p, reduction="none"), 0, atol=1e-6)
+    ref = jnp.array([[0.5, 0.5, 0.0]])
+    logits = jnp.log(jnp.array([[0.25, 0.25, 0.5]]))
+    # KL = 0.5 log(0.5/0.25) * 2 = log 2
+    np.testing.assert_allclose(ug.kl_to_reference(logits=logits, reference_probs=ref),
+                               np.log(2.0), rtol=1e-6)
+
+  def test_bad_inputs(self):
+    with self.assertRaisesRegex(ValueError, "reduction"):
+      ug.cross_entropy(logits=LOGITS, labels=LABELS, reduction="avg")
+    with self.assertRaisesRegex(ValueError, "labels must have shape"):
+      ug.cross_entropy(logits=LOGITS, labels=LABELS[:2])
+    with self.assertRaisesRegex(ValueError, "integers"):
+      ug.cross_entropy(logits=LOGITS, labels=LABELS.astype(jnp.float32))
+    with self.assertRaisesRegex(ValueError, r"\[batch, classes\]"):
+      ug.cross_entropy(logits=LOGITS[0], labels=LABELS)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_adaptive_weights_hand_values(self):
+    # c = 1/sqrt(l): l = [1, 4] -> c = [1, 0.5] -> w = [2/3, 1/3].
+    w = self.variant(lambda l: ug.adaptive_weights(l, temperature=0.5))(jnp.array([1.0, 4.0]))
+    np.testing.assert_allclose(w, [2 / 3, 1 / 3], rtol=1e-6)
+
+  @parameterized.parameters(0.0, 0.5, 1.0, 2.0, -0.5)
+  def test_adaptive_weights_sum_to_one(self, temperature):
+    losses = jax.random.uniform(jax.random.key(1), (17,), minval=0.01, maxval=5.0)
+    w = ug.adaptive_weights(losses, temperature=temperature)
+    np.testing.assert_allclose(jnp.sum(w), 1.0, rtol=1e-5)
+    self.assertTrue(bool(jnp.all(w >= 0)))
+
+  def test_adaptive_weights_uniform_at_zero_temperature(self):
+    losses = jnp.array([0.0, 0.1, 3.0, 100.0])
+    np.testing.assert_allclose(ug.adaptive_weights(losses, temperature=0.0), 0.25, rtol=1e-6)
+
+  def test_adaptive_weights_fall_with_loss(self):
+    losses = jnp.linspace(0.01, 10.0, 20)
+    w = ug.adaptive_weights(losses, temperature=0.5)
+    self.assertTrue(bool(jnp.all(jnp.diff(w) < 0)))
+    # The learn-side option (negative temperature) rises with the loss.
+    self.assertTrue(bool(jnp.all(jnp.diff(ug.adaptive_weights(losses, temperature=-0.5)) > 0)))
+
+  def test_adaptive_weights_zero_loss_dominates(self):
+    w = ug.adaptive_weights(jnp.array([0.0, 1.0]), temperature=0.5)
+    np.testing.assert_allclose(w, [1.0, 0.0], atol=1e-9)
+    self.assertTrue(bool(jnp.all(jnp.isfinite(w))))
+
+  def test_adaptive_weights_pass_no_gradient(self):
+    g = jax.grad(lambda l: jnp.sum(ug.adaptive_weights(l, temperature=0.5) * 3.0))(
+        jnp.array([0.5, 1.0, 2.0]))
+    np.testing.assert_array_equal(g, 0.0)
+
+  def test_adaptive_weights_mask(self):
+    w = ug.adaptive_weights(jnp.array([1.0, 4.0, 0.01]), temperature=0.5,
+                            mask=jnp.array([1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(w, [2 / 3, 1 / 3, 0.0], rtol=1e-6)
+
+  def test_unlearn_loss_is_weighted_ascent(self):
+    ce = _hand_ce()
+    c = 1 / np.sqrt(ce)
+    w = c / c.sum()
+    value = ug.unlearn_loss(logits=LOGITS, labels=LABELS, temperature=0.5)
+    np.testing.assert_allclose(value, -(w * ce).sum(), rtol=1e-6)
+    # Its gradient is -sum_i w_i grad l_i with w held fixed.
+    g = jax.grad(lambda z: ug.unlearn_loss(logits=z, labels=LABELS, temperature=0.5))(LOGITS)
+    g_ce = jax.jacrev(lambda z: ug.cross_entropy(logits=z, labels=LABELS, reduction="none"))(
+        LOGITS)
+    np.testing.assert_allclose(g, -jnp.einsum("i,ijk->jk", jnp.asarray(w, jnp.float32), g_ce),
+                               rtol=1e-5, atol=1e-7)
+
+  def test_learn_and_preserve_default_to_mean_ce(self):
+    ce = _hand_ce()
+    np.testing.assert_allclose(ug.learn_loss(logits=LOGITS, labels=LABELS), ce.mean(), rtol=1e-6)
+    np.testing.assert_allclose(ug.preserve_loss(logits=LOGITS, labels=LABELS), ce.mean(),
+                               rtol=1e-6)

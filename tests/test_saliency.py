@@ -1,0 +1,70 @@
+"""Fisher diagonal and the balanced saliency mask."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ugclu_jax as ug
+
+
+def _linear_loss(params, batch):
+  x, y = batch
+  pred = x @ params["w"] + params["b"]
+  return jnp.mean((pred - y) ** 2)
+
+
+class SaliencyTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_fisher_diagonal_matches_hand_computation(self):
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(3, 4, 2)).astype(np.float32)   # 3 batches of 4 examples
+    ys = rng.normal(size=(3, 4)).astype(np.float32)
+    params = {"w": jnp.array([0.5, -1.0]), "b": jnp.array(0.25)}
+    fisher = self.variant(lambda p, b: ug.fisher_diagonal(_linear_loss, p, b))(
+        params, (jnp.asarray(xs), jnp.asarray(ys)))
+    # d/dw mean((xw + b - y)^2) = 2 mean(r x), d/db = 2 mean(r); squared, averaged over batches.
+    w, b = np.array([0.5, -1.0]), 0.25
+    gw, gb = [], []
+    for x, y in zip(xs, ys):
+      r = x @ w + b - y
+      gw.append((2 * (r[:, None] * x).mean(0)) ** 2)
+      gb.append((2 * r.mean()) ** 2)
+    np.testing.assert_allclose(fisher["w"], np.mean(gw, 0), rtol=1e-5)
+    np.testing.assert_allclose(fisher["b"], np.mean(gb), rtol=1e-5)
+
+  def test_fisher_needs_batches(self):
+    with self.assertRaisesRegex(ValueError, "at least one batch"):
+      ug.fisher_diagonal(_linear_loss, {"w": jnp.ones(2), "b": jnp.zeros(())},
+                         (jnp.zeros((0, 4, 2)), jnp.zeros((0, 4))))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_mask_thresholds(self):
+    ft = {"a": jnp.array([2.0, 1.0, 0.5, 0.0, 3.0])}
+    fr = {"a": jnp.array([1.0, 1.0, 1.0, 0.0, 1.0])}
+    f = self.variant(lambda t, r, g: ug.balanced_saliency_mask(t, r, threshold=g))
+    # ratio (ft+eps)/(fr+eps) = [2, 1, 0.5, 1 (0/0 guarded by eps), 3]; >= is inclusive.
+    np.testing.assert_array_equal(f(ft, fr, 1.0)["a"], [1, 1, 0, 1, 1])
+    np.testing.assert_array_equal(f(ft, fr, 2.0)["a"], [1, 0, 0, 0, 1])
+    np.testing.assert_array_equal(f(ft, fr, 0.0)["a"], [1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(f(ft, fr, 10.0)["a"], [0, 0, 0, 0, 0])
+    self.assertEqual(f(ft, fr, 1.0)["a"].dtype, jnp.float32)
+
+  def test_mask_zero_remain_fisher_is_salient(self):
+    m = ug.balanced_saliency_mask({"a": jnp.array([1e-6])}, {"a": jnp.array([0.0])})
+    np.testing.assert_array_equal(m["a"], [1.0])
+
+  def test_mask_structure_mismatch(self):
+    with self.assertRaisesRegex(ValueError, "same tree structure"):
+      ug.balanced_saliency_mask({"a": jnp.ones(2)}, {"b": jnp.ones(2)})
+
+  def test_density_and_apply(self):
+    mask = {"a": jnp.array([1.0, 0.0, 1.0, 1.0]), "b": jnp.zeros((2, 2))}
+    np.testing.assert_allclose(ug.mask_density(mask), 3 / 8)
+    tree = {"a": jnp.arange(4.0, dtype=jnp.bfloat16), "b": jnp.ones((2, 2), jnp.bfloat16)}
+    out = ug.apply_mask(tree, mask)
+    chex.assert_trees_all_equal_dtypes(out, tree)
+    np.testing.assert_array_equal(np.asarray(out["a"], np.float32), [0, 0, 2, 3])
+    np.testing.assert_array_equal(np.asarray(out["b"], np.float32), 0)
+    self.assertIs(ug.apply_mask(tree, None), tree)

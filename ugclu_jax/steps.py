@@ -1,0 +1,252 @@
+r"""Jitted learn- and unlearn-request steps for the three compensation modes (ALGORITHM.md §5-§7).
+
+A request of ``N`` iterations alternates, at iteration ``k``:
+
+* ``fast_slow`` (default): if ``k % f == 0`` a **target** step
+  :math:`\theta_f = \theta - \eta\, d` with
+  :math:`d = \mathrm{clip}_c(M \odot \nabla J_T)`, then always a **remain** step
+  :math:`\theta \leftarrow \theta_f - \eta\, a_R \nabla L_R(\theta_f)`. To first
+  order this applies :math:`(I - \eta a_R H_R) d`: the remaining-Hessian
+  compensation, implicitly (§6).
+* ``hvp``: if ``k % f == 0`` one **fused** step with
+  :math:`\tilde d = d - \beta H_R d` (or the Neumann series) plus
+  :math:`a_R \nabla L_R`, the HVP by forward-over-reverse; otherwise a remain step.
+* ``none``: if ``k % f == 0`` one **fused** joint step
+  :math:`d + a_R \nabla L_R` (the Euclidean ablation); otherwise a remain step.
+
+The target objective is :math:`J_U = -a_U(k) \sum_i w_i \ell_i` for unlearn
+requests, with :math:`a_U(k) = a_{U0} (1 + \cos(\pi k / N)) / 2`, and
+:math:`J_L = a_L \sum_i w_i \ell_i` for learn requests. The learning rate
+follows the same cosine over the request. All per-request numbers travel in
+:class:`RequestHParams` as traced scalars, so one compiled program serves every
+request of the same shapes; the state is donated.
+"""
+
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ugclu_jax import objectives
+from ugclu_jax.fast_slow import FastSlowParams
+from ugclu_jax.grads import ApplyFn, batch_loss
+from ugclu_jax.hvp import compensate, ggn_vp, hvp
+from ugclu_jax.saliency import apply_mask
+from ugclu_jax.types import Batch, ModelState, Params
+
+MODES = ("fast_slow", "hvp", "none")
+KINDS = ("learn", "unlearn")
+CURVATURES = ("hessian", "ggn")
+
+
+class TrainState(NamedTuple):
+  """Everything a step reads and writes.
+
+  Attributes:
+    params: ``FastSlowParams(fast, slow)``; gradients are taken at ``fast``.
+    opt_state: state of the optimizer (see :func:`ugclu_jax.optim.build_optimizer`).
+    model_state: batch-norm statistics (an empty pytree for models without).
+    iteration: int32 iteration ``k`` within the current request.
+  """
+  params: FastSlowParams
+  opt_state: Any
+  model_state: ModelState
+  iteration: jax.Array
+
+
+class RequestHParams(NamedTuple):
+  """Per-request scalars, traced (changing them does not recompile).
+
+  Attributes:
+    learning_rate: base learning rate :math:`\\eta_0` (cosine-decayed over the request
+      when the steps are built with ``lr_schedule="cosine"``).
+    a_target: :math:`a_{U0}` (unlearn) or :math:`a_L` (learn).
+    a_remain: :math:`a_R`.
+    beta: :math:`\\beta` of the explicit compensation (``hvp`` mode).
+    damping: :math:`\\delta` of the explicit compensation.
+    num_iterations: ``N``, the request's length, for the cosine schedules.
+  """
+  learning_rate: jax.Array
+  a_target: jax.Array
+  a_remain: jax.Array
+  beta: jax.Array
+  damping: jax.Array
+  num_iterations: jax.Array
+
+  @classmethod
+  def create(cls, *, learning_rate: float, a_target: float, num_iterations: int,
+             a_remain: float = 1.0, beta: float = 0.01,
+             damping: float = 0.0) -> "RequestHParams":
+    if num_iterations < 1:
+      raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+    f32 = lambda v: jnp.asarray(v, jnp.float32)
+    return cls(f32(learning_rate), f32(a_target), f32(a_remain), f32(beta), f32(damping),
+               jnp.asarray(num_iterations, jnp.int32))
+
+
+class Steps(NamedTuple):
+  """The jitted step functions of one phase (one request kind, one mode).
+
+  Attributes:
+    target: ``(state, batch, mask, hp) -> (state, metrics)``: the target step
+      alone (fast-slow mode, and learn requests before any remaining data exist).
+    remain: ``(state, batch, hp) -> (state, metrics)``: one preserve step; ends
+      an iteration (increments ``k``).
+    fused: ``(state, target_batch, remain_batch, mask, hp) -> (state, metrics)``:
+      the ``hvp`` compensated or ``none`` joint step; ends an iteration.
+  """
+  target: Callable
+  remain: Callable
+  fused: Callable
+
+
+def init_train_state(params: Params, model_state: ModelState,
+                     tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state: synced fast/slow parameters, fresh optimizer state, ``k = 0``.
+
+  The fast and slow trees are fresh copies, so donating the state never
+  invalidates ``params`` and never donates one buffer twice.
+  """
+  fs = FastSlowParams(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, params))
+  return TrainState(fs, tx.init(fs), model_state, jnp.zeros((), jnp.int32))
+
+
+def cosine_factor(k: jax.Array, n: jax.Array) -> jax.Array:
+  r""":math:`(1 + \cos(\pi \min(k, N) / N)) / 2`, from 1 at ``k = 0`` to 0 at ``k = N``."""
+  k = jnp.minimum(k, n).astype(jnp.float32)
+  return 0.5 * (1.0 + jnp.cos(jnp.pi * k / n.astype(jnp.float32)))
+
+
+def clip_by_global_norm(tree: Params, max_norm: Optional[float]) -> tuple[Params, jax.Array]:
+  """Scales ``tree`` to global norm at most ``max_norm`` (None: unchanged); returns the norm."""
+  norm = optax.tree.norm(tree)
+  if max_norm is None:
+    return tree, norm
+  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+  return jax.tree.map(lambda t: t * scale.astype(t.dtype), tree), norm
+
+
+def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
+               kind: str, mode: str = "fast_slow", clip_norm: Optional[float] = 7.0,
+               temperature: float = 0.5, decay_target: Optional[bool] = None,
+               lr_schedule: str = "cosine", curvature: str = "hessian",
+               order: int = 1, train: bool = True) -> Steps:
+  """Builds the jitted steps of one phase.
+
+  Args:
+    apply_fn: ``apply_fn(params, model_state, x, *, train) -> (logits, state)``.
+    tx: optimizer over ``FastSlowParams`` taking a ``saliency_mask`` extra arg
+      (:func:`ugclu_jax.optim.build_optimizer`). Its learning rate is rewritten
+      each step when ``lr_schedule="cosine"`` (it must then be injected).
+    kind: ``"learn"`` or ``"unlearn"``: the target objective.
+    mode: ``"fast_slow"``, ``"hvp"`` or ``"none"``.
+    clip_norm: global-norm clip of the masked target gradient (None: off).
+    temperature: :math:`\\lambda` of the adaptive weights (unlearn); for learn
+      the weights use ``temperature`` too, so pass 0 for uniform learn weights.
+    decay_target: cosine-decay :math:`a_T` over the request (default: True for
+      unlearn, False for learn).
+    lr_schedule: ``"cosine"`` over the request or ``"constant"``.
+    curvature: ``"hessian"`` or ``"ggn"`` (``hvp`` mode).
+    order: compensation order (``hvp`` mode), see :func:`ugclu_jax.compensate`.
+    train: forward mode for the gradient steps (batch-norm batch statistics).
+
+  Returns:
+    :class:`Steps`, each jitted once with the state donated.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  if curvature not in CURVATURES:
+    raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+  if lr_schedule not in ("cosine", "constant"):
+    raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+  if clip_norm is not None and clip_norm <= 0:
+    raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
+  if decay_target is None:
+    decay_target = kind == "unlearn"
+  if kind == "unlearn":
+    target_loss = batch_loss(apply_fn, objectives.unlearn_loss, train=train,
+                             temperature=temperature)
+  else:
+    target_loss = batch_loss(apply_fn, objectives.learn_loss, train=train,
+                             temperature=temperature)
+  remain_loss = batch_loss(apply_fn, objectives.preserve_loss, train=train)
+
+  def schedule(state, hp):
+    factor = cosine_factor(state.iteration, hp.num_iterations)
+    a_t = hp.a_target * factor if decay_target else hp.a_target
+    opt_state = state.opt_state
+    if lr_schedule == "cosine":
+      opt_state = optax.tree.set(opt_state, learning_rate=hp.learning_rate * factor)
+    return a_t, opt_state
+
+  def target_direction(state, batch, mask, a_t):
+    """d = clip(M ⊙ a_T ∇J_T) at the fast weights, and the new model state."""
+    (loss, model_state), g = jax.value_and_grad(target_loss, has_aux=True)(
+        state.params.fast, state.model_state, batch)
+    g = apply_mask(optax.tree.scale(a_t, g), mask)
+    d, norm = clip_by_global_norm(g, clip_norm)
+    return d, loss, norm, model_state
+
+  def apply_updates(state, grads, opt_state, model_state, mask, advance):
+    updates, opt_state = tx.update(grads, opt_state, state.params, saliency_mask=mask)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, opt_state, model_state, state.iteration + advance)
+
+  def check(batch, name):
+    if not isinstance(batch, Batch):
+      raise TypeError(f"{name} must be a ugclu_jax.Batch, got {type(batch).__name__}")
+    if batch.y.shape != batch.x.shape[:1] or batch.mask.shape != batch.y.shape:
+      raise ValueError(f"{name}: x {batch.x.shape}, y {batch.y.shape} and mask "
+                       f"{batch.mask.shape} disagree on the batch size")
+
+  def target_step(state, batch, mask, hp):
+    check(batch, "target batch")
+    a_t, opt_state = schedule(state, hp)
+    d, loss, norm, model_state = target_direction(state, batch, mask, a_t)
+    new = apply_updates(state, d, opt_state, model_state, mask, 0)
+    return new, {"target_loss": loss, "target_grad_norm": norm, "a_target": a_t}
+
+  def remain_step(state, batch, hp):
+    check(batch, "remain batch")
+    _, opt_state = schedule(state, hp)
+    (loss, model_state), g = jax.value_and_grad(remain_loss, has_aux=True)(
+        state.params.fast, state.model_state, batch)
+    g = optax.tree.scale(hp.a_remain, g)
+    new = apply_updates(state, g, opt_state, model_state, None, 1)
+    return new, {"remain_loss": loss, "remain_grad_norm": optax.tree.norm(g)}
+
+  def fused_step(state, target_batch, remain_batch, mask, hp):
+    check(target_batch, "target batch")
+    check(remain_batch, "remain batch")
+    a_t, opt_state = schedule(state, hp)
+    d, t_loss, norm, model_state = target_direction(state, target_batch, mask, a_t)
+    fast = state.params.fast
+    (r_loss, model_state), g_r = jax.value_and_grad(remain_loss, has_aux=True)(
+        fast, model_state, remain_batch)
+    metrics = {"target_loss": t_loss, "target_grad_norm": norm, "a_target": a_t,
+               "remain_loss": r_loss}
+    if mode == "hvp":
+      # The curvature uses the remain batch in the same mode as the remain
+      # gradient, with the model state fixed: batch statistics are not updated.
+      def scalar_loss(p):
+        return remain_loss(p, state.model_state, remain_batch)[0]
+
+      def logits_fn(p):
+        return apply_fn(p, state.model_state, remain_batch.x, train=train)[0]
+
+      if curvature == "hessian":
+        hvp_fn = functools.partial(hvp, scalar_loss, fast)
+      else:
+        w = remain_batch.mask / jnp.maximum(jnp.sum(remain_batch.mask), 1)
+        hvp_fn = lambda v: ggn_vp(logits_fn, fast, v, weights=w)
+      d = compensate(d, hvp_fn, beta=hp.beta, order=order, damping=hp.damping)
+    g = optax.tree.add_scale(d, hp.a_remain, g_r)
+    new = apply_updates(state, g, opt_state, model_state, None, 1)
+    return new, metrics
+
+  jit = functools.partial(jax.jit, donate_argnums=0)
+  return Steps(target=jit(target_step), remain=jit(remain_step), fused=jit(fused_step))
