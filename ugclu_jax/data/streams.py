@@ -1,0 +1,313 @@
+"""Request streams: parsing, whole-stream validation and resolution to indices.
+
+A stream is a sequence of tokens (whitespace-separated in text):
+
+========== ==================================================================
+token      meaning
+========== ==================================================================
+L:tK       learn task K
+L:c3,7     learn classes 3 and 7
+U:tK       unlearn task K (task-aware)
+U:c3,7     unlearn classes 3 and 7 (task-agnostic, may span tasks)
+U:r0.1     unlearn a random 10 % of the samples learned and not yet unlearned
+U:r0.1@tK  the same, restricted to the samples of task K
+========== ==================================================================
+
+Tasks come from a class order cut into consecutive groups of
+``classes_per_task`` classes (:func:`make_tasks`). :func:`parse_stream` checks
+the whole stream before anything runs, by replaying it on the set of learned
+classes; :func:`resolve_request` turns one request into training-sample
+indices given the current learned samples, and :func:`apply_request` updates
+that set.
+"""
+
+import math
+import re
+from typing import NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+LEARN = "learn"
+UNLEARN = "unlearn"
+TASK = "task"
+CLASSES = "classes"
+RANDOM = "random"
+
+_TOKEN = re.compile(
+    r"^(?P<kind>[^:]*):"
+    r"(?:t(?P<task>\d+)"
+    r"|c(?P<classes>[^@]*)"
+    r"|r(?P<fraction>[^@]*)(?:@t(?P<rtask>\d+))?)$")
+_INT = re.compile(r"^\d+$")
+_FLOAT = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
+_KINDS = {"L": LEARN, "U": UNLEARN}
+
+
+class StreamError(ValueError):
+  """A request stream or one of its tokens is invalid (one-line message)."""
+
+
+class Request(NamedTuple):
+  """One parsed request.
+
+  Attributes:
+    token: the token as written, e.g. ``"U:r0.1@t2"``.
+    kind: ``"learn"`` or ``"unlearn"``.
+    scope: ``"task"``, ``"classes"`` or ``"random"``.
+    task: the task id for ``task`` scope and ``@tK`` random requests, else
+      ``None``.
+    classes: the classes concerned, ascending: the task's classes (``task``
+      scope and ``@tK``), the listed classes (``classes`` scope), or all
+      ``range(num_classes)`` (unrestricted ``random``).
+    fraction: the share of learned samples drawn by ``random`` requests, in
+      ``(0, 1]``; ``None`` for other scopes.
+  """
+
+  token: str
+  kind: str
+  scope: str
+  task: Optional[int]
+  classes: tuple[int, ...]
+  fraction: Optional[float]
+
+
+def make_tasks(
+    num_classes: int,
+    classes_per_task: int,
+    class_order: Optional[Sequence[int]] = None,
+) -> tuple[tuple[int, ...], ...]:
+  """Cuts a class order into consecutive tasks.
+
+  Task ``k`` holds ``class_order[k * C:(k + 1) * C]`` with
+  ``C = classes_per_task``.
+
+  Args:
+    num_classes: number of classes of the dataset.
+    classes_per_task: classes per task, ``>= 1``.
+    class_order: distinct class ids in ``[0, num_classes)``; default
+      ``range(num_classes)``. Its length must be a multiple of
+      ``classes_per_task``; it may leave classes out.
+
+  Returns:
+    A tuple of tasks, each a tuple of class ids in class-order order.
+  """
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+  if classes_per_task < 1:
+    raise ValueError(f"classes_per_task must be >= 1, got {classes_per_task}")
+  order = (tuple(range(num_classes)) if class_order is None
+           else tuple(int(c) for c in class_order))
+  bad = [c for c in order if not 0 <= c < num_classes]
+  if bad:
+    raise ValueError(f"class_order has class {bad[0]} outside "
+                     f"[0, {num_classes})")
+  if len(set(order)) != len(order):
+    raise ValueError("class_order repeats a class")
+  if not order or len(order) % classes_per_task:
+    raise ValueError(f"class_order has {len(order)} classes, not a positive "
+                     f"multiple of classes_per_task={classes_per_task}")
+  return tuple(order[i:i + classes_per_task]
+               for i in range(0, len(order), classes_per_task))
+
+
+def _error(token: str, position: int, message: str) -> StreamError:
+  return StreamError(f"request {token!r} (position {position}): {message}")
+
+
+def _parse_token(token, position, tasks, num_classes) -> Request:
+  """Parses one token; raises StreamError naming it."""
+  match = _TOKEN.match(token)
+  if match is None:
+    raise _error(token, position,
+                 "malformed; expected L:tK, L:cA,B, U:tK, U:cA,B, U:rF or "
+                 "U:rF@tK")
+  kind = _KINDS.get(match["kind"])
+  if kind is None:
+    raise _error(token, position,
+                 f"unknown kind {match['kind']!r}; expected L (learn) or U "
+                 "(unlearn)")
+
+  def task_classes(text):
+    task = int(text)
+    if task >= len(tasks):
+      raise _error(token, position,
+                   f"unknown task {task}; tasks are 0..{len(tasks) - 1}")
+    return task, tuple(sorted(tasks[task]))
+
+  if match["task"] is not None:
+    task, classes = task_classes(match["task"])
+    return Request(token, kind, TASK, task, classes, None)
+
+  if match["classes"] is not None:
+    text = match["classes"]
+    if not text:
+      raise _error(token, position, "empty class list")
+    items = text.split(",")
+    if not all(_INT.match(item) for item in items):
+      raise _error(token, position,
+                   "malformed class list; expected class ids such as c3,7")
+    classes = [int(item) for item in items]
+    for c in classes:
+      if c >= num_classes:
+        raise _error(token, position,
+                     f"unknown class {c}; classes are 0..{num_classes - 1}")
+    if len(set(classes)) != len(classes):
+      raise _error(token, position, "class list repeats a class")
+    return Request(token, kind, CLASSES, None, tuple(sorted(classes)), None)
+
+  if kind == LEARN:
+    raise _error(token, position,
+                 "random-sample requests (r) exist only for unlearning (U:r)")
+  text = match["fraction"]
+  if not _FLOAT.match(text):
+    raise _error(token, position,
+                 f"malformed fraction {text!r}; expected e.g. U:r0.1")
+  fraction = float(text)
+  if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
+    raise _error(token, position, f"fraction {text} is outside (0, 1]")
+  if match["rtask"] is not None:
+    task, classes = task_classes(match["rtask"])
+  else:
+    task, classes = None, tuple(range(num_classes))
+  return Request(token, kind, RANDOM, task, classes, fraction)
+
+
+def parse_stream(
+    stream: Union[str, Sequence[str]],
+    *,
+    tasks: Sequence[Sequence[int]],
+    num_classes: int,
+) -> tuple[Request, ...]:
+  """Parses and validates a whole request stream before anything runs.
+
+  Validation replays the stream on a per-class state, "nothing learned",
+  "fully learned" or "partly learned" (after a random unlearning of a fraction
+  below 1). It fails on the first token that is malformed, has an unknown kind,
+  names an unknown task or class, has an empty or repeated class list or a
+  fraction outside ``(0, 1]``, or unlearns a scope in which nothing is
+  currently learned (never learned, or already unlearned). Partial overlap is
+  accepted (``U:c3,7`` with only class 3 learned unlearns class 3), and so is
+  learning a task again after unlearning it.
+
+  Args:
+    stream: whitespace-separated tokens, or a sequence of tokens.
+    tasks: the tasks, e.g. from :func:`make_tasks`.
+    num_classes: number of classes of the dataset.
+
+  Returns:
+    The parsed requests, in order.
+
+  Raises:
+    StreamError: a one-line message naming the offending token and its
+      position (0-based).
+  """
+  if isinstance(stream, str):
+    tokens = stream.split()
+  else:
+    tokens = [str(token).strip() for token in stream]
+  if not tokens:
+    raise StreamError("empty request stream")
+  if any(not token for token in tokens):
+    position = tokens.index("")
+    raise StreamError(f"empty request at position {position}")
+
+  # 0: nothing learned, 1: partly learned, 2: fully learned.
+  state = np.zeros(num_classes, dtype=np.int8)
+  requests = []
+  for position, token in enumerate(tokens):
+    request = _parse_token(token, position, tasks, num_classes)
+    scope = list(request.classes)
+    if request.kind == LEARN:
+      state[scope] = 2
+    else:
+      if not state[scope].any():
+        if request.scope == CLASSES:
+          what = "none of classes " + ",".join(map(str, request.classes))
+        elif request.task is not None:
+          what = f"nothing of task {request.task}"
+        else:
+          what = "nothing"
+        raise _error(token, position,
+                     f"{what} is currently learned (never learned, or already "
+                     "unlearned)")
+      if request.scope == RANDOM and request.fraction < 1.0:
+        state[scope] = np.minimum(state[scope], 1)
+      else:
+        state[scope] = 0
+    requests.append(request)
+  return tuple(requests)
+
+
+def _round_half_up(x: float) -> int:
+  return int(math.floor(x + 0.5))
+
+
+def resolve_request(
+    request: Request,
+    *,
+    y_train: np.ndarray,
+    learned_mask: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+  """Returns the training-sample indices a request acts on.
+
+  * learn: every training sample of the request's classes (samples of those
+    classes unlearned earlier are learned again), i.e. ``D_L``;
+  * unlearn by task or classes: the currently learned samples of those
+    classes, i.e. ``D_U``;
+  * unlearn random: ``k = max(1, floor(f * n + 1/2))`` samples drawn without
+    replacement by ``rng.choice`` from the ``n`` currently learned samples
+    (of the task's classes for ``@tK``).
+
+  Args:
+    request: a request from :func:`parse_stream`.
+    y_train: ``[N]`` training labels.
+    learned_mask: ``bool [N]``, the samples learned and not yet unlearned.
+    rng: source of the random draw (only ``random`` requests use it).
+
+  Returns:
+    Sorted, distinct ``int64`` indices into the training set (non-empty).
+
+  Raises:
+    StreamError: the request selects no sample (for example a class absent
+      from the training set, or everything of it already unlearned).
+  """
+  y_train = np.asarray(y_train)
+  learned_mask = np.asarray(learned_mask)
+  if learned_mask.dtype != np.bool_ or learned_mask.shape != y_train.shape:
+    raise ValueError(f"learned_mask must be bool of shape {y_train.shape}, got "
+                     f"{learned_mask.dtype} {learned_mask.shape}")
+  in_scope = np.isin(y_train, np.asarray(request.classes, dtype=y_train.dtype))
+  if request.kind == LEARN:
+    indices = np.flatnonzero(in_scope)
+  else:
+    indices = np.flatnonzero(in_scope & learned_mask)
+  if not indices.size:
+    raise StreamError(f"request {request.token!r}: selects no training sample")
+  if request.scope == RANDOM:
+    k = max(1, _round_half_up(request.fraction * indices.size))
+    indices = np.sort(rng.choice(indices, size=k, replace=False))
+  return indices.astype(np.int64)
+
+
+def apply_request(
+    learned_mask: np.ndarray, request: Request, indices: np.ndarray
+) -> np.ndarray:
+  """Returns the learned-sample mask after a request (the input is unchanged).
+
+  Args:
+    learned_mask: ``bool [N]`` before the request.
+    request: the request.
+    indices: what :func:`resolve_request` returned for it.
+
+  Returns:
+    A new ``bool [N]`` mask with ``indices`` set (learn) or cleared (unlearn).
+  """
+  mask = np.array(learned_mask, dtype=bool, copy=True)
+  mask[np.asarray(indices, dtype=np.int64)] = request.kind == LEARN
+  return mask
+
+
+def stream_tokens(requests: Sequence[Request]) -> list[str]:
+  """The tokens of parsed requests, e.g. for a report."""
+  return [request.token for request in requests]
