@@ -45,8 +45,7 @@ def test_unlearn_one_class_on_digits():
   hp = ug.RequestHParams.create(learning_rate=0.1, a_target=1.0, num_iterations=n)
   state = ug.init_train_state(params, mstate, tx)
   for k in range(n):
-    state, _ = learn.target(state, _batch(ds, all_idx, k, 1), None, hp)
-    state = state._replace(iteration=state.iteration + 1)
+    state, _ = learn.target(state, _batch(ds, all_idx, k, 1), None, hp, 1)
   params = ug.sync(state.params).slow
   before = per_class_acc(params)
   assert before.min() > 0.9

@@ -90,8 +90,9 @@ class Steps(NamedTuple):
   """The jitted step functions of one phase (one request kind, one mode).
 
   Attributes:
-    target: ``(state, batch, mask, hp) -> (state, metrics)``: the target step
-      alone (fast-slow mode, and learn requests before any remaining data exist).
+    target: ``(state, batch, mask, hp, advance=0) -> (state, metrics)``: the
+      target step alone (fast-slow mode; every mode when no remaining data
+      exist, then with ``advance=1`` so that it ends the iteration).
     remain: ``(state, batch, hp) -> (state, metrics)``: one preserve step; ends
       an iteration (increments ``k``).
     fused: ``(state, target_batch, remain_batch, mask, hp) -> (state, metrics)``:
@@ -203,11 +204,11 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
       raise ValueError(f"{name}: x {batch.x.shape}, y {batch.y.shape} and mask "
                        f"{batch.mask.shape} disagree on the batch size")
 
-  def target_step(state, batch, mask, hp):
+  def target_step(state, batch, mask, hp, advance=0):
     check(batch, "target batch")
     a_t, opt_state = schedule(state, hp)
     d, loss, norm, model_state = target_direction(state, batch, mask, a_t)
-    new = apply_updates(state, d, opt_state, model_state, mask, 0)
+    new = apply_updates(state, d, opt_state, model_state, mask, advance)
     return new, {"target_loss": loss, "target_grad_norm": norm, "a_target": a_t}
 
   def remain_step(state, batch, hp):

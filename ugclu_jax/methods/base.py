@@ -1,0 +1,109 @@
+"""The method plug-in interface of the runner.
+
+A method is an ``init`` plus a ``learn`` and an ``unlearn`` function over an
+explicit :class:`MethodState`. It sees training data only through the
+request's :class:`~ugclu_jax.data.DataAccess` (the remaining store and the
+current request's samples; enforced), and returns its new state and its cost.
+"""
+
+import dataclasses
+import zlib
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ugclu_jax.data import DataAccess, Request
+from ugclu_jax.metrics import Cost
+from ugclu_jax.types import Batch, ModelState, Params
+
+
+class NonFiniteError(RuntimeError):
+  """A loss or the parameters became NaN or infinite during a request."""
+
+
+class MethodState(NamedTuple):
+  """A method's state between requests (checkpointed).
+
+  Attributes:
+    params: parameters used for evaluation.
+    model_state: batch-norm statistics.
+    extra: method-specific pytree of arrays with a structure fixed at ``init``
+      (e.g. an EWC Fisher, a teacher); ``()`` when unused.
+  """
+  params: Params
+  model_state: ModelState
+  extra: Any = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a method may use for one request.
+
+  Attributes:
+    access: the only way to read training data.
+    request: the parsed request.
+    index: the request's position in the stream.
+    num_iterations: the budget: iterations of this request.
+    batch_size: training batch size.
+    seed: seed sequence for this request and method (batches, random labels).
+    progress: called with the number of iterations just finished.
+  """
+  access: DataAccess
+  request: Request
+  index: int
+  num_iterations: int
+  batch_size: int
+  seed: tuple[int, ...]
+  progress: Callable[[int], None] = lambda n: None
+
+
+class Method(NamedTuple):
+  """A continual learning-unlearning method.
+
+  Attributes:
+    name: its registry name.
+    init: ``(params, model_state) -> MethodState``.
+    learn: ``(state, ctx) -> (state, Cost)`` for learn requests.
+    unlearn: ``(state, ctx) -> (state, Cost)`` for unlearn requests.
+  """
+  name: str
+  init: Callable[[Params, ModelState], MethodState]
+  learn: Callable[[MethodState, Context], tuple[MethodState, Cost]]
+  unlearn: Callable[[MethodState, Context], tuple[MethodState, Cost]]
+
+
+def method_seed(seed: int, index: int, name: str) -> tuple[int, ...]:
+  """A seed sequence unique to (run seed, request, method), stable across runs."""
+  return (int(seed), int(index), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def to_device(batch: Batch) -> Batch:
+  """A host batch as device arrays."""
+  return Batch(jnp.asarray(batch.x), jnp.asarray(batch.y), jnp.asarray(batch.mask))
+
+
+def stacked_batches(draw: Callable[[int], Batch], n: int) -> Batch:
+  """``n`` batches from ``draw(step)`` stacked on a leading axis (for ``lax.scan``)."""
+  batches = [draw(s) for s in range(n)]
+  return Batch(*(jnp.asarray(np.stack(parts)) for parts in zip(*batches)))
+
+
+def check_finite(metrics: dict, *, method: str, ctx: Context, iteration: int) -> None:
+  """Raises :class:`NonFiniteError` if any logged value is NaN or infinite."""
+  values = jax.device_get(metrics)
+  for key, value in values.items():
+    if not np.all(np.isfinite(value)):
+      raise NonFiniteError(
+          f"method {method!r}, request {ctx.request.token!r} (#{ctx.index}): {key} became "
+          f"non-finite near iteration {iteration}; lower the learning rate or the "
+          f"unlearning coefficient")
+
+
+def check_params_finite(params: Params, *, method: str, ctx: Context) -> None:
+  finite = jax.tree.reduce(lambda a, b: a & b,
+                           jax.tree.map(lambda p: jnp.all(jnp.isfinite(p)), params))
+  if not bool(finite):
+    raise NonFiniteError(f"method {method!r}, request {ctx.request.token!r} (#{ctx.index}): "
+                         f"parameters became non-finite")

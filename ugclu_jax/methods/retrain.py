@@ -1,0 +1,57 @@
+"""The oracle: retraining from scratch on ``D_R ∪ D_L`` (ALGORITHM.md §1)."""
+
+import jax
+import jax.numpy as jnp
+
+from ugclu_jax.fast_slow import sync
+from ugclu_jax.methods.base import (Context, Method, MethodState, check_finite,
+                                    check_params_finite, to_device)
+from ugclu_jax.metrics import Cost
+from ugclu_jax.optim import build_optimizer
+from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
+
+CHECK_EVERY = 50
+
+
+def sgd_train(steps, tx, params, model_state, ctx: Context, *, learning_rate: float,
+              name: str, seed_tag: int = 0):
+  """``ctx.num_iterations`` plain SGD steps on the request's target samples.
+
+  Cross-entropy with a cosine learning rate over the request (the learn
+  budget rule shared by every method). Returns ``(params, model_state, Cost)``.
+  """
+  hp = RequestHParams.create(learning_rate=learning_rate, a_target=1.0,
+                             num_iterations=ctx.num_iterations)
+  ts = init_train_state(params, model_state, tx)
+  metrics = {}
+  for k in range(ctx.num_iterations):
+    batch = to_device(ctx.access.target_batch(ctx.batch_size, k, (*ctx.seed, seed_tag)))
+    ts, metrics = steps.target(ts, batch, None, hp, 1)
+    if (k + 1) % CHECK_EVERY == 0 or k == ctx.num_iterations - 1:
+      check_finite(metrics, method=name, ctx=ctx, iteration=k)
+    ctx.progress(1)
+  params = sync(ts.params).slow
+  check_params_finite(params, method=name, ctx=ctx)
+  n = ctx.num_iterations
+  return params, ts.model_state, Cost(0.0, n, n, 0)
+
+
+def retrain(apply_fn, *, init_params, init_model_state, learning_rate: float = 0.05,
+            momentum: float = 0.9, weight_decay: float = 5e-4, name: str = "retrain") -> Method:
+  """The retrained oracle.
+
+  On every request it trains a fresh copy of the initial model on the
+  request's target set, which the runner sets to all of ``D_R ∪ D_L`` (the
+  oracle alone is given full access), for the budget the runner passes.
+  """
+  tx = build_optimizer(learning_rate=learning_rate, momentum=momentum,
+                       weight_decay=weight_decay)
+  steps = make_steps(apply_fn, tx, kind="learn", clip_norm=None, temperature=0.0)
+
+  def run(state, ctx):
+    del state
+    params, model_state, cost = sgd_train(steps, tx, init_params, init_model_state, ctx,
+                                          learning_rate=learning_rate, name=name)
+    return MethodState(params, model_state), cost
+
+  return Method(name=name, init=lambda p, s: MethodState(p, s), learn=run, unlearn=run)

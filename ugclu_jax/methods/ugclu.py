@@ -1,0 +1,126 @@
+"""UG-CLU as a runner method (ALGORITHM.md §7), with its ablations as options."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ugclu_jax import objectives
+from ugclu_jax.fast_slow import sync
+from ugclu_jax.methods.base import (Context, Method, MethodState, check_finite,
+                                    check_params_finite, stacked_batches, to_device)
+from ugclu_jax.metrics import Cost
+from ugclu_jax.optim import build_optimizer
+from ugclu_jax.saliency import balanced_saliency_mask, fisher_diagonal
+from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
+
+CHECK_EVERY = 50  # iterations between host-side finiteness checks
+
+
+def make_fisher_fn(apply_fn):
+  """Jitted ``(params, model_state, stacked_batches) -> Fisher diagonal`` in eval mode."""
+
+  def loss(params, model_state, batch):
+    logits, _ = apply_fn(params, model_state, batch.x, train=False)
+    return objectives.cross_entropy(logits=logits, labels=batch.y, mask=batch.mask)
+
+  @jax.jit
+  def fisher(params, model_state, batches):
+    return fisher_diagonal(lambda p, b: loss(p, model_state, b), params, batches)
+
+  return fisher
+
+
+def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
+          learn_lr: float = 0.05, unlearn_lr: float = 0.01, momentum: float = 0.9,
+          weight_decay: float = 5e-4, forget_freq: int = 5, learn_freq: int = 1,
+          a_unlearn: float = 25.0, a_learn: float = 1.0, a_remain: float = 1.0,
+          clip: float = 7.0, temperature: float = 0.5, learn_temperature: float = 0.0,
+          mask: bool = True, mask_threshold: float = 1.0, learn_mask: bool = False,
+          learn_mask_threshold: float = 1.0, fisher_batches: int = 8, beta: float = 0.0,
+          order: int = 1, damping: float = 0.0, curvature: str = "hessian",
+          slow_step_size: float = 1.0, sync_period: int = 0) -> Method:
+  """Builds the UG-CLU method.
+
+  Each request: a balanced saliency mask from Fisher diagonals of the target
+  and the store (unlearn requests; optional for learn), a fresh optimizer, then
+  ``N`` iterations of the chosen compensation mode (see
+  :mod:`ugclu_jax.steps`); finally the fast and slow weights are synced.
+  ``beta = 0`` uses the request's learning rate (the value at which the
+  explicit and the fast-slow compensation agree). ``sync_period = 0`` syncs
+  after every fast-slow cycle (one target step and its remain steps).
+  """
+  if forget_freq < 1 or learn_freq < 1:
+    raise ValueError("forget_freq and learn_freq must be >= 1")
+  if fisher_batches < 1:
+    raise ValueError(f"fisher_batches must be >= 1, got {fisher_batches}")
+  clip_norm = clip if clip > 0 else None
+
+  def optimizer(lr, freq):
+    period = sync_period or (freq + 1 if mode == "fast_slow" else 1)
+    return build_optimizer(learning_rate=lr, momentum=momentum, weight_decay=weight_decay,
+                           sync_period=period, slow_step_size=slow_step_size)
+
+  phases = {}
+  for kind, lr, freq, temp in (("learn", learn_lr, learn_freq, learn_temperature),
+                               ("unlearn", unlearn_lr, forget_freq, temperature)):
+    tx = optimizer(lr, freq)
+    phases[kind] = (tx, make_steps(apply_fn, tx, kind=kind, mode=mode, clip_norm=clip_norm,
+                                   temperature=temp, curvature=curvature, order=order))
+  fisher = make_fisher_fn(apply_fn)
+
+  def saliency(state, ctx, threshold):
+    access, b = ctx.access, ctx.batch_size
+    target = stacked_batches(lambda s: access.target_batch(b, s, (*ctx.seed, 1)),
+                             fisher_batches)
+    remain = stacked_batches(lambda s: access.remain_batch(b, s, (*ctx.seed, 2)),
+                             fisher_batches)
+    f_t = fisher(state.params, state.model_state, target)
+    f_r = fisher(state.params, state.model_state, remain)
+    return balanced_saliency_mask(f_t, f_r, threshold=threshold)
+
+  def run(kind, state, ctx):
+    tx, steps = phases[kind]
+    access, b, n = ctx.access, ctx.batch_size, ctx.num_iterations
+    has_remain = access.remain_indices.size > 0
+    use_mask = has_remain and (mask if kind == "unlearn" else learn_mask)
+    threshold = mask_threshold if kind == "unlearn" else learn_mask_threshold
+    m = saliency(state, ctx, threshold) if use_mask else None
+    lr = unlearn_lr if kind == "unlearn" else learn_lr
+    freq = forget_freq if kind == "unlearn" else learn_freq
+    a_t = a_unlearn if kind == "unlearn" else a_learn
+    hp = RequestHParams.create(learning_rate=lr, a_target=a_t, a_remain=a_remain,
+                               beta=beta or lr, damping=damping, num_iterations=n)
+    ts = init_train_state(state.params, state.model_state, tx)
+    steps_taken = grads = hvps = 0
+    if use_mask:
+      grads += 2 * fisher_batches
+    metrics = {}
+    target = lambda k: to_device(access.target_batch(b, k, (*ctx.seed, 3)))
+    remain = lambda k: to_device(access.remain_batch(b, k, (*ctx.seed, 4)))
+    for k in range(n):
+      if not has_remain:
+        ts, metrics = steps.target(ts, target(k), m, hp, 1)
+        steps_taken, grads = steps_taken + 1, grads + 1
+      elif k % freq == 0 and mode != "fast_slow":
+        ts, metrics = steps.fused(ts, target(k // freq), remain(k), m, hp)
+        steps_taken, grads = steps_taken + 1, grads + 2
+        hvps += order if mode == "hvp" else 0
+      else:
+        if k % freq == 0:
+          ts, metrics = steps.target(ts, target(k // freq), m, hp, 0)
+          steps_taken, grads = steps_taken + 1, grads + 1
+        ts, metrics = steps.remain(ts, remain(k), hp)
+        steps_taken, grads = steps_taken + 1, grads + 1
+      if (k + 1) % CHECK_EVERY == 0 or k == n - 1:
+        check_finite(metrics, method=name, ctx=ctx, iteration=k)
+      ctx.progress(1)
+    params = sync(ts.params, slow_step_size).slow
+    check_params_finite(params, method=name, ctx=ctx)
+    return (MethodState(params, ts.model_state, state.extra),
+            Cost(0.0, steps_taken, grads, hvps))
+
+  return Method(name=name, init=lambda params, model_state: MethodState(params, model_state),
+                learn=functools.partial(run, "learn"), unlearn=functools.partial(run, "unlearn"))
