@@ -148,6 +148,37 @@ def _state_tree(states, store, learned):
           "store": tuple(store), "learned": learned}
 
 
+def _initial(cfg, ds, method_names):
+  """The model, the methods and the state before the first request."""
+  model = get_model(cfg.train.model, num_classes=ds.num_classes,
+                    input_shape=ds.x_train.shape[1:], rngs=nnx.Rngs(cfg.seed))
+  apply_fn, params0, model_state0 = as_functional(model)
+  methods = {n: _build_method(n, cfg, apply_fn, params0, model_state0) for n in method_names}
+  states = {n: m.init(params0, model_state0) for n, m in methods.items()}
+  store = D.store_init(cfg.data.store_size, ds.num_classes)
+  learned = np.zeros(ds.y_train.shape, bool)
+  return apply_fn, methods, states, store, learned
+
+
+def load_state(workdir) -> dict:
+  """The latest checkpoint of a run: ``{"methods", "store", "learned", "meta"}``.
+
+  ``methods`` maps each method to its :class:`~ugclu_jax.methods.MethodState`;
+  ``store`` is the remaining store; ``learned`` the learned-sample mask.
+  """
+  workdir = pathlib.Path(workdir)
+  if read_meta(workdir / "checkpoints") is None:
+    raise RunError(f"{workdir} holds no checkpoint")
+  cfg = C.from_dict(json.loads((workdir / "config.json").read_text()))
+  cfg, ds, _, _, method_names = prepare(cfg)
+  _, _, states, store, learned = _initial(cfg, ds, method_names)
+  with Checkpointer(workdir / "checkpoints") as ckpt:
+    tree, meta = ckpt.restore(ckpt.latest_step(), _state_tree(states, store, learned))
+  return {"methods": {n: MT.MethodState(*v) for n, v in tree["methods"].items()},
+          "store": D.Store(*tree["store"]), "learned": tree["learned"].astype(bool),
+          "meta": meta}
+
+
 def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
                    progress: bool = True, echo: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) an experiment in ``workdir`` and returns the report dict.
@@ -181,13 +212,7 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
   _write_json(workdir / "config.json", C.to_dict(cfg))
   x, y = ds.x_train, ds.y_train
   num_classes, seed, b = ds.num_classes, cfg.seed, cfg.data.batch_size
-  model = get_model(cfg.train.model, num_classes=num_classes, input_shape=x.shape[1:],
-                    rngs=nnx.Rngs(seed))
-  apply_fn, params0, model_state0 = as_functional(model)
-  methods = {n: _build_method(n, cfg, apply_fn, params0, model_state0) for n in method_names}
-  states = {n: m.init(params0, model_state0) for n, m in methods.items()}
-  store = D.store_init(cfg.data.store_size, num_classes)
-  learned = np.zeros(y.shape, bool)
+  apply_fn, methods, states, store, learned = _initial(cfg, ds, method_names)
   report = {"config": C.to_dict(cfg), "dataset": ds.name, "stream": D.stream_tokens(requests),
             "methods": {n: {"requests": []} for n in method_names}}
   # For relapse: every unlearn request's evaluated forget samples, and each

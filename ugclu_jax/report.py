@@ -1,0 +1,741 @@
+"""Reports of a request stream: summary, Markdown tables, plots and seed aggregation.
+
+Everything here is a pure function of the ``report.json`` dictionary of a run
+(DESIGN.md "report.json"): per method, a list of requests with their
+``seconds``, their ``metrics`` (the canonical names of ALGORITHM.md §9 plus the
+cost counters ``steps``, ``grad_evals``, ``hvp_evals``) and the test accuracy
+of every task (``acc_per_task``, ``None`` where a task is not learned).
+
+* :func:`summary` reduces each method to a handful of numbers;
+* :func:`markdown` renders ``report.md``;
+* :func:`plot` draws the accuracy-matrix heat maps, the per-request metric
+  curves and the gap / time bars as PNG files;
+* :func:`aggregate` folds the reports of several seeds into one report of the
+  same structure, where every number is the mean over seeds and a parallel
+  ``*_std`` field holds the standard deviation;
+* :func:`render` loads ``report.json`` files and writes ``report.md`` and the
+  plots (the ``python -m ugclu_jax report`` command).
+
+:func:`markdown` and :func:`plot` accept single and aggregated reports alike;
+for an aggregated report the tables show ``mean ± std`` and the plots draw error
+bars and bands. Plots are drawn on :class:`matplotlib.figure.Figure` objects
+directly, so nothing here selects a backend or touches ``pyplot``'s state.
+"""
+
+from collections.abc import Mapping, Sequence
+import copy
+import json
+import math
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+ORACLE = "retrain"
+"""The method name of the retrain oracle."""
+
+UNLEARN_PREFIX = "U:"
+"""Stream tokens starting with this prefix are unlearn requests."""
+
+SUMMARY_KEYS = ("avg_gap", "avg_acc", "forgetting", "bwt", "relapse", "seconds", "steps",
+                "grad_evals", "hvp_evals")
+"""The keys of each method's :func:`summary` entry, in table order."""
+
+_FRACTION_METRICS = frozenset({"forget_acc", "remain_acc", "test_acc", "mia_efficacy", "avg_gap",
+                               "avg_acc", "forgetting", "bwt", "relapse"})
+_COUNT_KEYS = ("steps", "grad_evals", "hvp_evals")
+_REQUEST_COLUMNS = (("FA", "forget_acc"), ("RA", "remain_acc"), ("TA", "test_acc"),
+                    ("MIA", "mia_efficacy"), ("gap", "avg_gap"), ("JS", "js_div"))
+_SUMMARY_HEADERS = (("gap (unlearn mean)", "avg_gap"), ("avg acc (final)", "avg_acc"),
+                    ("forgetting (final)", "forgetting"), ("BWT (final)", "bwt"),
+                    ("relapse (mean)", "relapse"), ("time (s)", "seconds"), ("steps", "steps"),
+                    ("grad evals", "grad_evals"), ("HVP evals", "hvp_evals"))
+_PANELS = (("forget_acc", "forget acc (FA)"), ("remain_acc", "remain acc (RA)"),
+           ("test_acc", "test acc (TA)"), ("mia_efficacy", "MIA efficacy"))
+_DASH = "—"
+
+
+# ---------------------------------------------------------------------------
+# Validation and access helpers.
+# ---------------------------------------------------------------------------
+
+
+def _num(x: Any) -> float | None:
+  """``x`` as a finite float, or ``None`` (null, NaN, inf, bool, non-numbers)."""
+  if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+    return None
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def _check_report(report: Any, where: str) -> None:
+  """Raises a one-line ValueError unless ``report`` has the report.json structure."""
+  if not isinstance(report, Mapping):
+    raise ValueError(f"{where}: a report must be a dict, got {type(report).__name__}")
+  stream = report.get("stream")
+  if not isinstance(stream, (list, tuple)) or not all(isinstance(t, str) for t in stream):
+    raise ValueError(f"{where}: report 'stream' must be a list of request tokens")
+  methods = report.get("methods")
+  if not isinstance(methods, Mapping) or not methods:
+    raise ValueError(f"{where}: report 'methods' must be a non-empty dict")
+  config = report.get("config", {})
+  if config is not None and not isinstance(config, Mapping):
+    raise ValueError(f"{where}: report 'config' must be a dict")
+  for name, entry in methods.items():
+    if not isinstance(name, str):
+      raise ValueError(f"{where}: method names must be strings, got {name!r}")
+    requests = entry.get("requests") if isinstance(entry, Mapping) else None
+    if not isinstance(requests, (list, tuple)):
+      raise ValueError(f"{where}: method {name!r} has no 'requests' list")
+    for i, req in enumerate(requests):
+      if not isinstance(req, Mapping):
+        raise ValueError(f"{where}: method {name!r} request {i} must be a dict")
+      if not isinstance(req.get("metrics", {}), Mapping):
+        raise ValueError(f"{where}: method {name!r} request {i} 'metrics' must be a dict")
+      if not isinstance(req.get("acc_per_task", []), (list, tuple)):
+        raise ValueError(f"{where}: method {name!r} request {i} 'acc_per_task' must be a list")
+      index = req.get("index", i)
+      if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"{where}: method {name!r} request {i} has a bad index {index!r}")
+
+
+def _is_aggregated(report: Mapping[str, Any]) -> bool:
+  return isinstance(report.get("seeds"), list)
+
+
+def _config(report: Mapping[str, Any]) -> Mapping[str, Any]:
+  config = report.get("config")
+  return config if isinstance(config, Mapping) else {}
+
+
+def _method_order(report: Mapping[str, Any]) -> list[str]:
+  """``ugclu`` first, the others in report order, the oracle last."""
+  names = list(report["methods"])
+  head = [n for n in names if n == "ugclu"]
+  tail = [n for n in names if n == ORACLE]
+  return head + [n for n in names if n not in ("ugclu", ORACLE)] + tail
+
+
+def _requests(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+  """The requests of a method entry, sorted by index."""
+  reqs = list(entry["requests"])
+  return [r for _, r in sorted(((r.get("index", i), i), r) for i, r in enumerate(reqs))]
+
+
+def _by_index(entry: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
+  return {r.get("index", i): r for i, r in enumerate(entry["requests"])}
+
+
+def _metric(req: Mapping[str, Any], key: str) -> float | None:
+  """A metric of a request (cost counters may also sit at the request's top level)."""
+  metrics = req.get("metrics", {})
+  return _num(metrics[key] if key in metrics else req.get(key))
+
+
+def _std_metric(req: Mapping[str, Any], key: str) -> float | None:
+  if key == "seconds":
+    return _num(req.get("seconds_std"))
+  std = req.get("metrics_std")
+  return _num(std.get(key)) if isinstance(std, Mapping) else None
+
+
+def _value(req: Mapping[str, Any], key: str) -> float | None:
+  return _num(req.get("seconds")) if key == "seconds" else _metric(req, key)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+  defined = [v for v in values if v is not None]
+  return sum(defined) / len(defined) if defined else None
+
+
+def _total(values: Sequence[float | None]) -> float | None:
+  defined = [v for v in values if v is not None]
+  return float(sum(defined)) if defined else None
+
+
+def _mean_std(values: Sequence[Any]) -> tuple[float | None, float | None]:
+  """Mean and sample standard deviation (ddof=1) over the defined values.
+
+  Args:
+    values: numbers or ``None``.
+
+  Returns:
+    ``(mean, std)``; ``(None, None)`` where nothing is defined and a std of 0.0
+    where one value is.
+  """
+  defined = [v for v in (_num(x) for x in values) if v is not None]
+  if not defined:
+    return None, None
+  arr = np.asarray(defined, dtype=np.float64)
+  std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+  return float(arr.mean()), std
+
+
+def _find_config(config: Mapping[str, Any], want: str) -> Any:
+  """The first value in ``config`` (depth first) whose key contains ``want``."""
+  for key, value in config.items():
+    if want in str(key).lower() and isinstance(value, (str, int, float)):
+      return value
+  for value in config.values():
+    if isinstance(value, Mapping):
+      found = _find_config(value, want)
+      if found is not None:
+        return found
+  return None
+
+
+def _n_tasks(report: Mapping[str, Any]) -> int:
+  return max((len(r.get("acc_per_task", [])) for e in report["methods"].values()
+              for r in e["requests"]), default=0)
+
+
+# ---------------------------------------------------------------------------
+# Summary.
+# ---------------------------------------------------------------------------
+
+
+def _summarize_method(entry: Mapping[str, Any]) -> dict[str, float | None]:
+  reqs = _requests(entry)
+  last = reqs[-1] if reqs else {}
+  unlearn = [r for r in reqs if str(r.get("request", "")).startswith(UNLEARN_PREFIX)]
+  out = {
+      "avg_gap": _mean([_metric(r, "avg_gap") for r in unlearn]),
+      "avg_acc": _metric(last, "avg_acc"),
+      "forgetting": _metric(last, "forgetting"),
+      "bwt": _metric(last, "bwt"),
+      "relapse": _mean([_metric(r, "relapse") for r in reqs]),
+      "seconds": _total([_num(r.get("seconds")) for r in reqs]),
+  }
+  for key in _COUNT_KEYS:
+    out[key] = _total([_metric(r, key) for r in reqs])
+  return {k: out[k] for k in SUMMARY_KEYS}
+
+
+def summary(report: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+  r"""Reduces each method of a report to a few numbers.
+
+  Per method:
+
+  * ``avg_gap``: the mean of ``avg_gap`` over the unlearn requests (tokens
+    ``U:...``) where it is defined;
+  * ``avg_acc``, ``forgetting``, ``bwt``: their values after the last request;
+  * ``relapse``: the mean over the requests where it is defined;
+  * ``seconds``, ``steps``, ``grad_evals``, ``hvp_evals``: totals over requests.
+
+  Each is ``None`` where undefined. For an aggregated report (:func:`aggregate`)
+  the values are the means over seeds of the per-seed summaries.
+
+  Args:
+    report: a report.json dict, or an aggregated report.
+
+  Returns:
+    ``{method: {key: value}}`` with the keys of :data:`SUMMARY_KEYS`, methods in
+    table order (``ugclu`` first, the oracle last).
+  """
+  _check_report(report, "summary")
+  stored = report.get("summary") if _is_aggregated(report) else None
+  out = {}
+  for name in _method_order(report):
+    if isinstance(stored, Mapping) and isinstance(stored.get(name), Mapping):
+      out[name] = {k: _num(stored[name].get(k)) for k in SUMMARY_KEYS}
+    else:
+      out[name] = _summarize_method(report["methods"][name])
+  return out
+
+
+def _summary_std(report: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+  stored = report.get("summary_std")
+  stored = stored if isinstance(stored, Mapping) else {}
+  out = {}
+  for name in _method_order(report):
+    entry = stored.get(name)
+    entry = entry if isinstance(entry, Mapping) else {}
+    out[name] = {k: _num(entry.get(k)) for k in SUMMARY_KEYS}
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Aggregation over seeds.
+# ---------------------------------------------------------------------------
+
+
+def _check_same(reports: Sequence[Mapping[str, Any]]) -> None:
+  """Raises a one-line ValueError where the reports' streams or methods differ."""
+  first = reports[0]
+  for i, rep in enumerate(reports[1:], start=1):
+    if list(rep["stream"]) != list(first["stream"]):
+      raise ValueError(f"aggregate: report {i} has stream {' '.join(rep['stream'])!r}, "
+                       f"report 0 has {' '.join(first['stream'])!r}")
+    missing = [m for m in first["methods"] if m not in rep["methods"]]
+    extra = [m for m in rep["methods"] if m not in first["methods"]]
+    if missing or extra:
+      raise ValueError(f"aggregate: report {i} methods differ from report 0: "
+                       f"missing {missing}, extra {extra}")
+    for name in first["methods"]:
+      a = [r.get("request") for r in _requests(first["methods"][name])]
+      b = [r.get("request") for r in _requests(rep["methods"][name])]
+      if a != b:
+        raise ValueError(f"aggregate: report {i} method {name!r} has requests {b}, "
+                         f"report 0 has {a}")
+
+
+def _aggregate_request(reqs: Sequence[Mapping[str, Any]], index: int) -> dict[str, Any]:
+  keys = []
+  for r in reqs:
+    keys += [k for k in r.get("metrics", {}) if k not in keys]
+  metrics, metrics_std = {}, {}
+  for k in keys:
+    metrics[k], metrics_std[k] = _mean_std([r.get("metrics", {}).get(k) for r in reqs])
+  seconds, seconds_std = _mean_std([r.get("seconds") for r in reqs])
+  width = max(len(r.get("acc_per_task", [])) for r in reqs)
+  acc, acc_std = [], []
+  for t in range(width):
+    m, s = _mean_std([(r.get("acc_per_task", []) + [None] * width)[t] for r in reqs])
+    acc.append(m)
+    acc_std.append(s)
+  return {"index": index, "request": reqs[0].get("request"), "seconds": seconds,
+          "seconds_std": seconds_std, "metrics": metrics, "metrics_std": metrics_std,
+          "acc_per_task": acc, "acc_per_task_std": acc_std}
+
+
+def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  r"""Folds the reports of several seeds of one stream into a mean ± std report.
+
+  The result has the report.json structure, with every number replaced by its
+  mean over the seeds where it is defined, and a parallel standard deviation
+  (sample, ``ddof=1``; 0.0 where one seed defines the value):
+
+  * per request: ``seconds`` / ``seconds_std``, ``metrics`` / ``metrics_std``,
+    ``acc_per_task`` / ``acc_per_task_std``;
+  * ``summary`` / ``summary_std``: mean and std over seeds of each seed's
+    :func:`summary`;
+  * ``seeds``: the seeds of the inputs (``config["seed"]``, ``None`` if absent);
+  * ``config``: the first report's config without its ``seed``.
+
+  Args:
+    reports: report.json dicts of the same stream and methods.
+
+  Returns:
+    The aggregated report, accepted by :func:`summary`, :func:`markdown` and
+    :func:`plot`.
+
+  Raises:
+    ValueError: no reports, an already aggregated report, a repeated seed, or
+      reports whose streams, methods or request lists differ.
+  """
+  if not reports:
+    raise ValueError("aggregate: no reports given")
+  for i, rep in enumerate(reports):
+    _check_report(rep, f"aggregate: report {i}")
+    if _is_aggregated(rep):
+      raise ValueError(f"aggregate: report {i} is already an aggregate of seeds {rep['seeds']}")
+  _check_same(reports)
+  seeds = [_config(rep).get("seed") for rep in reports]
+  known = [s for s in seeds if s is not None]
+  if len(set(map(repr, known))) != len(known):
+    raise ValueError(f"aggregate: repeated seed in {seeds}; each report must have its own seed")
+
+  first = reports[0]
+  methods = {}
+  for name in first["methods"]:
+    per_seed = [_requests(rep["methods"][name]) for rep in reports]
+    methods[name] = {"requests": [
+        _aggregate_request([reqs[j] for reqs in per_seed], per_seed[0][j].get("index", j))
+        for j in range(len(per_seed[0]))]}
+
+  summaries = [summary(rep) for rep in reports]
+  summary_mean, summary_std = {}, {}
+  for name in _method_order(first):
+    summary_mean[name], summary_std[name] = {}, {}
+    for k in SUMMARY_KEYS:
+      summary_mean[name][k], summary_std[name][k] = _mean_std([s[name][k] for s in summaries])
+
+  config = {k: copy.deepcopy(v) for k, v in _config(first).items() if k != "seed"}
+  return {"config": config, "stream": list(first["stream"]), "seeds": seeds, "methods": methods,
+          "summary": summary_mean, "summary_std": summary_std}
+
+
+# ---------------------------------------------------------------------------
+# Markdown.
+# ---------------------------------------------------------------------------
+
+
+def _fmt_number(x: float, key: str) -> str:
+  if key in _FRACTION_METRICS:
+    return f"{100.0 * x:.1f}"
+  if key == "seconds":
+    return f"{x:.2f}"
+  if key in _COUNT_KEYS:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+  return f"{x:.4f}"
+
+
+def _fmt(mean: float | None, key: str, std: float | None = None, with_std: bool = False) -> str:
+  """A table cell: percent with one decimal for fractions, ``—`` for ``None``."""
+  if mean is None:
+    return _DASH
+  unit = "%" if key in _FRACTION_METRICS else ""
+  if not with_std:
+    return _fmt_number(mean, key) + unit
+  std_text = _DASH if std is None else _fmt_number(std, key)
+  return f"{_fmt_number(mean, key)} ± {std_text}{unit}"
+
+
+def _cell_text(text: str) -> str:
+  return text.replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  lines = ["| " + " | ".join(_cell_text(h) for h in header) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+  lines += ["| " + " | ".join(_cell_text(c) for c in row) + " |" for row in rows]
+  return lines
+
+
+def _label(name: str) -> str:
+  return f"{name} (oracle)" if name == ORACLE else name
+
+
+def _seed_text(report: Mapping[str, Any]) -> str:
+  if _is_aggregated(report):
+    seeds = report["seeds"]
+    names = ", ".join("?" if s is None else str(s) for s in seeds)
+    return f"seeds {names} (mean ± std over {len(seeds)} runs)"
+  seed = _config(report).get("seed")
+  return f"seed {'?' if seed is None else seed}"
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+  """Renders a report (single or aggregated) as Markdown: the content of report.md.
+
+  A title with the stream and the seed(s); the summary table (methods as rows,
+  ``ugclu`` first, the oracle last and marked); a table per request with FA,
+  RA, TA, MIA, gap and JS in percent (JS as a number) and the time of every
+  method beside the oracle; the accuracy matrix of every method (rows =
+  requests, columns = tasks). ``None`` prints as ``—``; aggregated reports print
+  ``mean ± std``. The output is a pure function of the report.
+
+  Args:
+    report: a report.json dict, or an aggregated report (:func:`aggregate`).
+
+  Returns:
+    The Markdown text, ending with a newline.
+  """
+  _check_report(report, "markdown")
+  agg = _is_aggregated(report)
+  config = _config(report)
+  order = _method_order(report)
+  stream = " ".join(report["stream"])
+  title = config.get("name") if isinstance(config.get("name"), str) else "ugclu_jax"
+  lines = [f"# {title}: `{stream}`, {_seed_text(report)}", ""]
+  lines.append(f"- requests: {len(report['stream'])}")
+  data = config.get("data")
+  if isinstance(data, Mapping) and isinstance(data.get("name"), str):
+    lines.append(f"- data: `{data['name']}`")
+  mia = _find_config(config, "mia")
+  if mia is not None:
+    lines.append(f"- MIA variant: `{mia}`")
+  lines.append(f"- methods: {', '.join(_label(n) for n in order)}")
+  lines += ["", "Accuracies, MIA, gap, forgetting, BWT and relapse in percent; gap = mean "
+            "|Δ| to the oracle over FA, RA, TA and MIA; JS = Jensen-Shannon divergence to "
+            "the oracle on the forget set; times in seconds; — = undefined.", ""]
+
+  lines += ["## Summary", ""]
+  means, stds = summary(report), _summary_std(report)
+  rows = [[_label(n)] + [_fmt(means[n][k], k, stds[n][k], agg) for _, k in _SUMMARY_HEADERS]
+          for n in order]
+  lines += _table(["method"] + [h for h, _ in _SUMMARY_HEADERS], rows)
+
+  lines += ["", "## Requests"]
+  by_index = {n: _by_index(report["methods"][n]) for n in order}
+  for i, token in enumerate(report["stream"]):
+    lines += ["", f"### Request {i}: `{token}`", ""]
+    rows = []
+    for n in order:
+      req = by_index[n].get(i)
+      if req is None:
+        continue
+      cells = [_fmt(_metric(req, k), k, _std_metric(req, k), agg) for _, k in _REQUEST_COLUMNS]
+      cells.append(_fmt(_num(req.get("seconds")), "seconds", _std_metric(req, "seconds"), agg))
+      rows.append([_label(n)] + cells)
+    lines += _table(["method"] + [h for h, _ in _REQUEST_COLUMNS] + ["time (s)"], rows)
+
+  lines += ["", "## Accuracy matrices", "",
+            "Test accuracy of each task (columns) after each request (rows), in percent."]
+  n_tasks = _n_tasks(report)
+  for n in order:
+    lines += ["", f"### {_label(n)}", ""]
+    rows = []
+    for req in _requests(report["methods"][n]):
+      acc = list(req.get("acc_per_task", []))
+      std = req.get("acc_per_task_std", [])
+      std = list(std) if isinstance(std, (list, tuple)) else []
+      cells = [_fmt(_num(acc[t]) if t < len(acc) else None, "avg_acc",
+                    _num(std[t]) if t < len(std) else None, agg) for t in range(n_tasks)]
+      rows.append([f"{req.get('index')} `{req.get('request', '?')}`"] + cells)
+    lines += _table(["request"] + [f"t{t}" for t in range(n_tasks)], rows)
+  return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Plots.
+# ---------------------------------------------------------------------------
+
+
+def _new_figure(width: float, height: float):
+  """A figure detached from pyplot (no backend is selected or changed)."""
+  from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
+  return mpl_figure.Figure(figsize=(width, height), dpi=100)
+
+
+def _save(fig: Any, path: str) -> None:
+  # A tight bounding box keeps long labels and outside legends in the image,
+  # at a fraction of the cost of a layout engine.
+  fig.savefig(path, format="png", bbox_inches="tight", pad_inches=0.1)
+
+
+def _file_stem(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def _colors(order: Sequence[str]) -> dict[str, Any]:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  others = [n for n in order if n != ORACLE]
+  cmap = matplotlib.colormaps["tab10" if len(others) <= 10 else "tab20"]
+  out = {n: cmap(i % cmap.N) for i, n in enumerate(others)}
+  out[ORACLE] = "black"
+  return out
+
+
+def _plot_acc_matrix(report: Mapping[str, Any], name: str, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  agg = _is_aggregated(report)
+  reqs = _requests(report["methods"][name])
+  n_tasks = max(_n_tasks(report), 1)
+  mean = np.full((max(len(reqs), 1), n_tasks), np.nan)
+  std = np.full_like(mean, np.nan)
+  for r, req in enumerate(reqs):
+    acc = req.get("acc_per_task", [])
+    acc_std = req.get("acc_per_task_std", [])
+    acc_std = acc_std if isinstance(acc_std, (list, tuple)) else []
+    for t in range(min(len(acc), n_tasks)):
+      v = _num(acc[t])
+      mean[r, t] = np.nan if v is None else v
+      s = _num(acc_std[t]) if t < len(acc_std) else None
+      std[r, t] = np.nan if s is None else s
+  fig = _new_figure(1.2 + 0.9 * n_tasks * (1.3 if agg else 1.0), 1.2 + 0.45 * mean.shape[0])
+  ax = fig.add_subplot()
+  cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
+  image = ax.imshow(np.ma.masked_invalid(100.0 * mean), cmap=cmap, vmin=0.0, vmax=100.0,
+                    aspect="auto")
+  for r in range(mean.shape[0]):
+    for t in range(n_tasks):
+      if np.isnan(mean[r, t]):
+        continue
+      text = f"{100 * mean[r, t]:.1f}"
+      if agg and not np.isnan(std[r, t]):
+        text += f"±{100 * std[r, t]:.1f}"
+      ax.text(t, r, text, ha="center", va="center", fontsize=8,
+              color="black" if mean[r, t] > 0.6 else "white")
+  ax.set_xticks(range(n_tasks), [f"t{t}" for t in range(n_tasks)])
+  ax.set_yticks(range(len(reqs)), [f"{q.get('index')} {q.get('request', '?')}" for q in reqs])
+  ax.set_xlabel("task")
+  ax.set_ylabel("request")
+  ax.set_title(f"{_label(name)}: test accuracy (%)" + (" mean±std" if agg else ""), fontsize=9)
+  fig.colorbar(image, ax=ax, fraction=0.05)
+  _save(fig, path)
+
+
+def _series(report: Mapping[str, Any], name: str, key: str) -> tuple[np.ndarray, ...]:
+  """Request indices, means and stds where ``key`` is defined for method ``name``."""
+  xs, ys, ss = [], [], []
+  for i, req in enumerate(_requests(report["methods"][name])):
+    v = _metric(req, key)
+    if v is not None:
+      xs.append(req.get("index", i))
+      ys.append(v)
+      s = _std_metric(req, key)
+      ss.append(np.nan if s is None else s)
+  return np.asarray(xs, float), np.asarray(ys, float), np.asarray(ss, float)
+
+
+def _plot_metrics_per_request(report: Mapping[str, Any], path: str) -> None:
+  agg = _is_aggregated(report)
+  order = _method_order(report)
+  colors = _colors(order)
+  stream = list(report["stream"])
+  fig = _new_figure(max(8.0, 0.6 * len(stream) + 6.0), 6.5)
+  axes = fig.subplots(2, 2, sharex=True).ravel()
+  fig.subplots_adjust(hspace=0.2, wspace=0.25, top=0.9)
+  for ax, (key, title) in zip(axes, _PANELS):
+    for name in order:
+      xs, ys, ss = _series(report, name, key)
+      if not xs.size:
+        continue
+      oracle = name == ORACLE
+      ax.plot(xs, 100 * ys, color=colors[name], linestyle="--" if oracle else "-", marker="o",
+              markersize=3, linewidth=2.0 if oracle else 1.2, label=_label(name),
+              zorder=3 if oracle else 2)
+      if agg and np.isfinite(ss).any():
+        s = np.nan_to_num(ss)
+        ax.fill_between(xs, 100 * (ys - s), 100 * (ys + s), color=colors[name], alpha=0.15,
+                        linewidth=0)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel("%")
+    ax.grid(alpha=0.3)
+  for ax in axes[2:]:
+    ax.set_xticks(range(len(stream)), [f"{i}\n{t}" for i, t in enumerate(stream)], fontsize=7)
+    ax.set_xlabel("request")
+  handles, labels = axes[0].get_legend_handles_labels()
+  for ax in axes[1:]:
+    for h, lab in zip(*ax.get_legend_handles_labels()):
+      if lab not in labels:
+        handles.append(h)
+        labels.append(lab)
+  if handles:
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.99, 0.93), fontsize=8)
+  fig.suptitle("metrics per request" + (" (mean ± std)" if agg else ""), fontsize=11)
+  _save(fig, path)
+
+
+def _plot_gap_time(report: Mapping[str, Any], path: str) -> None:
+  agg = _is_aggregated(report)
+  order = _method_order(report)
+  colors = _colors(order)
+  means, stds = summary(report), _summary_std(report)
+  height = 1.5 + 0.35 * len(order)
+  fig = _new_figure(10.0, height)
+  axes = fig.subplots(1, 2, sharey=True)
+  fig.subplots_adjust(wspace=0.08, top=1.0 - 0.6 / height)
+  y = np.arange(len(order))
+  panels = (("avg_gap", "mean avg_gap over unlearn requests (%)", 100.0),
+            ("seconds", "total time (s)", 1.0))
+  for ax, (key, title, scale) in zip(axes, panels):
+    vals = np.asarray([np.nan if means[n][key] is None else scale * means[n][key] for n in order])
+    err = None
+    if agg:
+      err = np.asarray([0.0 if stds[n][key] is None else scale * stds[n][key] for n in order])
+    ax.barh(y, np.nan_to_num(vals), xerr=err, color=[colors[n] for n in order], capsize=3,
+            error_kw={"ecolor": "0.5"})
+    for yi, v in zip(y, vals):
+      if np.isnan(v):
+        ax.text(0.0, yi, f" {_DASH}", va="center", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+  axes[0].set_yticks(y, [_label(n) for n in order])
+  axes[0].invert_yaxis()
+  fig.suptitle("gap to the oracle and time" + (" (mean ± std)" if agg else ""), fontsize=11)
+  _save(fig, path)
+
+
+def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
+  """Draws a report's figures as PNG files.
+
+  Writes ``acc_matrix_<method>.png`` (a heat map of test accuracy per task and
+  request, undefined cells grey, values annotated), ``metrics_per_request.png``
+  (FA, RA, TA and MIA against the request index, one line per method, the
+  oracle dashed black) and ``gap_time.png`` (the mean ``avg_gap`` over unlearn
+  requests and the total time per method). Aggregated reports get
+  ``mean±std`` annotations, bands and error bars.
+
+  Args:
+    report: a report.json dict, or an aggregated report (:func:`aggregate`).
+    out_dir: the folder to write into (created if needed).
+
+  Returns:
+    The paths written, heat maps first (methods in table order).
+  """
+  _check_report(report, "plot")
+  order = _method_order(report)
+  stems = [_file_stem(n) for n in order]
+  if len(set(stems)) != len(stems):
+    raise ValueError(f"plot: method names {order} collide as file names {stems}")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for name, stem in zip(order, stems):
+    path = os.path.join(out_dir, f"acc_matrix_{stem}.png")
+    _plot_acc_matrix(report, name, path)
+    paths.append(path)
+  path = os.path.join(out_dir, "metrics_per_request.png")
+  _plot_metrics_per_request(report, path)
+  paths.append(path)
+  path = os.path.join(out_dir, "gap_time.png")
+  _plot_gap_time(report, path)
+  paths.append(path)
+  return paths
+
+
+# ---------------------------------------------------------------------------
+# Files.
+# ---------------------------------------------------------------------------
+
+
+def _report_path(path: str) -> str:
+  return os.path.join(path, "report.json") if os.path.isdir(path) else path
+
+
+def load(path: str) -> dict[str, Any]:
+  """Loads and checks a report.json.
+
+  Args:
+    path: a run directory holding ``report.json``, or the file itself.
+
+  Returns:
+    The report dict.
+
+  Raises:
+    ValueError: the file is missing, is not JSON, or lacks the report structure.
+  """
+  file = _report_path(path)
+  if not os.path.isfile(file):
+    raise ValueError(f"report: no report.json at {file}")
+  try:
+    with open(file, encoding="utf-8") as f:
+      report = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"report: cannot read {file}: {str(e).splitlines()[0]}") from None
+  _check_report(report, f"report: {file}")
+  return report
+
+
+def render(report_paths_or_dirs: Sequence[str], out_dir: str | None = None) -> str:
+  """Writes report.md and the plots of one run, or of several seeds aggregated.
+
+  Args:
+    report_paths_or_dirs: run directories (holding ``report.json``) or paths of
+      report.json files; with more than one they are aggregated
+      (:func:`aggregate`) and the aggregate is also written as
+      ``report_aggregated.json``.
+    out_dir: where to write; defaults to the folder of the single report and is
+      required with several.
+
+  Returns:
+    The path of the written report.md.
+
+  Raises:
+    ValueError: no paths, no ``out_dir`` for several reports, a missing or
+      invalid report.json, or reports that cannot be aggregated.
+  """
+  if isinstance(report_paths_or_dirs, (str, os.PathLike)):
+    report_paths_or_dirs = [report_paths_or_dirs]
+  paths = [os.fspath(p) for p in report_paths_or_dirs]
+  if not paths:
+    raise ValueError("render: no report paths given")
+  if out_dir is None:
+    if len(paths) > 1:
+      raise ValueError(f"render: out_dir is required to aggregate {len(paths)} reports")
+    out_dir = os.path.dirname(os.path.abspath(_report_path(paths[0])))
+  reports = [load(p) for p in paths]
+  report = aggregate(reports) if len(reports) > 1 else reports[0]
+  os.makedirs(out_dir, exist_ok=True)
+  if len(reports) > 1:
+    with open(os.path.join(out_dir, "report_aggregated.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+      f.write("\n")
+  md_path = os.path.join(out_dir, "report.md")
+  text = markdown(report)
+  plot(report, out_dir)
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return md_path
