@@ -1,0 +1,184 @@
+"""The runner end to end through the CLI on scikit-learn digits."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ugclu_jax import cli
+from ugclu_jax import data as D
+from ugclu_jax import runner
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The smoke config (every request kind) with a smaller budget.
+FAST = ["--set", "train.learn_epochs=2", "--set", "train.unlearn_iterations=40"]
+STREAM = "L:t0 L:t1 L:t2 U:c1,5 L:t3 U:r0.1 L:t4 U:t3"
+
+
+def _cli(workdir, *extra, resume=False):
+  cmd = [sys.executable, "-m", "ugclu_jax", "run", "--config", "smoke", "--workdir",
+         str(workdir), "--no-progress", *FAST, *extra]
+  if resume:
+    cmd.append("--resume")
+  return cmd
+
+
+def _without_timings(report):
+  report = json.loads(json.dumps(report))
+  for entry in report["methods"].values():
+    for request in entry["requests"]:
+      request.pop("seconds")
+  return report
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("smoke") / "run"
+  proc = subprocess.run(_cli(workdir), capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_end_to_end_report(smoke_run):
+  report = json.loads((smoke_run / "report.json").read_text())
+  assert report["stream"] == STREAM.split()
+  assert set(report["methods"]) == {"ugclu", "retrain"}
+  for entry in report["methods"].values():
+    assert [q["request"] for q in entry["requests"]] == STREAM.split()
+    for q in entry["requests"]:
+      assert len(q["acc_per_task"]) == 5
+      for key in ("forget_acc", "remain_acc", "test_acc", "mia_efficacy", "avg_gap", "js_div",
+                  "kl_div", "avg_acc", "forgetting", "bwt", "relapse", "steps"):
+        assert key in q["metrics"]
+      unlearn = q["request"].startswith("U:")
+      assert (q["metrics"]["forget_acc"] is None) == (not unlearn)
+      assert (q["metrics"]["mia_efficacy"] is None) == (not unlearn)
+  ug = report["methods"]["ugclu"]["requests"]
+  oracle = report["methods"]["retrain"]["requests"]
+  # After U:c1,5 the oracle never saw classes 1 and 5: its forget accuracy is ~0.
+  assert oracle[3]["metrics"]["forget_acc"] < 0.05
+  # UG-CLU's forget accuracy dropped sharply from its accuracy on those samples
+  # before the request (~1.0, they were training data), while the remaining accuracy holds.
+  assert ug[2]["metrics"]["remain_acc"] > 0.9
+  assert ug[3]["metrics"]["forget_acc"] < 0.3
+  assert ug[3]["metrics"]["remain_acc"] > 0.85
+  assert ug[3]["metrics"]["avg_gap"] is not None
+  # Task 3 (classes 6, 7) is unlearned last: no accuracy for it in the final row.
+  assert ug[7]["acc_per_task"][3] is None and oracle[7]["acc_per_task"][3] is None
+  for name in ("report.md", "config.json", "run.log", "metrics_per_request.png",
+               "acc_matrix_ugclu.png", "acc_matrix_retrain.png", "gap_time.png"):
+    assert (smoke_run / name).is_file(), name
+  md = (smoke_run / "report.md").read_text()
+  assert "ugclu" in md and "retrain" in md
+
+
+def test_store_holds_no_forgotten_sample(smoke_run):
+  state = runner.load_state(smoke_run)
+  ds = D.load_dataset("digits")
+  stored = D.store_indices(state["store"])
+  assert stored.size > 0
+  assert state["learned"][stored].all()
+  # U:t3 was last: no sample of task 3's classes (6, 7) remains in the store.
+  assert not np.isin(ds.y_train[stored], [6, 7]).any()
+  assert not np.isin(ds.y_train[stored], [1, 5]).any()
+
+
+def test_same_seed_same_report(smoke_run, tmp_path):
+  proc = subprocess.run(_cli(tmp_path / "again"), capture_output=True, text=True, cwd=ROOT,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  first = json.loads((smoke_run / "report.json").read_text())
+  second = json.loads((tmp_path / "again" / "report.json").read_text())
+  assert _without_timings(first) == _without_timings(second)
+
+
+def test_sigkill_mid_request_then_resume(smoke_run, tmp_path):
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(_cli(workdir), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True, cwd=ROOT)
+  # The oracle runs first in each request: once it has finished request 3,
+  # UG-CLU is in the middle of that unlearn request.
+  deadline = time.time() + 300
+  for line in proc.stdout:
+    if line.startswith("[3] U:c1,5") and "retrain" in line:
+      break
+    assert time.time() < deadline
+  time.sleep(0.5)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  partial = json.loads((workdir / "report.json").read_text())
+  assert len(partial["methods"]["ugclu"]["requests"]) == 3
+  resumed = subprocess.run(_cli(workdir, resume=True), capture_output=True, text=True,
+                           cwd=ROOT, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming" in resumed.stdout
+  expected = json.loads((smoke_run / "report.json").read_text())
+  got = json.loads((workdir / "report.json").read_text())
+  assert _without_timings(got) == _without_timings(expected)
+
+
+@pytest.mark.parametrize("stream, message", [
+    ("L:t0 X:t1", "'X:t1'"),
+    ("L:t0 L:t9", "'L:t9'"),
+    ("L:t0 U:c12", "'U:c12'"),
+    ("L:t0 U:t1", "'U:t1'"),
+    ("L:t0 U:t0 U:t0", "'U:t0'"),
+    ("L:t0 U:r1.5", "'U:r1.5'"),
+    ("L:t0 U:r0", "'U:r0'"),
+    ("", "empty"),
+])
+def test_malformed_streams_are_refused(stream, message, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  start = time.time()
+  code = cli.main(["run", "--config", "smoke", "--workdir", str(workdir), "--set",
+                   f"stream={stream}"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2
+  assert time.time() - start < 10
+  assert len(err.splitlines()) == 1 and message in err, err
+  assert not workdir.exists()
+
+
+def test_bad_input_is_one_line_and_writes_nothing(smoke_run, tmp_path, capsys):
+  cases = [
+      (["--config", "nosuch"], "unknown config"),
+      (["--config", "smoke", "--set", "methods=ugclu,magic"], "unknown method 'magic'"),
+      (["--config", "smoke", "--set", "data.name=nosuch"], "nosuch"),
+      (["--config", "smoke", "--set", "data.batch_size=0"], "data.batch_size"),
+      (["--config", "smoke", "--set", "train.model=vit"], "train.model"),
+      (["--config", "smoke", "--set", "nokey=1"], "unknown config key nokey"),
+  ]
+  for args, message in cases:
+    code = cli.main(["run", "--workdir", str(tmp_path / "x"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, (args, err)
+    assert not (tmp_path / "x").exists()
+  # A finished run is never overwritten by a new run in the same workdir.
+  before = (smoke_run / "report.json").read_bytes()
+  code = cli.main(["run", "--config", "smoke", "--workdir", str(smoke_run)])
+  assert code == 2 and "--resume" in capsys.readouterr().err
+  assert (smoke_run / "report.json").read_bytes() == before
+
+
+def test_cli_subprocess_error_has_no_traceback(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "ugclu_jax", "run", "--config", "smoke", "--workdir",
+       str(tmp_path / "w"), "--set", "stream=L:t0 U:t3"],
+      capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert proc.returncode == 2
+  assert "Traceback" not in proc.stderr
+  assert proc.stderr.strip().startswith("error:") and "'U:t3'" in proc.stderr
+
+
+def test_report_command_renders_and_aggregates(smoke_run, tmp_path):
+  out = tmp_path / "agg"
+  assert cli.main(["report", str(smoke_run), str(smoke_run / "report.json"), "--out",
+                   str(out)]) == 2  # one seed twice is refused, in one line
+  assert cli.main(["report", str(smoke_run), "--out", str(out)]) == 0
+  assert (out / "report.md").is_file() and (out / "metrics_per_request.png").is_file()
