@@ -1,7 +1,6 @@
 """Fisher diagonal and the balanced saliency mask."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -10,7 +10,7 @@ The unlearn and modulation parts sum to the masked ascent direction
 can recombine them (:func:`combine`).
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp

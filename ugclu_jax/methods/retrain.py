@@ -1,7 +1,5 @@
 """The oracle: retraining from scratch on ``D_R ∪ D_L`` (ALGORITHM.md §1)."""
 
-import jax
-import jax.numpy as jnp
 
 from ugclu_jax.fast_slow import sync
 from ugclu_jax.methods.base import (Context, Method, MethodState, check_finite,

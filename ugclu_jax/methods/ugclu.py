@@ -1,15 +1,12 @@
 """UG-CLU as a runner method (ALGORITHM.md §7), with its ablations as options."""
 
 import functools
-import math
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from ugclu_jax import objectives
 from ugclu_jax.fast_slow import sync
-from ugclu_jax.methods.base import (Context, Method, MethodState, check_finite,
+from ugclu_jax.methods.base import (Method, MethodState, check_finite,
                                     check_params_finite, stacked_batches, to_device)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
