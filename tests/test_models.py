@@ -381,3 +381,11 @@ def test_mlp_float64_under_x64(x64):
       param_dtype=jnp.float64))
   assert {p.dtype for p in jax.tree.leaves(nnx.state(abstract, nnx.Param))} == {
       jnp.dtype(jnp.float64)}
+
+
+def test_cnn_pool_matches_nnx_max_pool():
+  from ugclu_jax.models.cnn import _max_pool_2x2
+  for shape in [(2, 28, 28, 3), (2, 7, 7, 4), (1, 9, 6, 2)]:
+    x = jax.random.normal(jax.random.key(0), shape)
+    expected = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(_max_pool_2x2(x), expected)

@@ -8,6 +8,17 @@ from flax import nnx
 _MIN_SIZE = 4
 
 
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, floor division (as ``nnx.max_pool`` with VALID padding).
+
+  Written as a reshape and a max: the same values, and a gradient several
+  times cheaper on CPU than XLA's select-and-scatter.
+  """
+  b, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class SmallCNN(nnx.Module):
   """Conv32-ReLU-MaxPool, Conv64-ReLU-MaxPool, Dense128-ReLU, Dense(num_classes).
 
@@ -73,8 +84,8 @@ class SmallCNN(nnx.Module):
           f"SmallCNN: expected inputs [B, {', '.join(map(str, self.input_shape))}],"
           f" got shape {x.shape}."
       )
-    x = nnx.max_pool(nnx.relu(self.conv1(x)), window_shape=(2, 2), strides=(2, 2))
-    x = nnx.max_pool(nnx.relu(self.conv2(x)), window_shape=(2, 2), strides=(2, 2))
+    x = _max_pool_2x2(nnx.relu(self.conv1(x)))
+    x = _max_pool_2x2(nnx.relu(self.conv2(x)))
     x = x.reshape((x.shape[0], -1))
     x = nnx.relu(self.dense(x))
     return self.head(x)
