@@ -107,11 +107,13 @@ def init_train_state(params: Params, model_state: ModelState,
                      tx: optax.GradientTransformation) -> TrainState:
   """A fresh state: synced fast/slow parameters, fresh optimizer state, ``k = 0``.
 
-  The fast and slow trees are fresh copies, so donating the state never
-  invalidates ``params`` and never donates one buffer twice.
+  The fast and slow trees and the model state are fresh copies, so donating
+  the state never invalidates ``params`` or ``model_state`` and never donates
+  one buffer twice.
   """
   fs = FastSlowParams(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, params))
-  return TrainState(fs, tx.init(fs), model_state, jnp.zeros((), jnp.int32))
+  return TrainState(fs, tx.init(fs), jax.tree.map(jnp.copy, model_state),
+                    jnp.zeros((), jnp.int32))
 
 
 def cosine_factor(k: jax.Array, n: jax.Array) -> jax.Array:
