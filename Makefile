@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 WORKDIR ?= runs/default
 CONFIG  ?= default
 
-.PHONY: setup test run smoke bench clean
+.PHONY: setup test data run smoke bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +23,14 @@ test: $(STAMP)
 data: $(STAMP)
 	@bash scripts/get_data.sh
 
+# `make run` continues an interrupted run (and only re-renders a finished one);
+# remove $(WORKDIR) to start over.
 run: $(STAMP)
 	@bash scripts/get_data.sh
-	$(PY) -m ugclu_jax run --config $(CONFIG) --workdir $(WORKDIR)
+	$(PY) -m ugclu_jax run --config $(CONFIG) --workdir $(WORKDIR) --resume
 
 smoke: $(STAMP)
-	$(PY) -m ugclu_jax run --config smoke --workdir runs/smoke
+	$(PY) -m ugclu_jax run --config smoke --workdir runs/smoke --resume
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py

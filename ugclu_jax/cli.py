@@ -1,6 +1,7 @@
 """Command line: ``python -m ugclu_jax run|report ...`` (thin: parse, then call the runner)."""
 
 import argparse
+import os
 import sys
 
 USAGE_ERRORS = 2
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   # Imports after parsing so that --help is instant.
+  import jax
+  if not jax.config.jax_compilation_cache_dir:
+    # Reuse compiled steps across runs (JAX_COMPILATION_CACHE_DIR overrides).
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.expanduser("~"), ".cache", "ugclu_jax", "xla"))
   from ugclu_jax import config as C
   from ugclu_jax import runner
   from ugclu_jax.methods import NonFiniteError
