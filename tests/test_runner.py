@@ -182,3 +182,32 @@ def test_report_command_renders_and_aggregates(smoke_run, tmp_path):
                    str(out)]) == 2  # one seed twice is refused, in one line
   assert cli.main(["report", str(smoke_run), "--out", str(out)]) == 0
   assert (out / "report.md").is_file() and (out / "metrics_per_request.png").is_file()
+
+
+def test_three_seeds_aggregate(tmp_path):
+  from ugclu_jax import config as C
+  from ugclu_jax import report as R
+  base = C.apply_overrides(C.load_config("smoke"), [
+      "stream=L:t0 L:t1 U:c1", "train.learn_epochs=1", "train.unlearn_iterations=10"])
+  dirs = []
+  for seed in (0, 1, 2):
+    cfg = C.apply_overrides(base, [f"seed={seed}"])
+    runner.run_experiment(cfg, tmp_path / f"s{seed}", progress=False, echo=lambda s: None)
+    dirs.append(str(tmp_path / f"s{seed}"))
+  out = tmp_path / "agg"
+  assert cli.main(["report", *dirs, "--out", str(out)]) == 0
+  agg = json.loads((out / "report_aggregated.json").read_text())
+  assert agg["seeds"] == [0, 1, 2]
+  fa = [json.loads((pathlib.Path(d) / "report.json").read_text())
+        ["methods"]["ugclu"]["requests"][2]["metrics"]["forget_acc"] for d in dirs]
+  got = agg["methods"]["ugclu"]["requests"][2]
+  np.testing.assert_allclose(got["metrics"]["forget_acc"], np.mean(fa), rtol=1e-9)
+  np.testing.assert_allclose(got["metrics_std"]["forget_acc"], np.std(fa, ddof=1), rtol=1e-6,
+                             atol=1e-12)
+  md = (out / "report.md").read_text()
+  assert "±" in md and "ugclu" in md and "retrain" in md
+  # Re-rendering one run reproduces its report.md.
+  single = tmp_path / "single"
+  assert cli.main(["report", dirs[0], "--out", str(single)]) == 0
+  assert (single / "report.md").read_text() == (pathlib.Path(dirs[0]) / "report.md").read_text()
+  assert R.load(dirs[0])["stream"] == ["L:t0", "L:t1", "U:c1"]
