@@ -1,0 +1,90 @@
+"""The benchmark harness: a quick run writes every ratio, positive and finite (no timing checks)."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+_BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+# The ratios the README documents; a missing or renamed key is a broken harness.
+_RATIO_KEYS = {"grad", "hvp_fwd_over_rev", "hvp_rev_over_rev", "ggn_vp", "remain_step",
+               "fast_slow_iteration", "hvp_fused_step", "none_fused_step",
+               "compile_hvp_fused_over_remain"}
+_TIMED = {"grad", "hvp_fwd_over_rev", "hvp_rev_over_rev", "ggn_vp", "sgd_step", "remain_step",
+          "fast_slow_iteration", "hvp_fused_step", "none_fused_step"}
+
+
+def _load_bench():
+  spec = importlib.util.spec_from_file_location("ugclu_bench", _BENCH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+  return _load_bench()
+
+
+@pytest.fixture(scope="module")
+def quick_run(bench, tmp_path_factory):
+  out = tmp_path_factory.mktemp("bench") / "nested" / "bench.json"
+  returned = bench.main(["--quick", "--models", "mlp", "--out", str(out)])
+  return returned, json.loads(out.read_text())
+
+
+def test_json_has_every_ratio_positive_and_finite(quick_run):
+  _, written = quick_run
+  assert list(written["models"]) == ["mlp"]
+  ratios = written["models"]["mlp"]["ratios"]
+  assert set(ratios) == _RATIO_KEYS
+  for key, value in ratios.items():
+    assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+  assert ratios["grad"] == 1.0
+  for other in ("ratios_of_min", "ratios_cpu"):
+    values = written["models"]["mlp"][other]
+    assert set(values) == _RATIO_KEYS - {"compile_hvp_fused_over_remain"}, other
+    assert all(math.isfinite(v) and v > 0 for v in values.values()), (other, values)
+  assert set(written["ratio_meanings"]) == _RATIO_KEYS
+
+
+def test_times_and_compile_times_are_consistent(quick_run):
+  returned, written = quick_run
+  res = written["models"]["mlp"]
+  assert set(res["times"]) == _TIMED
+  for name, t in res["times"].items():
+    assert len(t["repeats_ms"]) == written["repeats"] == 2, name
+    assert 0 < t["min_ms"] <= t["median_ms"] <= t["max_ms"], name
+    assert len(t["repeats_cpu_ms"]) == 2 and t["cpu_median_ms"] > 0, name
+    assert t["calls_per_repeat"] >= 1, name
+  # Each ratio is the quotient of the medians it names.
+  assert res["ratios"]["hvp_fwd_over_rev"] == pytest.approx(
+      res["times"]["hvp_fwd_over_rev"]["median_ms"] / res["times"]["grad"]["median_ms"])
+  assert res["ratios"]["none_fused_step"] == pytest.approx(
+      res["times"]["none_fused_step"]["median_ms"] / res["times"]["sgd_step"]["median_ms"])
+  compile_s = res["compile_s"]
+  assert all(s > 0 and math.isfinite(s) for s in compile_s.values())
+  # The remain step is compiled once, inside the fast_slow iteration.
+  assert compile_s["fast_slow_iteration"] == pytest.approx(
+      compile_s["target_step"] + compile_s["remain_step"])
+  assert res["ratios"]["compile_hvp_fused_over_remain"] == pytest.approx(
+      compile_s["hvp_fused_step"] / compile_s["remain_step"])
+  assert res["num_params"] > 0
+  assert isinstance(res["compiler_options"], dict)
+  env = written["environment"]
+  assert env["batch"] == 8 and env["devices"] and env["jax"]
+  assert written["quick"] is True
+  # The returned results are what was written.
+  assert json.loads(json.dumps(returned)) == written
+
+
+@pytest.mark.parametrize("argv", [["--models", "vgg"], ["--models", ""], ["--batch", "0"],
+                                  ["--repeats", "0"]])
+def test_bad_arguments_exit_before_any_work(bench, argv, tmp_path):
+  out = tmp_path / "bench.json"
+  with pytest.raises(SystemExit):
+    bench.main([*argv, "--quick", "--out", str(out)])
+  assert not out.exists()
