@@ -13,7 +13,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 from flax import nnx
@@ -75,8 +75,14 @@ def _validate(cfg: C.ExperimentConfig) -> None:
   if not cfg.methods:
     raise RunError("methods is empty; name at least one method")
   for name in cfg.methods:
-    if name not in MT.METHOD_NAMES:
-      raise RunError(f"unknown method {name!r}; valid: {', '.join(MT.METHOD_NAMES)}")
+    try:
+      MT.check_method_name(name)
+    except ValueError as e:
+      raise RunError(str(e)) from None
+  try:
+    MT.check_hyperparameters(**dataclasses.asdict(cfg.baselines))
+  except ValueError as e:
+    raise RunError(f"baselines.{e}") from None
   if len(set(cfg.methods)) != len(cfg.methods):
     raise RunError(f"methods lists a method twice: {','.join(cfg.methods)}")
 
@@ -117,16 +123,22 @@ def prepare(cfg: C.ExperimentConfig, log: Callable[[str], None] = lambda s: None
 # Methods from the config (the config -> kwargs boundary)
 # ----------------------------------------------------------------------------
 
-def _build_method(name, cfg: C.ExperimentConfig, apply_fn, params0, model_state0):
+def _build_method(name, cfg: C.ExperimentConfig, apply_fn, params0, model_state0, *,
+                  num_train: int, num_classes: int):
   t = cfg.train
   if name == MT.ORACLE:
     return MT.retrain(apply_fn, init_params=params0, init_model_state=model_state0,
                       learning_rate=t.learning_rate, momentum=t.momentum,
                       weight_decay=t.weight_decay, name=name)
-  kwargs = dataclasses.asdict(cfg.ugclu)
-  kwargs.update(MT.UGCLU_VARIANTS[name])
-  return MT.ugclu(apply_fn, name=name, learn_lr=t.learning_rate, momentum=t.momentum,
-                  weight_decay=t.weight_decay, **kwargs)
+  if name in MT.UGCLU_VARIANTS:
+    kwargs = dataclasses.asdict(cfg.ugclu)
+    kwargs.update(MT.UGCLU_VARIANTS[name])
+    return MT.ugclu(apply_fn, name=name, learn_lr=t.learning_rate, momentum=t.momentum,
+                    weight_decay=t.weight_decay, **kwargs)
+  # A baseline or a CLU pair "X+Y" of baselines.
+  return MT.baseline(apply_fn, name, num_train=num_train, num_classes=num_classes,
+                     learn_lr=t.learning_rate, momentum=t.momentum,
+                     weight_decay=t.weight_decay, **dataclasses.asdict(cfg.baselines))
 
 
 # ----------------------------------------------------------------------------
@@ -153,7 +165,9 @@ def _initial(cfg, ds, method_names):
   model = get_model(cfg.train.model, num_classes=ds.num_classes,
                     input_shape=ds.x_train.shape[1:], rngs=nnx.Rngs(cfg.seed))
   apply_fn, params0, model_state0 = as_functional(model)
-  methods = {n: _build_method(n, cfg, apply_fn, params0, model_state0) for n in method_names}
+  methods = {n: _build_method(n, cfg, apply_fn, params0, model_state0,
+                             num_train=ds.y_train.size, num_classes=ds.num_classes)
+             for n in method_names}
   states = {n: m.init(params0, model_state0) for n, m in methods.items()}
   store = D.store_init(cfg.data.store_size, ds.num_classes)
   learned = np.zeros(ds.y_train.shape, bool)
