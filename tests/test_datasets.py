@@ -356,3 +356,19 @@ def test_unknown_name(name):
 def test_idx_needs_data_dir():
   with pytest.raises(ValueError, match="needs data_dir"):
     datasets.load_dataset("idx")
+
+
+def test_limit_train_per_class():
+  from ugclu_jax import data as D
+  ds = D.load_dataset("digits")
+  small = D.limit_train_per_class(ds, 20, seed=3)
+  counts = np.bincount(small.y_train, minlength=10)
+  assert (counts == 20).all()
+  assert small.x_test is ds.x_test
+  again = D.limit_train_per_class(ds, 20, seed=3)
+  np.testing.assert_array_equal(small.x_train, again.x_train)
+  # Every kept sample is an original (image, label) pair.
+  rows = {(bytes(x), int(y)) for x, y in zip(ds.x_train, ds.y_train)}
+  assert all((bytes(x), int(y)) in rows for x, y in zip(small.x_train, small.y_train))
+  with pytest.raises(ValueError, match="max_per_class"):
+    D.limit_train_per_class(ds, 0, seed=0)

