@@ -30,7 +30,8 @@ def _entropy(seed: Seed) -> list[int]:
   return entropy
 
 
-def _as_indices(indices) -> np.ndarray:
+def as_indices(indices) -> np.ndarray:
+  """``indices`` as a 1-D int64 array (one-line error for anything else)."""
   indices = np.asarray(indices)
   if indices.ndim != 1 or not (indices.size == 0 or np.issubdtype(
       indices.dtype, np.integer)):
@@ -42,7 +43,7 @@ def _as_indices(indices) -> np.ndarray:
 def epoch_permutation(indices, epoch: int, seed: Seed) -> np.ndarray:
   """The order in which epoch ``epoch`` visits ``indices``."""
   rng = np.random.default_rng(_entropy(seed) + [int(epoch)])
-  return rng.permutation(_as_indices(indices))
+  return rng.permutation(as_indices(indices))
 
 
 def batch_indices(
@@ -61,7 +62,7 @@ def batch_indices(
     ``int64 [B]``: entries ``p % n`` of epoch permutation ``p // n`` for the
     stream positions ``p = step * B + arange(B)``.
   """
-  indices = _as_indices(indices)
+  indices = as_indices(indices)
   if indices.size == 0:
     raise ValueError("cannot draw batches from an empty index set")
   if batch_size < 1:
@@ -81,7 +82,7 @@ def batch_indices(
 
 def make_batch(x: np.ndarray, y: np.ndarray, indices) -> Batch:
   """Gathers a full batch: ``x`` as float32 in ``[0, 1]``, ``mask`` all ones."""
-  indices = _as_indices(indices)
+  indices = as_indices(indices)
   return Batch(x=to_float(x[indices]),
                y=np.asarray(y[indices], dtype=np.int32),
                mask=np.ones(indices.size, dtype=np.float32))
@@ -123,7 +124,7 @@ def eval_batches(
     ``Batch`` with ``x float32 [B, ...]``, ``y int32 [B]``, ``mask float32
     [B]``.
   """
-  indices = _as_indices(indices)
+  indices = as_indices(indices)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   for start in range(0, indices.size, batch_size):

@@ -46,13 +46,6 @@ from ugclu_jax.types import Batch
 FULL_ACCESS = -1
 
 
-def _as_indices(indices) -> np.ndarray:
-  indices = np.asarray(indices)
-  if indices.ndim != 1 or not (indices.size == 0 or np.issubdtype(
-      indices.dtype, np.integer)):
-    raise ValueError(f"indices must be a 1-D integer array, got "
-                     f"{indices.dtype} {indices.shape}")
-  return indices.astype(np.int64)
 
 
 class Store(NamedTuple):
@@ -172,7 +165,7 @@ def store_add(store: Store, indices, y_train: np.ndarray,
     The new store.
   """
   y_train = np.asarray(y_train)
-  new = np.unique(_as_indices(indices))
+  new = np.unique(batching.as_indices(indices))
   if new.size and (new[0] < 0 or new[-1] >= y_train.size):
     raise ValueError(f"indices must lie in [0, {y_train.size})")
   new = new[~np.isin(new, store.indices)]
@@ -230,7 +223,7 @@ def store_purge(store: Store, forget_indices, *,
   Returns:
     The store without any of ``forget_indices``.
   """
-  forget = np.unique(_as_indices(forget_indices))
+  forget = np.unique(batching.as_indices(forget_indices))
   valid = store.indices >= 0
   idx, lab = store.indices[valid], store.labels[valid]
   keep = ~np.isin(idx, forget)
@@ -248,7 +241,7 @@ def store_purge(store: Store, forget_indices, *,
 
 def accessible_indices(store: Store, request_indices) -> np.ndarray:
   """Every training index a method may read: the store plus the request."""
-  request = _as_indices(request_indices)
+  request = batching.as_indices(request_indices)
   return np.union1d(store_indices(store), request).astype(np.int64)
 
 
@@ -277,7 +270,7 @@ class DataAccess:
                request_indices):
     self._x = x_train
     self._y = y_train
-    self.target_indices = np.unique(_as_indices(request_indices))
+    self.target_indices = np.unique(batching.as_indices(request_indices))
     self.remain_indices = store_indices(store)
     self._allowed = np.union1d(self.target_indices, self.remain_indices)
     for array in (self.target_indices, self.remain_indices, self._allowed):
@@ -292,13 +285,13 @@ class DataAccess:
 
   def batch(self, indices) -> Batch:
     """The samples at ``indices`` (all must be accessible) as a full batch."""
-    indices = _as_indices(indices)
+    indices = batching.as_indices(indices)
     self._check(indices)
     return batching.make_batch(self._x, self._y, indices)
 
   def labels(self, indices) -> np.ndarray:
     """The labels at ``indices`` (all must be accessible)."""
-    indices = _as_indices(indices)
+    indices = batching.as_indices(indices)
     self._check(indices)
     return np.asarray(self._y[indices], np.int32)
 
@@ -314,6 +307,6 @@ class DataAccess:
 
   def eval_batches(self, indices, batch_size: int) -> Iterator[Batch]:
     """Padded evaluation batches over ``indices`` (all must be accessible)."""
-    indices = _as_indices(indices)
+    indices = batching.as_indices(indices)
     self._check(indices)
     return batching.eval_batches(self._x, self._y, indices, batch_size)
