@@ -109,6 +109,18 @@ class HvpTest(chex.TestCase, parameterized.TestCase):
       self.assertLess(_rel_err(gv, ug.ggn_vp(first_two, params, v)), 1e-10)
 
 
+  def test_direction_must_match_params(self):
+    loss_fn, logits_fn, params, v = _mlp_problem(jnp.float32)
+    leaves, treedef = jax.tree.flatten(v)
+    with self.assertRaisesRegex(ValueError, "tree structure"):
+      ug.hvp(loss_fn, params, {"other": leaves[0]})
+    bad = jax.tree.unflatten(treedef, [leaves[0][..., :1]] + leaves[1:])
+    with self.assertRaisesRegex(ValueError, "shape"):
+      ug.hvp(loss_fn, params, bad)
+    with self.assertRaisesRegex(ValueError, "shape"):
+      ug.ggn_vp(logits_fn, params, bad)
+
+
 def optax_add(tree, v, scale):
   return jax.tree.map(lambda a, b: a + scale * b, tree, v)
 

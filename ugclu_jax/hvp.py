@@ -30,7 +30,17 @@ def hvp(loss_fn: Callable[[Params], jax.Array], params: Params, v: Updates) -> U
   Returns:
     :math:`H v`, with the structure of ``params``.
   """
+  _check_direction(params, v)
   return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+
+
+def _check_direction(params: Params, v: Updates) -> None:
+  if jax.tree.structure(params) != jax.tree.structure(v):
+    raise ValueError("the direction v must have the tree structure of params")
+  for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(v)):
+    if jnp.shape(p) != jnp.shape(t):
+      raise ValueError(f"the direction v has a leaf of shape {jnp.shape(t)} where params "
+                       f"has {jnp.shape(p)}")
 
 
 def ggn_vp(logits_fn: Callable[[Params], jax.Array], params: Params, v: Updates, *,
@@ -51,6 +61,7 @@ def ggn_vp(logits_fn: Callable[[Params], jax.Array], params: Params, v: Updates,
     weights: optional ``[B]`` per-example weights; default ``1/B`` (the
       curvature of the mean loss). Use ``mask / mask.sum()`` for padded batches.
   """
+  _check_direction(params, v)
   logits, jv = jax.jvp(logits_fn, (params,), (v,))
   if logits.ndim != 2:
     raise ValueError(f"logits_fn must return [batch, classes], got {logits.shape}")
