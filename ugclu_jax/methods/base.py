@@ -15,8 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ugclu_jax.data import DataAccess, Request
+from ugclu_jax.fast_slow import sync
 from ugclu_jax.metrics import Cost
 from ugclu_jax.types import Batch, ModelState, Params
+
+CHECK_EVERY = 50  # iterations between host-side finiteness checks
 
 
 class NonFiniteError(RuntimeError):
@@ -107,3 +110,29 @@ def check_params_finite(params: Params, *, method: str, ctx: Context) -> None:
   if not bool(finite):
     raise NonFiniteError(f"method {method!r}, request {ctx.request.token!r} (#{ctx.index}): "
                          f"parameters became non-finite")
+
+
+def run_iterations(ts, body: Callable, *, ctx: Context, name: str,
+                   num_iterations: int | None = None):
+  """Runs ``body(ts, k) -> (ts, metrics, Cost)`` for ``k`` in ``range(num_iterations)``.
+
+  Checks the logged values every ``CHECK_EVERY`` iterations and at the end
+  (one host sync each), reports progress, and returns ``(ts, total Cost)``.
+  ``num_iterations`` defaults to the request's budget.
+  """
+  n = ctx.num_iterations if num_iterations is None else num_iterations
+  total, metrics = Cost(), {}
+  for k in range(n):
+    ts, metrics, cost = body(ts, k)
+    total = total.add(cost)
+    if metrics and ((k + 1) % CHECK_EVERY == 0 or k == n - 1):
+      check_finite(metrics, method=name, ctx=ctx, iteration=k)
+    ctx.progress(1)
+  return ts, total
+
+
+def finish(ts, *, ctx: Context, name: str, slow_step_size: float = 1.0):
+  """Final fast/slow sync of a request; ``(params, model_state)``, checked finite."""
+  params = sync(ts.params, slow_step_size).slow
+  check_params_finite(params, method=name, ctx=ctx)
+  return params, ts.model_state

@@ -68,9 +68,8 @@ import optax
 
 from ugclu_jax import objectives
 from ugclu_jax.data import batch_indices
-from ugclu_jax.fast_slow import sync
-from ugclu_jax.methods.base import (Context, Method, MethodState, check_finite,
-                                    check_params_finite, stacked_batches, to_device)
+from ugclu_jax.methods.base import (Context, Method, MethodState, finish, run_iterations,
+                                    stacked_batches, to_device)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
 from ugclu_jax.saliency import fisher_diagonal
@@ -84,7 +83,6 @@ BASELINE_NAMES = UNLEARNING_BASELINES + CL_BASELINES
 # The learn rule and the unlearn rule of each baseline.
 _LEARN_RULE = {**{n: "er" for n in UNLEARNING_BASELINES}, **{n: n for n in CL_BASELINES}}
 _UNLEARN_RULE = {**{n: n for n in UNLEARNING_BASELINES}, **{n: "ft" for n in CL_BASELINES}}
-CHECK_EVERY = 50  # iterations between host-side finiteness checks
 
 
 # ----------------------------------------------------------------------------
@@ -252,31 +250,6 @@ def _make_step(loss_fn: LossFn, tx: optax.GradientTransformationExtraArgs, *,
   return jax.jit(step, donate_argnums=0)
 
 
-def _loop(ts: TrainState, body: Callable, *, ctx: Context, name: str,
-          num_iterations: Optional[int] = None) -> tuple[TrainState, int, int]:
-  """Runs ``body(ts, k) -> (ts, metrics, steps, grad_evals)`` for each iteration.
-
-  Checks the logged values every ``CHECK_EVERY`` iterations and at the end,
-  reports progress, and returns ``(ts, steps, grad_evals)``.
-  """
-  n = ctx.num_iterations if num_iterations is None else num_iterations
-  steps = grads = 0
-  metrics = {}
-  for k in range(n):
-    ts, metrics, s, g = body(ts, k)
-    steps, grads = steps + s, grads + g
-    if metrics and ((k + 1) % CHECK_EVERY == 0 or k == n - 1):
-      check_finite(metrics, method=name, ctx=ctx, iteration=k)
-    ctx.progress(1)
-  return ts, steps, grads
-
-
-def _finish(ts: TrainState, *, ctx: Context, name: str) -> tuple[Params, ModelState]:
-  params = sync(ts.params).slow
-  check_params_finite(params, method=name, ctx=ctx)
-  return params, ts.model_state
-
-
 class _Draw:
   """Host-side batch draws of one request, each stream with its own seed tag."""
 
@@ -405,17 +378,17 @@ def _make_learner(rule: str, apply_fn, tx, *, name: str, learn_lr: float, num_tr
       else:
         step_aux = aux
       ts, metrics = step(ts, batches, step_aux, hp, None, 1)
-      return ts, metrics, 1, len(batches)
+      return ts, metrics, Cost(0.0, 1, len(batches), 0)
 
     ts = init_train_state(state.params, state.model_state, tx)
-    ts, steps, grads = _loop(ts, body, ctx=ctx, name=name)
-    params, model_state = _finish(ts, ctx=ctx, name=name)
+    ts, cost = run_iterations(ts, body, ctx=ctx, name=name)
+    params, model_state = finish(ts, ctx=ctx, name=name)
     extra, extra_grads = state.extra, 0
     if rule == "der_pp":
       extra = {"logits": _record(params, model_state, extra["logits"], ctx)}
     if rule == "ewc":
       extra, extra_grads = _ewc_update(params, model_state, extra, ctx, target=True)
-    return MethodState(params, model_state, extra), Cost(0.0, steps, grads + extra_grads, 0)
+    return MethodState(params, model_state, extra), cost.add(Cost(0.0, 0, extra_grads, 0))
 
   # --- DER++: recorded logits ------------------------------------------------------
   record_batch = jax.jit(
@@ -588,10 +561,10 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
         if has_remain:
           ts, m = min_step(ts, {"remain": to_device(draw.remain(k, 2))}, teacher, hp, None, 1)
           metrics, count = {**metrics, **m}, count + 1
-        return ts, metrics, count, count
+        return ts, metrics, Cost(0.0, count, count, 0)
 
-      ts, steps, grads = _loop(ts, body, ctx=ctx, name=name,
-                               num_iterations=n if has_remain else n_max)
+      ts, cost = run_iterations(ts, body, ctx=ctx, name=name,
+                                num_iterations=n if has_remain else n_max)
     else:
       def body(ts, k):
         batches = {}
@@ -600,11 +573,11 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
         if uses_remain:
           batches["remain"] = to_device(draw.remain(k, 2))
         ts, metrics = step(ts, batches, (), hp, mask, 1)
-        return ts, metrics, 1, len(batches)
+        return ts, metrics, Cost(0.0, 1, len(batches), 0)
 
-      ts, steps, grads = _loop(ts, body, ctx=ctx, name=name)
-    params, model_state = _finish(ts, ctx=ctx, name=name)
-    return params, model_state, Cost(0.0, steps, grads + extra_grads, 0)
+      ts, cost = run_iterations(ts, body, ctx=ctx, name=name)
+    params, model_state = finish(ts, ctx=ctx, name=name)
+    return params, model_state, cost.add(Cost(0.0, 0, extra_grads, 0))
 
   return unlearn
 

@@ -1,15 +1,11 @@
 """The oracle: retraining from scratch on ``D_R ∪ D_L`` (ALGORITHM.md §1)."""
 
 
-from ugclu_jax.fast_slow import sync
-from ugclu_jax.methods.base import (Context, Method, MethodState, check_finite,
-                                    check_params_finite, to_device)
+from ugclu_jax.methods.base import (Context, Method, MethodState, finish, run_iterations,
+                                    to_device)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
 from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
-
-CHECK_EVERY = 50
-
 
 def sgd_train(steps, tx, params, model_state, ctx: Context, *, learning_rate: float,
               name: str, seed_tag: int = 0):
@@ -20,18 +16,16 @@ def sgd_train(steps, tx, params, model_state, ctx: Context, *, learning_rate: fl
   """
   hp = RequestHParams.create(learning_rate=learning_rate, a_target=1.0,
                              num_iterations=ctx.num_iterations)
-  ts = init_train_state(params, model_state, tx)
-  metrics = {}
-  for k in range(ctx.num_iterations):
+
+  def body(ts, k):
     batch = to_device(ctx.access.target_batch(ctx.batch_size, k, (*ctx.seed, seed_tag)))
     ts, metrics = steps.target(ts, batch, None, hp, 1)
-    if (k + 1) % CHECK_EVERY == 0 or k == ctx.num_iterations - 1:
-      check_finite(metrics, method=name, ctx=ctx, iteration=k)
-    ctx.progress(1)
-  params = sync(ts.params).slow
-  check_params_finite(params, method=name, ctx=ctx)
-  n = ctx.num_iterations
-  return params, ts.model_state, Cost(0.0, n, n, 0)
+    return ts, metrics, Cost(0.0, 1, 1, 0)
+
+  ts, cost = run_iterations(init_train_state(params, model_state, tx), body, ctx=ctx,
+                            name=name)
+  params, model_state = finish(ts, ctx=ctx, name=name)
+  return params, model_state, cost
 
 
 def retrain(apply_fn, *, init_params, init_model_state, learning_rate: float = 0.05,

@@ -5,16 +5,12 @@ import functools
 import jax
 
 from ugclu_jax import objectives
-from ugclu_jax.fast_slow import sync
-from ugclu_jax.methods.base import (Method, MethodState, check_finite,
-                                    check_params_finite, stacked_batches, to_device)
+from ugclu_jax.methods.base import (Method, MethodState, finish, run_iterations,
+                                    stacked_batches, to_device)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
 from ugclu_jax.saliency import balanced_saliency_mask, fisher_diagonal
 from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
-
-CHECK_EVERY = 50  # iterations between host-side finiteness checks
-
 
 def make_fisher_fn(apply_fn):
   """Jitted ``(params, model_state, stacked_batches) -> Fisher diagonal`` in eval mode."""
@@ -90,34 +86,29 @@ def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
     a_t = a_unlearn if kind == "unlearn" else a_learn
     hp = RequestHParams.create(learning_rate=lr, a_target=a_t, a_remain=a_remain,
                                beta=beta or lr, damping=damping, num_iterations=n)
-    ts = init_train_state(state.params, state.model_state, tx)
-    steps_taken = grads = hvps = 0
-    if use_mask:
-      grads += 2 * fisher_batches
-    metrics = {}
     target = lambda k: to_device(access.target_batch(b, k, (*ctx.seed, 3)))
     remain = lambda k: to_device(access.remain_batch(b, k, (*ctx.seed, 4)))
-    for k in range(n):
+
+    def body(ts, k):
       if not has_remain:
         ts, metrics = steps.target(ts, target(k), m, hp, 1)
-        steps_taken, grads = steps_taken + 1, grads + 1
-      elif k % freq == 0 and mode != "fast_slow":
+        return ts, metrics, Cost(0.0, 1, 1, 0)
+      if k % freq == 0 and mode != "fast_slow":
         ts, metrics = steps.fused(ts, target(k // freq), remain(k), m, hp)
-        steps_taken, grads = steps_taken + 1, grads + 2
-        hvps += order if mode == "hvp" else 0
-      else:
-        if k % freq == 0:
-          ts, metrics = steps.target(ts, target(k // freq), m, hp, 0)
-          steps_taken, grads = steps_taken + 1, grads + 1
-        ts, metrics = steps.remain(ts, remain(k), hp)
-        steps_taken, grads = steps_taken + 1, grads + 1
-      if (k + 1) % CHECK_EVERY == 0 or k == n - 1:
-        check_finite(metrics, method=name, ctx=ctx, iteration=k)
-      ctx.progress(1)
-    params = sync(ts.params, slow_step_size).slow
-    check_params_finite(params, method=name, ctx=ctx)
-    return (MethodState(params, ts.model_state, state.extra),
-            Cost(0.0, steps_taken, grads, hvps))
+        return ts, metrics, Cost(0.0, 1, 2, order if mode == "hvp" else 0)
+      cost, metrics = Cost(), {}
+      if k % freq == 0:
+        ts, metrics = steps.target(ts, target(k // freq), m, hp, 0)
+        cost = Cost(0.0, 1, 1, 0)
+      ts, remain_metrics = steps.remain(ts, remain(k), hp)
+      return ts, {**metrics, **remain_metrics}, cost.add(Cost(0.0, 1, 1, 0))
+
+    ts, cost = run_iterations(init_train_state(state.params, state.model_state, tx), body,
+                              ctx=ctx, name=name)
+    params, model_state = finish(ts, ctx=ctx, name=name, slow_step_size=slow_step_size)
+    if use_mask:
+      cost = cost.add(Cost(0.0, 0, 2 * fisher_batches, 0))
+    return MethodState(params, model_state, state.extra), cost
 
   return Method(name=name, init=lambda params, model_state: MethodState(params, model_state),
                 learn=functools.partial(run, "learn"), unlearn=functools.partial(run, "unlearn"))
