@@ -3,7 +3,7 @@
     make run        (or: python -m ugclu_jax run --config default --workdir runs/default)
 
 UG-CLU, its four ablations, the eleven baselines and the retrained oracle. To fit a
-2-core CPU in under 20 minutes, each class keeps 600 training samples (a seeded
+2-core CPU in under 20 minutes, each class keeps 500 training samples (a seeded
 draw) and the test set is the full 10 000. Falls back to scikit-learn digits when
 the Fashion-MNIST IDX files are missing (scripts/get_data.sh installs Debian's
 dataset-fashion-mnist).
@@ -21,9 +21,9 @@ def get_config() -> ExperimentConfig:
                "ft", "ga", "neggrad_plus", "rl", "salun", "scrub",
                "naive", "er", "der_pp", "lwf", "ewc"),
       data=DataConfig(name="fashion_mnist", fallback="digits", classes_per_task=2,
-                      max_train_per_class=600, store_size=1000, batch_size=64,
+                      max_train_per_class=500, store_size=1000, batch_size=64,
                       eval_batch_size=1000, max_eval=2000),
       train=TrainConfig(model="cnn", learn_epochs=2, learning_rate=0.02,
-                        unlearn_iterations=100),
+                        unlearn_iterations=80),
       ugclu=UGCLUConfig(unlearn_lr=0.02, forget_freq=5, fisher_batches=4),
   )
