@@ -296,6 +296,19 @@ def test_ewc_state_after_learn_and_unlearn(runs):
              for a, b in zip(jax.tree.leaves(f_u5), jax.tree.leaves(f_l8)))
 
 
+def test_diverging_ewc_stops_with_a_message_naming_ewc_lambda(setup, runs):
+  """SGD on the penalty diverges when ewc_lambda * max(F) * lr is large: a clear stop."""
+  x, y = setup["x"], setup["y"]
+  state = runs("ewc")["states"][1]  # its Fisher comes from the learn requests' data
+  method = MT.baseline(setup["apply_fn"], "ewc", num_train=y.size, num_classes=10,
+                       ewc_lambda=1e7)
+  idx = np.flatnonzero(y == 8)
+  ctx = MT.Context(D.DataAccess(x, y, setup["store"], idx), setup["requests"][2], 2, 60, B,
+                   MT.method_seed(0, 2, "ewc"))
+  with pytest.raises(MT.NonFiniteError, match=r"'ewc'.*'L:c8'.*lower ewc_lambda \(1e\+07\)"):
+    method.learn(state, ctx)
+
+
 def test_distillation_loss_hand_check():
   s = jnp.array([[1.0, 0.0, -1.0]])
   t = jnp.array([[0.0, 2.0, 0.0]])

@@ -165,9 +165,10 @@ class BaselinesConfig:
     der_beta: DER++'s :math:`\\beta`, weight of the replay cross-entropy (reference 0.5).
     lwf_lambda: LwF's distillation weight :math:`\\lambda_o` (reference 1).
     lwf_temperature: LwF's distillation temperature (reference 2).
-    ewc_lambda: online EWC's penalty weight :math:`\\lambda` (100; SGD on the
-      penalty diverges once :math:`\\lambda F_{max}` times the learning rate
-      is too large, about 1000 on the smoke config).
+    ewc_lambda: online EWC's penalty weight :math:`\\lambda` (100). SGD with
+      momentum :math:`\\mu` on the penalty diverges once
+      :math:`\\lambda F_{max} \\eta > 2(1+\\mu)`: about 1000 on the smoke
+      config, 30 on ``default`` (which sets 5).
     ewc_gamma: online EWC's Fisher decay :math:`\\gamma` (reference 1).
     ewc_fisher_samples: single-sample gradients in each EWC Fisher estimate.
   """

@@ -93,15 +93,15 @@ def stacked_batches(draw: Callable[[int], Batch], n: int) -> Batch:
   return Batch(*(jnp.asarray(np.stack(parts)) for parts in zip(*batches)))
 
 
-def check_finite(metrics: dict, *, method: str, ctx: Context, iteration: int) -> None:
+def check_finite(metrics: dict, *, method: str, ctx: Context, iteration: int,
+                 hint: str = "lower the learning rate or the unlearning coefficient") -> None:
   """Raises :class:`NonFiniteError` if any logged value is NaN or infinite."""
   values = jax.device_get(metrics)
   for key, value in values.items():
     if not np.all(np.isfinite(value)):
       raise NonFiniteError(
           f"method {method!r}, request {ctx.request.token!r} (#{ctx.index}): {key} became "
-          f"non-finite near iteration {iteration}; lower the learning rate or the "
-          f"unlearning coefficient")
+          f"non-finite near iteration {iteration}; {hint}")
 
 
 def check_params_finite(params: Params, *, method: str, ctx: Context) -> None:
@@ -113,12 +113,13 @@ def check_params_finite(params: Params, *, method: str, ctx: Context) -> None:
 
 
 def run_iterations(ts, body: Callable, *, ctx: Context, name: str,
-                   num_iterations: int | None = None):
+                   num_iterations: int | None = None, hint: str | None = None):
   """Runs ``body(ts, k) -> (ts, metrics, Cost)`` for ``k`` in ``range(num_iterations)``.
 
   Checks the logged values every ``CHECK_EVERY`` iterations and at the end
   (one host sync each), reports progress, and returns ``(ts, total Cost)``.
-  ``num_iterations`` defaults to the request's budget.
+  ``num_iterations`` defaults to the request's budget; ``hint`` replaces the
+  error message's default advice.
   """
   n = ctx.num_iterations if num_iterations is None else num_iterations
   total, metrics = Cost(), {}
@@ -126,7 +127,8 @@ def run_iterations(ts, body: Callable, *, ctx: Context, name: str,
     ts, metrics, cost = body(ts, k)
     total = total.add(cost)
     if metrics and ((k + 1) % CHECK_EVERY == 0 or k == n - 1):
-      check_finite(metrics, method=name, ctx=ctx, iteration=k)
+      check_finite(metrics, method=name, ctx=ctx, iteration=k,
+                   **({"hint": hint} if hint else {}))
     ctx.progress(1)
   return ts, total
 

@@ -381,7 +381,10 @@ def _make_learner(rule: str, apply_fn, tx, *, name: str, learn_lr: float, num_tr
       return ts, metrics, Cost(0.0, 1, len(batches), 0)
 
     ts = init_train_state(state.params, state.model_state, tx)
-    ts, cost = run_iterations(ts, body, ctx=ctx, name=name)
+    hint = (f"lower ewc_lambda ({ewc_lambda:g}) or the learning rate: SGD on the penalty "
+            f"diverges once ewc_lambda * max(F) * learning rate exceeds 2 (1 + momentum)"
+            if rule == "ewc" else None)
+    ts, cost = run_iterations(ts, body, ctx=ctx, name=name, hint=hint)
     params, model_state = finish(ts, ctx=ctx, name=name)
     extra, extra_grads = state.extra, 0
     if rule == "der_pp":
