@@ -372,3 +372,14 @@ def test_limit_train_per_class():
   assert all((bytes(x), int(y)) in rows for x, y in zip(small.x_train, small.y_train))
   with pytest.raises(ValueError, match="max_per_class"):
     D.limit_train_per_class(ds, 0, seed=0)
+
+
+def test_per_class_subsample_caps_each_class():
+  from ugclu_jax import data as D
+  labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
+  idx = D.per_class_subsample(labels, 5, seed=[1, 2])
+  assert np.all(np.diff(idx) > 0)  # sorted, no repeats
+  np.testing.assert_array_equal(np.bincount(labels[idx]), [5, 3, 5])
+  np.testing.assert_array_equal(idx[labels[idx] == 1], [10, 11, 12])  # small classes whole
+  np.testing.assert_array_equal(idx, D.per_class_subsample(labels, 5, seed=[1, 2]))
+  assert not np.array_equal(idx, D.per_class_subsample(labels, 5, seed=[1, 3]))

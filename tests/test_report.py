@@ -106,6 +106,22 @@ def test_summary_hand_values():
   assert s["retrain"]["avg_gap"] == 0.0
 
 
+def test_without_timings_drops_only_the_seconds():
+  report = _report()
+  before = copy.deepcopy(report)
+  stripped = rp.without_timings(report)
+  assert report == before  # the input is untouched
+  for name, entry in stripped["methods"].items():
+    for got, want in zip(entry["requests"], report["methods"][name]["requests"]):
+      assert "seconds" not in got
+      assert got == {k: v for k, v in want.items() if k != "seconds"}
+  changed = copy.deepcopy(report)
+  changed["methods"]["ugclu"]["requests"][0]["seconds"] += 1.0
+  assert rp.without_timings(changed) == stripped
+  changed["methods"]["ugclu"]["requests"][0]["metrics"]["remain_acc"] = 0.0
+  assert rp.without_timings(changed) != stripped
+
+
 def test_summary_gap_mean_over_several_unlearn_requests():
   rep = _report()
   rep["stream"] = ["L:t0", "U:r0.5", "U:t0", "L:t2"]

@@ -13,6 +13,7 @@ import pytest
 
 from ugclu_jax import cli
 from ugclu_jax import data as D
+from ugclu_jax import report as R
 from ugclu_jax import runner
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -27,14 +28,6 @@ def _cli(workdir, *extra, resume=False):
   if resume:
     cmd.append("--resume")
   return cmd
-
-
-def _without_timings(report):
-  report = json.loads(json.dumps(report))
-  for entry in report["methods"].values():
-    for request in entry["requests"]:
-      request.pop("seconds")
-  return report
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +88,7 @@ def test_same_seed_same_report(smoke_run, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   first = json.loads((smoke_run / "report.json").read_text())
   second = json.loads((tmp_path / "again" / "report.json").read_text())
-  assert _without_timings(first) == _without_timings(second)
+  assert R.without_timings(first) == R.without_timings(second)
 
 
 def test_sigkill_mid_request_then_resume(smoke_run, tmp_path):
@@ -120,7 +113,7 @@ def test_sigkill_mid_request_then_resume(smoke_run, tmp_path):
   assert "resuming" in resumed.stdout
   expected = json.loads((smoke_run / "report.json").read_text())
   got = json.loads((workdir / "report.json").read_text())
-  assert _without_timings(got) == _without_timings(expected)
+  assert R.without_timings(got) == R.without_timings(expected)
 
 
 @pytest.mark.parametrize("stream, message", [

@@ -34,6 +34,8 @@ class DataConfig:
     eval_batch_size: padded evaluation batch size.
     max_eval: cap on the samples of each evaluation set (remain, test, forget);
       a fixed seeded subsample, so every method and the oracle see the same.
+      The test set keeps at most ``max_eval // num_classes`` samples of each
+      class, the same ones at every request.
     max_train_per_class: keep at most this many training samples per class (a
       seeded draw; None: all), to fit an experiment into a CPU budget.
   """
@@ -62,9 +64,10 @@ class TrainConfig:
     momentum: SGD momentum.
     weight_decay: coupled weight decay.
     unlearn_iterations: iterations of an unlearn request.
-    oracle: ``"all"`` retrains after every request, ``"unlearn"`` only after
-      unlearn requests (learn requests then continue the previous oracle with
-      the learn budget on ``D_R ∪ D_L``).
+    devices: data parallelism: every batch is split over this many local
+      devices and the state is replicated (:mod:`ugclu_jax.parallel`); 0 takes
+      all local devices. ``data.batch_size`` and ``data.eval_batch_size`` must
+      be multiples of it.
   """
   model: str = "mlp"
   learn_epochs: float = 5.0
@@ -72,7 +75,7 @@ class TrainConfig:
   momentum: float = 0.9
   weight_decay: float = 5e-4
   unlearn_iterations: int = 100
-  oracle: str = "all"
+  devices: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,12 +8,12 @@ masked batches; the metrics themselves are the pure functions of
 from typing import NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ugclu_jax import metrics as M
 from ugclu_jax import mia
 from ugclu_jax.data import eval_batches
+from ugclu_jax.parallel import shard_batch
 
 
 class Outputs(NamedTuple):
@@ -36,8 +36,11 @@ def make_output_fn(apply_fn):
 
 
 def outputs(output_fn, params, model_state, x, y, indices, batch_size: int,
-            num_classes: int) -> Outputs:
-  """Outputs of the model on ``x[indices]`` (any size, padded batches)."""
+            num_classes: int, mesh=None) -> Outputs:
+  """Outputs of the model on ``x[indices]`` (any size, padded batches).
+
+  With a ``mesh``, each batch is split over its devices.
+  """
   indices = np.asarray(indices, np.int64)
   if indices.size == 0:
     empty = np.zeros((0,), np.float32)
@@ -45,7 +48,7 @@ def outputs(output_fn, params, model_state, x, y, indices, batch_size: int,
                    mia.MIAFeatures(empty, empty, empty))
   corrects, probs, feats = [], [], []
   for batch in eval_batches(x, y, indices, batch_size):
-    c, p, f = output_fn(params, model_state, jax.tree.map(jnp.asarray, batch))
+    c, p, f = output_fn(params, model_state, shard_batch(batch, mesh))
     real = np.asarray(batch.mask) > 0
     corrects.append(np.asarray(c)[real])
     probs.append(np.asarray(p)[real])

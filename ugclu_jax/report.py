@@ -212,6 +212,19 @@ def _summarize_method(entry: Mapping[str, Any]) -> dict[str, float | None]:
   return {k: out[k] for k in SUMMARY_KEYS}
 
 
+def without_timings(report: Mapping[str, Any]) -> dict[str, Any]:
+  """A deep copy of ``report`` without its wall-clock ``seconds`` fields.
+
+  Two runs with one seed, or a run and its resumed copy, give equal results.
+  """
+  out = copy.deepcopy(dict(report))
+  for entry in out["methods"].values():
+    for request in entry["requests"]:
+      request.pop("seconds", None)
+      request.pop("seconds_std", None)
+  return out
+
+
 def summary(report: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
   r"""Reduces each method of a report to a few numbers.
 

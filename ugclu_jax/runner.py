@@ -15,6 +15,7 @@ import pathlib
 import time
 from typing import Callable
 
+import jax
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
@@ -25,6 +26,7 @@ from ugclu_jax import evaluation as E
 from ugclu_jax import metrics as M
 from ugclu_jax import methods as MT
 from ugclu_jax import mia
+from ugclu_jax import parallel as PL
 from ugclu_jax.checkpointing import Checkpointer, read_meta
 from ugclu_jax.models import as_functional, get_model
 
@@ -88,6 +90,16 @@ def _validate(cfg: C.ExperimentConfig) -> None:
     raise RunError(f"baselines.{e}") from None
   if len(set(cfg.methods)) != len(cfg.methods):
     raise RunError(f"methods lists a method twice: {','.join(cfg.methods)}")
+  devices = cfg.train.devices
+  available = jax.local_device_count()
+  if not 0 <= devices <= available:
+    raise RunError(f"train.devices={devices}: this machine has {available} local device(s); "
+                   f"use 1 to {available}, or 0 for all")
+  n = devices or available
+  for key in ("batch_size", "eval_batch_size"):
+    if getattr(cfg.data, key) % n:
+      raise RunError(f"data.{key}={getattr(cfg.data, key)} does not split over "
+                     f"train.devices={n}; use a multiple of {n}")
 
 
 def _load_data(cfg: C.ExperimentConfig, log: Callable[[str], None]):
@@ -165,11 +177,18 @@ def _state_tree(states, store, learned):
           "store": tuple(store), "learned": learned}
 
 
-def _initial(cfg, ds, method_names):
+def _mesh(cfg):
+  """The data-parallel mesh of ``train.devices`` (``None`` for one device)."""
+  n = cfg.train.devices or jax.local_device_count()
+  return PL.data_mesh(n) if n > 1 else None
+
+
+def _initial(cfg, ds, method_names, mesh=None):
   """The model, the methods and the state before the first request."""
   model = get_model(cfg.train.model, num_classes=ds.num_classes,
                     input_shape=ds.x_train.shape[1:], rngs=nnx.Rngs(cfg.seed))
   apply_fn, params0, model_state0 = as_functional(model)
+  params0, model_state0 = PL.replicate((params0, model_state0), mesh)
   methods = {n: _build_method(n, cfg, apply_fn, params0, model_state0,
                              num_train=ds.y_train.size, num_classes=ds.num_classes)
              for n in method_names}
@@ -231,7 +250,8 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
   _write_json(workdir / "config.json", C.to_dict(cfg))
   x, y = ds.x_train, ds.y_train
   num_classes, seed, b = ds.num_classes, cfg.seed, cfg.data.batch_size
-  apply_fn, methods, states, store, learned = _initial(cfg, ds, method_names)
+  mesh = _mesh(cfg)
+  apply_fn, methods, states, store, learned = _initial(cfg, ds, method_names, mesh)
   report = {"config": C.to_dict(cfg), "dataset": ds.name, "stream": D.stream_tokens(requests),
             "methods": {n: {"requests": []} for n in method_names}}
   # For relapse: every unlearn request's evaluated forget samples, and each
@@ -239,11 +259,17 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
   history = {"forget_sets": {}, "forget_correct": {n: {} for n in method_names}}
   start = 0
   output_fn = E.make_output_fn(apply_fn)
+  # One class-balanced test subsample for the whole run (max_eval / classes per
+  # class): at every request the test set is its learned classes, so the
+  # accuracy matrix compares the same samples across requests.
+  test_pool = D.per_class_subsample(ds.y_test, max(1, cfg.data.max_eval // num_classes),
+                                    [seed, 0x7E57])
 
   with Checkpointer(ckpt_dir) as ckpt:
     if meta is not None:
       tree, meta = ckpt.restore(ckpt.latest_step(), _state_tree(states, store, learned))
-      states = {n: MT.MethodState(*v) for n, v in tree["methods"].items()}
+      states = {n: MT.MethodState(*PL.replicate(tuple(v), mesh))
+                for n, v in tree["methods"].items()}
       store, learned = D.Store(*tree["store"]), tree["learned"].astype(bool)
       report, history, start = meta["report"], meta["history"], meta["cursor"]
       log(f"resuming {workdir} at request {start} of {len(requests)}")
@@ -276,12 +302,12 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
       if forget_eval is not None:
         history["forget_sets"][str(r)] = forget_eval.tolist()
       remain_eval = E.subsample(learned_idx, cfg.data.max_eval, [seed, r, 2])
-      test_eval = np.flatnonzero(np.isin(ds.y_test, learned_classes))
+      test_eval = test_pool[np.isin(ds.y_test[test_pool], learned_classes)]
       test_labels = ds.y_test[test_eval]
 
       def evaluate(state, indices, xs, ys):
         return E.outputs(output_fn, state.params, state.model_state, xs, ys, indices,
-                         cfg.data.eval_batch_size, num_classes)
+                         cfg.data.eval_batch_size, num_classes, mesh)
 
       oracle_metrics = oracle_forget = None
       for name in method_names:
@@ -289,7 +315,7 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
         is_oracle = name == MT.ORACLE
         ctx = MT.Context(access=oracle_access if is_oracle else access, request=req, index=r,
                          num_iterations=n_oracle if is_oracle else n_iter, batch_size=b,
-                         seed=MT.method_seed(seed, r, name))
+                         seed=MT.method_seed(seed, r, name), mesh=mesh)
         # --- Train -----------------------------------------------------------------
         with tqdm(total=ctx.num_iterations, desc=f"[{r}] {req.token} {name}", leave=False,
                   disable=None if progress else True) as bar:

@@ -15,6 +15,7 @@ from ugclu_jax.data.datasets import load_dataset
 from ugclu_jax.data.datasets import limit_train_per_class
 from ugclu_jax.data.datasets import load_idx_dataset
 from ugclu_jax.data.datasets import parse_idx
+from ugclu_jax.data.datasets import per_class_subsample
 from ugclu_jax.data.datasets import stratified_split
 from ugclu_jax.data.datasets import synthetic_dataset
 from ugclu_jax.data.datasets import to_float
@@ -56,6 +57,7 @@ __all__ = (
     "load_idx_dataset",
     "make_batch",
     "make_tasks",
+    "per_class_subsample",
     "num_eval_batches",
     "parse_idx",
     "parse_stream",

@@ -111,21 +111,26 @@ def to_float(x: np.ndarray) -> np.ndarray:
   raise ValueError(f"images must be uint8 or floating, got dtype {x.dtype}")
 
 
+def per_class_subsample(labels: np.ndarray, max_per_class: int, seed) -> np.ndarray:
+  """Sorted indices of at most ``max_per_class`` samples of each label (a seeded draw)."""
+  if max_per_class < 1:
+    raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+  rng = np.random.default_rng(seed)
+  keep = []
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    if idx.size > max_per_class:
+      idx = rng.choice(idx, max_per_class, replace=False)
+    keep.append(idx)
+  return np.sort(np.concatenate(keep)) if keep else np.zeros((0,), np.int64)
+
+
 def limit_train_per_class(ds: Dataset, max_per_class: int, seed: int) -> Dataset:
   """Keeps at most ``max_per_class`` training samples of each class (a seeded draw).
 
   The test split is unchanged; kept samples stay in their original order.
   """
-  if max_per_class < 1:
-    raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
-  rng = np.random.default_rng([seed, 0x5EED])
-  keep = []
-  for c in range(ds.num_classes):
-    idx = np.flatnonzero(ds.y_train == c)
-    if idx.size > max_per_class:
-      idx = rng.choice(idx, max_per_class, replace=False)
-    keep.append(idx)
-  keep = np.sort(np.concatenate(keep))
+  keep = per_class_subsample(ds.y_train, max_per_class, [seed, 0x5EED])
   return ds._replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep])
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from ugclu_jax.data import DataAccess, Request
 from ugclu_jax.fast_slow import sync
 from ugclu_jax.metrics import Cost
+from ugclu_jax.parallel import shard_batch
 from ugclu_jax.types import Batch, ModelState, Params
 
 CHECK_EVERY = 50  # iterations between host-side finiteness checks
@@ -52,6 +53,8 @@ class Context:
     batch_size: training batch size.
     seed: seed sequence for this request and method (batches, random labels).
     progress: called with the number of iterations just finished.
+    mesh: a ``jax.sharding.Mesh`` to split batches over (data parallelism,
+      :mod:`ugclu_jax.parallel`), or ``None`` for the default device.
   """
   access: DataAccess
   request: Request
@@ -60,6 +63,11 @@ class Context:
   batch_size: int
   seed: tuple[int, ...]
   progress: Callable[[int], None] = lambda n: None
+  mesh: Any = None
+
+  def put(self, batch: Batch) -> Batch:
+    """A host batch on the device(s), split over ``mesh`` when there is one."""
+    return to_device(batch, self.mesh)
 
 
 class Method(NamedTuple):
@@ -82,15 +90,18 @@ def method_seed(seed: int, index: int, name: str) -> tuple[int, ...]:
   return (int(seed), int(index), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def to_device(batch: Batch) -> Batch:
-  """A host batch as device arrays."""
-  return Batch(jnp.asarray(batch.x), jnp.asarray(batch.y), jnp.asarray(batch.mask))
+def to_device(batch: Batch, mesh=None) -> Batch:
+  """A host batch as device arrays, split along the batch axis over ``mesh`` if given."""
+  return shard_batch(Batch(*batch), mesh)
 
 
-def stacked_batches(draw: Callable[[int], Batch], n: int) -> Batch:
-  """``n`` batches from ``draw(step)`` stacked on a leading axis (for ``lax.scan``)."""
+def stacked_batches(draw: Callable[[int], Batch], n: int, mesh=None) -> Batch:
+  """``n`` batches from ``draw(step)`` stacked on a leading axis (for ``lax.scan``).
+
+  With a ``mesh``, each batch (axis 1) is split over its devices.
+  """
   batches = [draw(s) for s in range(n)]
-  return Batch(*(jnp.asarray(np.stack(parts)) for parts in zip(*batches)))
+  return shard_batch(Batch(*(np.stack(parts) for parts in zip(*batches))), mesh, batch_axis=1)
 
 
 def check_finite(metrics: dict, *, method: str, ctx: Context, iteration: int,

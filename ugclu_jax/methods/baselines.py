@@ -69,7 +69,7 @@ import optax
 from ugclu_jax import objectives
 from ugclu_jax.data import batch_indices
 from ugclu_jax.methods.base import (Context, Method, MethodState, finish, run_iterations,
-                                    stacked_batches, to_device)
+                                    stacked_batches)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
 from ugclu_jax.saliency import fisher_diagonal
@@ -368,12 +368,12 @@ def _make_learner(rule: str, apply_fn, tx, *, name: str, learn_lr: float, num_tr
       aux = {"logits": state.extra["logits"]}
 
     def body(ts, k):
-      batches = {"target": to_device(draw.target(k, 1))}
+      batches = {"target": ctx.put(draw.target(k, 1))}
       if has_remain and rule == "er":
-        batches["remain"] = to_device(draw.remain(k, 2))
+        batches["remain"] = ctx.put(draw.remain(k, 2))
       if has_remain and rule == "der_pp":
         b1, idx = draw.remain_with_indices(k, 2)
-        batches["remain"], batches["remain2"] = to_device(b1), to_device(draw.remain(k, 3))
+        batches["remain"], batches["remain2"] = ctx.put(b1), ctx.put(draw.remain(k, 3))
         step_aux = {**aux, "indices": jnp.asarray(idx, jnp.int32)}
       else:
         step_aux = aux
@@ -540,7 +540,7 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
       targets = access.target_indices
       fake = random_labels(access.labels(targets), num_classes, (*ctx.seed, 5))
     if rule == "salun":
-      batches = stacked_batches(lambda s: draw.target(s, 6), salun_mask_batches)
+      batches = stacked_batches(lambda s: draw.target(s, 6), salun_mask_batches, ctx.mesh)
       mask = saliency_fn(state.params, state.model_state, batches)
       extra_grads = salun_mask_batches
 
@@ -548,8 +548,8 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
       if rule in ("rl", "salun"):
         idx = batch_indices(targets, ctx.batch_size, k, (*ctx.seed, 1))
         batch = access.batch(idx)
-        return to_device(batch._replace(y=fake[np.searchsorted(targets, idx)]))
-      return to_device(draw.target(k, 1))
+        return ctx.put(batch._replace(y=fake[np.searchsorted(targets, idx)]))
+      return ctx.put(draw.target(k, 1))
 
     if rule == "scrub":
       teacher = {"params": state.params, "model_state": state.model_state}
@@ -562,7 +562,7 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
                                  0 if has_remain else 1)
           count += 1
         if has_remain:
-          ts, m = min_step(ts, {"remain": to_device(draw.remain(k, 2))}, teacher, hp, None, 1)
+          ts, m = min_step(ts, {"remain": ctx.put(draw.remain(k, 2))}, teacher, hp, None, 1)
           metrics, count = {**metrics, **m}, count + 1
         return ts, metrics, Cost(0.0, count, count, 0)
 
@@ -574,7 +574,7 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
         if uses_target:
           batches["target"] = forget_batch(k)
         if uses_remain:
-          batches["remain"] = to_device(draw.remain(k, 2))
+          batches["remain"] = ctx.put(draw.remain(k, 2))
         ts, metrics = step(ts, batches, (), hp, mask, 1)
         return ts, metrics, Cost(0.0, 1, len(batches), 0)
 

@@ -1,8 +1,7 @@
 """The oracle: retraining from scratch on ``D_R ∪ D_L`` (ALGORITHM.md §1)."""
 
 
-from ugclu_jax.methods.base import (Context, Method, MethodState, finish, run_iterations,
-                                    to_device)
+from ugclu_jax.methods.base import (Context, Method, MethodState, finish, run_iterations)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
 from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
@@ -18,7 +17,7 @@ def sgd_train(steps, tx, params, model_state, ctx: Context, *, learning_rate: fl
                              num_iterations=ctx.num_iterations)
 
   def body(ts, k):
-    batch = to_device(ctx.access.target_batch(ctx.batch_size, k, (*ctx.seed, seed_tag)))
+    batch = ctx.put(ctx.access.target_batch(ctx.batch_size, k, (*ctx.seed, seed_tag)))
     ts, metrics = steps.target(ts, batch, None, hp, 1)
     return ts, metrics, Cost(0.0, 1, 1, 0)
 

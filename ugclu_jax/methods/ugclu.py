@@ -6,7 +6,7 @@ import jax
 
 from ugclu_jax import objectives
 from ugclu_jax.methods.base import (Method, MethodState, finish, run_iterations,
-                                    stacked_batches, to_device)
+                                    stacked_batches)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
 from ugclu_jax.saliency import balanced_saliency_mask, fisher_diagonal
@@ -67,9 +67,9 @@ def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
   def saliency(state, ctx, threshold):
     access, b = ctx.access, ctx.batch_size
     target = stacked_batches(lambda s: access.target_batch(b, s, (*ctx.seed, 1)),
-                             fisher_batches)
+                             fisher_batches, ctx.mesh)
     remain = stacked_batches(lambda s: access.remain_batch(b, s, (*ctx.seed, 2)),
-                             fisher_batches)
+                             fisher_batches, ctx.mesh)
     f_t = fisher(state.params, state.model_state, target)
     f_r = fisher(state.params, state.model_state, remain)
     return balanced_saliency_mask(f_t, f_r, threshold=threshold)
@@ -86,8 +86,8 @@ def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
     a_t = a_unlearn if kind == "unlearn" else a_learn
     hp = RequestHParams.create(learning_rate=lr, a_target=a_t, a_remain=a_remain,
                                beta=beta or lr, damping=damping, num_iterations=n)
-    target = lambda k: to_device(access.target_batch(b, k, (*ctx.seed, 3)))
-    remain = lambda k: to_device(access.remain_batch(b, k, (*ctx.seed, 4)))
+    target = lambda k: ctx.put(access.target_batch(b, k, (*ctx.seed, 3)))
+    remain = lambda k: ctx.put(access.remain_batch(b, k, (*ctx.seed, 4)))
 
     def body(ts, k):
       if not has_remain:
