@@ -4,7 +4,8 @@
 
 UG-CLU, its four ablations, the eleven baselines and the retrained oracle. To fit a
 2-core CPU in under 20 minutes, each class keeps 500 training samples (a seeded
-draw) and the test set is the full 10 000. Falls back to scikit-learn digits when
+draw), an unlearn request runs 80 iterations, and every evaluation set holds at
+most 2000 samples (the test set: the same 200 per class throughout). Falls back to scikit-learn digits when
 the Fashion-MNIST IDX files are missing (scripts/get_data.sh installs Debian's
 dataset-fashion-mnist).
 """
