@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WORKDIR ?= runs/default
+TEST_WORKERS ?= 2
 CONFIG  ?= default
 
 .PHONY: setup test data run smoke bench clean
@@ -18,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=10 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10 tests
 
 data: $(STAMP)
 	@bash scripts/get_data.sh
