@@ -18,8 +18,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+# Two workers may share one GPU: no preallocation of its memory.
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10 tests
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10 tests
 
 data: $(STAMP)
 	@bash scripts/get_data.sh
