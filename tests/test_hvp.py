@@ -108,7 +108,6 @@ class HvpTest(chex.TestCase, parameterized.TestCase):
       first_two = lambda p: logits_fn2(p)[:2]
       self.assertLess(_rel_err(gv, ug.ggn_vp(first_two, params, v)), 1e-10)
 
-
   def test_direction_must_match_params(self):
     loss_fn, logits_fn, params, v = _mlp_problem(jnp.float32)
     leaves, treedef = jax.tree.flatten(v)

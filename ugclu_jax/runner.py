@@ -90,12 +90,11 @@ def _validate(cfg: C.ExperimentConfig) -> None:
     raise RunError(f"baselines.{e}") from None
   if len(set(cfg.methods)) != len(cfg.methods):
     raise RunError(f"methods lists a method twice: {','.join(cfg.methods)}")
-  devices = cfg.train.devices
-  available = jax.local_device_count()
+  devices, available = cfg.train.devices, jax.local_device_count()
   if not 0 <= devices <= available:
     raise RunError(f"train.devices={devices}: this machine has {available} local device(s); "
                    f"use 1 to {available}, or 0 for all")
-  n = devices or available
+  n = _num_devices(cfg)
   for key in ("batch_size", "eval_batch_size"):
     if getattr(cfg.data, key) % n:
       raise RunError(f"data.{key}={getattr(cfg.data, key)} does not split over "
@@ -177,9 +176,14 @@ def _state_tree(states, store, learned):
           "store": tuple(store), "learned": learned}
 
 
+def _num_devices(cfg) -> int:
+  """How many devices ``train.devices`` asks for (0: all local devices)."""
+  return cfg.train.devices or jax.local_device_count()
+
+
 def _mesh(cfg):
   """The data-parallel mesh of ``train.devices`` (``None`` for one device)."""
-  n = cfg.train.devices or jax.local_device_count()
+  n = _num_devices(cfg)
   return PL.data_mesh(n) if n > 1 else None
 
 

@@ -46,8 +46,6 @@ from ugclu_jax.types import Batch
 FULL_ACCESS = -1
 
 
-
-
 class Store(NamedTuple):
   """The remaining store.
 

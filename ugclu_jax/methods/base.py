@@ -14,10 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ugclu_jax import objectives
 from ugclu_jax.data import DataAccess, Request
 from ugclu_jax.fast_slow import sync
 from ugclu_jax.metrics import Cost
 from ugclu_jax.parallel import shard_batch
+from ugclu_jax.saliency import fisher_diagonal
 from ugclu_jax.types import Batch, ModelState, Params
 
 CHECK_EVERY = 50  # iterations between host-side finiteness checks
@@ -66,8 +68,8 @@ class Context:
   mesh: Any = None
 
   def put(self, batch: Batch) -> Batch:
-    """A host batch on the device(s), split over ``mesh`` when there is one."""
-    return to_device(batch, self.mesh)
+    """A host batch on the device(s), split along its batch axis over ``mesh`` if any."""
+    return shard_batch(Batch(*batch), self.mesh)
 
 
 class Method(NamedTuple):
@@ -90,11 +92,6 @@ def method_seed(seed: int, index: int, name: str) -> tuple[int, ...]:
   return (int(seed), int(index), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def to_device(batch: Batch, mesh=None) -> Batch:
-  """A host batch as device arrays, split along the batch axis over ``mesh`` if given."""
-  return shard_batch(Batch(*batch), mesh)
-
-
 def stacked_batches(draw: Callable[[int], Batch], n: int, mesh=None) -> Batch:
   """``n`` batches from ``draw(step)`` stacked on a leading axis (for ``lax.scan``).
 
@@ -104,9 +101,32 @@ def stacked_batches(draw: Callable[[int], Batch], n: int, mesh=None) -> Batch:
   return shard_batch(Batch(*(np.stack(parts) for parts in zip(*batches))), mesh, batch_axis=1)
 
 
+def make_fisher_fn(apply_fn):
+  """Jitted ``(params, model_state, stacked_batches) -> Fisher diagonal`` in eval mode.
+
+  :math:`F = \\frac1K \\sum_k (\\nabla_\\theta \\mathrm{CE}(b_k))^2` over the ``K``
+  stacked batches (:func:`ugclu_jax.fisher_diagonal`).
+  """
+
+  def loss(params, model_state, batch):
+    logits, _ = apply_fn(params, model_state, batch.x, train=False)
+    return objectives.cross_entropy(logits=logits, labels=batch.y, mask=batch.mask)
+
+  @jax.jit
+  def fisher(params, model_state, batches):
+    return fisher_diagonal(lambda p, b: loss(p, model_state, b), params, batches)
+
+  return fisher
+
+
 def check_finite(metrics: dict, *, method: str, ctx: Context, iteration: int,
-                 hint: str = "lower the learning rate or the unlearning coefficient") -> None:
-  """Raises :class:`NonFiniteError` if any logged value is NaN or infinite."""
+                 hint: str | None = None) -> None:
+  """Raises :class:`NonFiniteError` if any logged value is NaN or infinite.
+
+  ``hint`` is the advice the message ends with (default: lower the learning
+  rate or the unlearning coefficient).
+  """
+  hint = hint or "lower the learning rate or the unlearning coefficient"
   values = jax.device_get(metrics)
   for key, value in values.items():
     if not np.all(np.isfinite(value)):
@@ -138,8 +158,7 @@ def run_iterations(ts, body: Callable, *, ctx: Context, name: str,
     ts, metrics, cost = body(ts, k)
     total = total.add(cost)
     if metrics and ((k + 1) % CHECK_EVERY == 0 or k == n - 1):
-      check_finite(metrics, method=name, ctx=ctx, iteration=k,
-                   **({"hint": hint} if hint else {}))
+      check_finite(metrics, method=name, ctx=ctx, iteration=k, hint=hint)
     ctx.progress(1)
   return ts, total
 

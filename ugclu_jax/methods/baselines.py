@@ -68,11 +68,10 @@ import optax
 
 from ugclu_jax import objectives
 from ugclu_jax.data import batch_indices
-from ugclu_jax.methods.base import (Context, Method, MethodState, finish, run_iterations,
-                                    stacked_batches)
+from ugclu_jax.methods.base import (Context, Method, MethodState, finish, make_fisher_fn,
+                                    run_iterations, stacked_batches)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
-from ugclu_jax.saliency import fisher_diagonal
 from ugclu_jax.steps import (RequestHParams, TrainState, clip_by_global_norm, cosine_factor,
                              init_train_state)
 from ugclu_jax.types import Batch, ModelState, Params
@@ -419,11 +418,7 @@ def _make_learner(rule: str, apply_fn, tx, *, name: str, learn_lr: float, num_tr
     return {"logits": zero_rows(extra["logits"], jnp.asarray(rows))}
 
   # --- EWC: Fisher and anchor --------------------------------------------------------
-  @jax.jit
-  def fisher_fn(params, model_state, batches):
-    def loss(p, batch):
-      return _ce(_forward(apply_fn, p, model_state, batch, train=False)[0], batch)
-    return fisher_diagonal(loss, params, batches)
+  fisher_fn = make_fisher_fn(apply_fn)
 
   def _ewc_update(params, model_state, extra, ctx, *, target: bool):
     """``F <- gamma F + F(D_L)`` after a learn request; ``F <- F(store)`` after an unlearn."""
@@ -492,20 +487,22 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
       loss = loss + (neggrad_alpha if rule == "neggrad_plus" else 1.0) * metrics["remain_loss"]
     return loss, (model_state, metrics)
 
+  def scrub_kl(logits, batch, teacher):
+    """:math:`T^2 \\mathrm{KL}(p^T_{teacher} \\| p^T_{student})` on ``batch``."""
+    return scrub_temperature ** 2 * distillation_loss(
+        logits=logits, teacher_logits=_teacher_logits(apply_fn, teacher, batch),
+        temperature=scrub_temperature, mask=batch.mask)
+
   def scrub_max_loss(params, model_state, batches, aux):
     forget = batches["target"]
     logits, model_state = _forward(apply_fn, params, model_state, forget)
-    kl = scrub_temperature ** 2 * distillation_loss(
-        logits=logits, teacher_logits=_teacher_logits(apply_fn, aux, forget),
-        temperature=scrub_temperature, mask=forget.mask)
+    kl = scrub_kl(logits, forget, aux)
     return -kl, (model_state, {"forget_kl": kl})
 
   def scrub_min_loss(params, model_state, batches, aux):
     remain = batches["remain"]
     logits, model_state = _forward(apply_fn, params, model_state, remain)
-    kl = scrub_temperature ** 2 * distillation_loss(
-        logits=logits, teacher_logits=_teacher_logits(apply_fn, aux, remain),
-        temperature=scrub_temperature, mask=remain.mask)
+    kl = scrub_kl(logits, remain, aux)
     ce = _ce(logits, remain)
     return scrub_alpha * kl + scrub_gamma * ce, (model_state, {"remain_kl": kl, "remain_loss": ce})
 

@@ -1,10 +1,10 @@
 """The oracle: retraining from scratch on ``D_R ∪ D_L`` (ALGORITHM.md §1)."""
 
-
-from ugclu_jax.methods.base import (Context, Method, MethodState, finish, run_iterations)
+from ugclu_jax.methods.base import Context, Method, MethodState, finish, run_iterations
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
 from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
+
 
 def sgd_train(steps, tx, params, model_state, ctx: Context, *, learning_rate: float,
               name: str, seed_tag: int = 0):

@@ -2,28 +2,12 @@
 
 import functools
 
-import jax
-
-from ugclu_jax import objectives
-from ugclu_jax.methods.base import (Method, MethodState, finish, run_iterations,
-                                    stacked_batches)
+from ugclu_jax.methods.base import (Method, MethodState, finish, make_fisher_fn,
+                                    run_iterations, stacked_batches)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
-from ugclu_jax.saliency import balanced_saliency_mask, fisher_diagonal
+from ugclu_jax.saliency import balanced_saliency_mask
 from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
-
-def make_fisher_fn(apply_fn):
-  """Jitted ``(params, model_state, stacked_batches) -> Fisher diagonal`` in eval mode."""
-
-  def loss(params, model_state, batch):
-    logits, _ = apply_fn(params, model_state, batch.x, train=False)
-    return objectives.cross_entropy(logits=logits, labels=batch.y, mask=batch.mask)
-
-  @jax.jit
-  def fisher(params, model_state, batches):
-    return fisher_diagonal(lambda p, b: loss(p, model_state, b), params, batches)
-
-  return fisher
 
 
 def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
