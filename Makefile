@@ -7,7 +7,7 @@ WORKDIR ?= runs/default
 TEST_WORKERS ?= 2
 CONFIG  ?= default
 
-.PHONY: setup test data run smoke bench clean
+.PHONY: setup test data run smoke bench stress clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ smoke: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+
+# Random streams x seeds with every method of the default config; resumable, skips
+# finished runs (python experiments/stress.py --help). E.g. a quick look:
+# make stress STRESS_ARGS="--streams 2 --seeds 1 --max-train-per-class 50" STRESS_TABLE=runs/stress.md
+STRESS_ARGS ?= --streams 20 --seeds 3
+STRESS_TABLE ?= experiments/stress.md
+stress: $(STAMP)
+	@bash scripts/get_data.sh
+	$(PY) experiments/stress.py --out runs/stress --table $(STRESS_TABLE) $(STRESS_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,5 +1,7 @@
 """Test configuration: strict promotion rules and small helpers."""
 
+import socket
+
 import jax
 import pytest
 
@@ -27,3 +29,16 @@ def compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   yield
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+  """Makes any network connection fail at once instead of hanging."""
+
+  def refuse(*args, **kwargs):
+    raise OSError("network access is disabled in this test")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+  monkeypatch.setattr(socket, "getaddrinfo", refuse)

@@ -3,7 +3,6 @@
 import gzip
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -11,17 +10,6 @@ import pytest
 from ugclu_jax.data import datasets
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-  """Makes any network connection fail at once instead of hanging."""
-
-  def refuse(*args, **kwargs):
-    raise OSError("network access is disabled in this test")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
-  monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def _idx_bytes(array: np.ndarray, code: int) -> bytes:

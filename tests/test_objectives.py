@@ -109,6 +109,28 @@ class ObjectivesTest(chex.TestCase, parameterized.TestCase):
     np.testing.assert_allclose(g, -jnp.einsum("i,ijk->jk", jnp.asarray(w, jnp.float32), g_ce),
                                rtol=1e-5, atol=1e-7)
 
+  def test_bounded_ascent_stops_pushing_forgotten_samples(self):
+    ce = _hand_ce()
+    bound = float(np.median(ce))
+    below = ce < bound
+    self.assertTrue(below.any() and (~below).any())
+    c = 1 / np.sqrt(ce) * below
+    w = c / c.sum()  # Normalised over the samples still pushed.
+    value = ug.unlearn_loss(logits=LOGITS, labels=LABELS, temperature=0.5, max_loss=bound)
+    np.testing.assert_allclose(value, -(w * ce).sum(), rtol=1e-6)
+    g = jax.grad(lambda z: ug.unlearn_loss(logits=z, labels=LABELS, temperature=0.5,
+                                           max_loss=bound))(LOGITS)
+    np.testing.assert_array_equal(np.asarray(g)[~below], 0.0)
+    self.assertTrue(np.all(np.abs(np.asarray(g)[below]).sum(-1) > 0))
+    # Every sample past the bound: no push at all.
+    g = jax.grad(lambda z: ug.unlearn_loss(logits=z, labels=LABELS, max_loss=0.0))(LOGITS)
+    np.testing.assert_array_equal(g, 0.0)
+    # A sample past log C is misclassified: p_y < 1/C leaves another class above it.
+    z = jnp.array([[0.0, 2.0, 0.5], [3.0, 0.0, 0.0]])
+    lo = ug.cross_entropy(logits=z, labels=jnp.array([0, 0]), reduction="none")
+    self.assertGreater(float(lo[0]), np.log(3))
+    self.assertNotEqual(int(jnp.argmax(z[0])), 0)
+
   def test_learn_and_preserve_default_to_mean_ce(self):
     ce = _hand_ce()
     np.testing.assert_allclose(ug.learn_loss(logits=LOGITS, labels=LABELS), ce.mean(), rtol=1e-6)

@@ -181,6 +181,24 @@ class StepsTest(chex.TestCase, parameterized.TestCase):
     moved = float(jnp.linalg.norm(_flat(s.params.fast) - _flat(params)))
     np.testing.assert_allclose(moved, 0.5 * 0.01, rtol=1e-3)
 
+  @parameterized.parameters("fast_slow", "none")
+  def test_remain_clip_bounds_the_remain_step(self, mode):
+    apply_fn, params, mstate, batch = _problem()
+    tx = _plain_sgd(0.5)
+    hp = ug.RequestHParams.create(learning_rate=0.5, a_target=1.0, num_iterations=4)
+    steps = ug.make_steps(apply_fn, tx, kind="learn", mode=mode, clip_norm=None,
+                          lr_schedule="constant", remain_clip_norm=0.01)
+    s, m = steps.remain(ug.init_train_state(params, mstate, tx), batch(2), hp)
+    self.assertGreater(float(m["remain_grad_norm"]), 0.01)  # The norm before the clip.
+    moved = float(jnp.linalg.norm(_flat(s.params.fast) - _flat(params)))
+    np.testing.assert_allclose(moved, 0.5 * 0.01, rtol=1e-3)
+    if mode == "none":  # The fused step clips the remain part, not the target part.
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      s, _ = steps.fused(ug.init_train_state(params, mstate, tx), batch(1), batch(2), zeros,
+                         hp)
+      moved = float(jnp.linalg.norm(_flat(s.params.fast) - _flat(params)))
+      np.testing.assert_allclose(moved, 0.5 * 0.01, rtol=1e-3)
+
   def test_no_recompilation_across_steps_and_requests(self):
     apply_fn, params, mstate, batch = _problem()
     tx = ug.build_optimizer(learning_rate=0.1)

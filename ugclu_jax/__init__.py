@@ -3,15 +3,25 @@
 The public API: pure, jittable functions on parameter pytrees.
 """
 
-from ugclu_jax.fast_slow import FastSlowParams, FastSlowState, fast_slow, sync
-from ugclu_jax.grads import CLUGrads, CLULosses, clu_gradients, combine
-from ugclu_jax.hvp import compensate, ggn_vp, hvp
-from ugclu_jax.objectives import (adaptive_weights, cross_entropy, kl_to_reference,
-                                  learn_loss, preserve_loss, unlearn_loss)
-from ugclu_jax.optim import build_optimizer
-from ugclu_jax.saliency import apply_mask, balanced_saliency_mask, fisher_diagonal, mask_density
-from ugclu_jax.steps import RequestHParams, Steps, TrainState, init_train_state, make_steps
-from ugclu_jax.types import Batch
+import importlib
+import importlib.util
+import sys
+import types
+
+# Public names load their module on first use (PEP 562), so that importing the
+# package, and `python -m ugclu_jax --help`, does not import JAX.
+_EXPORTS = {
+    "fast_slow": ("FastSlowParams", "FastSlowState", "fast_slow", "sync"),
+    "grads": ("CLUGrads", "CLULosses", "clu_gradients", "combine"),
+    "hvp": ("compensate", "ggn_vp", "hvp"),
+    "objectives": ("adaptive_weights", "cross_entropy", "kl_to_reference", "learn_loss",
+                   "preserve_loss", "unlearn_loss"),
+    "optim": ("build_optimizer",),
+    "saliency": ("apply_mask", "balanced_saliency_mask", "fisher_diagonal", "mask_density"),
+    "steps": ("RequestHParams", "Steps", "TrainState", "init_train_state", "make_steps"),
+    "types": ("Batch",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __version__ = "0.1.0"
 
@@ -45,3 +55,31 @@ __all__ = (
     "sync",
     "unlearn_loss",
 )
+
+
+
+class _Package(types.ModuleType):
+  """``ugclu_jax.hvp`` and ``ugclu_jax.fast_slow`` stay functions once their modules load."""
+
+  def __setattr__(self, name, value):
+    if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name:
+      value = getattr(value, name)
+    super().__setattr__(name, value)
+
+
+def __getattr__(name):
+  module = _MODULE_OF.get(name)
+  if module is None:
+    if importlib.util.find_spec(f"ugclu_jax.{name}") is not None:
+      return importlib.import_module(f"ugclu_jax.{name}")  # A submodule, e.g. ugclu_jax.steps.
+    raise AttributeError(f"module 'ugclu_jax' has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"ugclu_jax.{module}"), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
+
+
+sys.modules[__name__].__class__ = _Package

@@ -100,3 +100,73 @@ def task_accuracies(test: Outputs, test_labels: np.ndarray, tasks, learned_class
     sel = np.isin(test_labels, classes) if classes else np.zeros_like(test_labels, bool)
     row.append(M.accuracy(test.correct[sel]) if sel.any() else None)
   return row
+
+
+COLLAPSE_MAJORITY = 0.8
+"""Default share of one predicted class above which a model counts as collapsed."""
+COLLAPSE_MAJORITY_MARGIN = 0.1
+"""Default margin over that class's share of the labels (a mostly-one-class set)."""
+COLLAPSE_CHANCE_MARGIN = 0.05
+"""Default margin over chance (1/K) of the accuracy, in absolute terms."""
+_EPS = 1e-9
+
+
+def collapse_reason(predictions, labels, *, num_learned_classes: int,
+                    majority: float = COLLAPSE_MAJORITY,
+                    majority_margin: float = COLLAPSE_MAJORITY_MARGIN,
+                    chance_margin: float = COLLAPSE_CHANCE_MARGIN) -> Optional[str]:
+  r"""Why a model looks collapsed on the remaining test set, or ``None`` if it does not.
+
+  The remaining test set holds the test samples of the ``K`` classes learned and
+  not (wholly) unlearned. With ``c`` the most predicted class (ties: the lowest
+  id), ``p`` its share of the predictions and ``q`` its share of the labels, and
+  ``a`` the accuracy, the model is flagged when
+
+  * one class takes most predictions: ``p > max(majority, q + majority_margin)``
+    (a good model on a set that is mostly class ``c`` predicts ``p ≈ q``), or
+  * the accuracy is at chance: ``a <= 1/K + chance_margin``.
+
+  Forgetting alone is not collapse: a class-incremental learner that keeps
+  only its last ``C``-class task right scores ``C/K`` and spreads its
+  predictions over ``C`` classes, which passes both tests for ``C >= 2`` while
+  ``C/K - 1/K > chance_margin``; fine-tuning on a single class does make a
+  constant predictor, and is flagged. Nothing is flagged for an empty set or
+  ``K <= 1`` (one class: predicting it everywhere is right). Comparisons allow
+  a rounding error of 1e-9.
+
+  Args:
+    predictions: ``[n]`` predicted classes (e.g. ``argmax`` of ``Outputs.probs``).
+    labels: ``[n]`` true classes.
+    num_learned_classes: ``K``, the number of classes of the remaining set.
+    majority: the share of one predicted class that is always too much (< 1).
+    majority_margin: how far ``p`` may exceed ``q``.
+    chance_margin: in ``[0, 1)``; 0 flags only accuracy at or below ``1/K``.
+
+  Returns:
+    A one-line reason (both, joined by ``"; "``, when both hold), or ``None``.
+  """
+  predictions = np.asarray(predictions).reshape(-1)
+  labels = np.asarray(labels).reshape(-1)
+  if predictions.shape != labels.shape:
+    raise ValueError(f"collapse_reason: {predictions.size} predictions for {labels.size} labels")
+  if not 0 < majority < 1 or majority_margin < 0 or not 0 <= chance_margin < 1:
+    raise ValueError(f"collapse_reason: need 0 < majority < 1, majority_margin >= 0 and "
+                     f"0 <= chance_margin < 1, got {majority}, {majority_margin}, "
+                     f"{chance_margin}")
+  n = labels.size
+  if n == 0 or num_learned_classes <= 1:
+    return None
+  reasons = []
+  classes, counts = np.unique(predictions, return_counts=True)
+  top = int(classes[np.argmax(counts)])
+  p = counts.max() / n
+  q = np.mean(labels == top)
+  if p > max(majority, q + majority_margin) + _EPS:
+    reasons.append(f"predicts class {top} for {100 * p:.0f}% of the remaining test set "
+                   f"({100 * q:.0f}% of its labels)")
+  chance = 1.0 / num_learned_classes
+  acc = np.mean(predictions == labels)
+  if acc <= chance + chance_margin + _EPS:
+    reasons.append(f"remaining test accuracy {100 * acc:.1f}% is at chance level "
+                   f"(1/{num_learned_classes} = {100 * chance:.1f}%)")
+  return "; ".join(reasons) or None

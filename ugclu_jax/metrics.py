@@ -524,7 +524,11 @@ def relapse(fa_history: Sequence[float]) -> float | None:
   where :math:`r_U` is the request that unlearned :math:`U` and :math:`r > r_U`
   the current one (FA measured with the model after each request). Positive
   values mean the later (learn) requests brought the forgotten knowledge back.
-  Stop tracking :math:`U` once it is learned again.
+  The runner measures :math:`\mathrm{FA}_r` on the samples of :math:`U` not
+  learned again since :math:`r_U` (all of :math:`U` unless a later request
+  learned some of it back), against :math:`\mathrm{FA}_{r_U}` on all of
+  :math:`U`: a number it keeps, where a per-sample record would keep a trace of
+  the forgotten data. Stop tracking :math:`U` once it is all learned again.
 
   Args:
     fa_history: ``[FA_{r_U}(U), ..., FA_r(U)]``, one value per request from the

@@ -140,17 +140,34 @@ def preserve_loss(*, logits: jax.Array, labels: jax.Array,
 
 def unlearn_loss(*, logits: jax.Array, labels: jax.Array,
                  mask: Optional[jax.Array] = None, temperature: float = 0.5,
-                 reduction: str = "sum") -> jax.Array:
-  r"""Unlearn term: adaptively weighted gradient *ascent* on the forget data.
+                 max_loss: Optional[float] = None, reduction: str = "sum") -> jax.Array:
+  r"""Unlearn term: adaptively weighted, bounded gradient *ascent* on the forget data.
 
   Returns the quantity to **minimise**,
 
   .. math::
-     -L_U^w = -\sum_i w_i \ell_i, \qquad w = \mathrm{adaptive\_weights}(\ell, \lambda),
+     -L_U^w = -\sum_i w_i\, [\ell_i < \ell_{max}]\, \ell_i, \qquad
+     w = \mathrm{adaptive\_weights}(\ell, \lambda),
 
-  so that descending it ascends the weighted forget loss. With
-  ``reduction="none"`` the per-example values :math:`-w_i \ell_i` are returned.
+  so that descending it ascends the weighted forget loss. ``max_loss``
+  (:math:`\ell_{max}`, None: unbounded) bounds the ascent: a sample whose loss
+  already exceeds it is forgotten and is no longer pushed (weight 0; the
+  weights are normalised over the samples still pushed, so those keep the full
+  push), and once all are past it the push stops instead of growing the logits
+  without limit. With :math:`\ell_{max} = \log C` every sample that
+  stops is misclassified (:math:`p_y < 1/C` leaves some other class above it).
+  With ``reduction="none"`` the per-example values are returned.
   """
   losses = cross_entropy(logits=logits, labels=labels, reduction="none")
-  w = adaptive_weights(losses, temperature=temperature, mask=mask)
+  if max_loss is None:
+    w = adaptive_weights(losses, temperature=temperature, mask=mask)
+  else:
+    keep = (jax.lax.stop_gradient(losses) < max_loss).astype(losses.dtype)
+    if mask is not None:
+      keep = keep * mask.astype(keep.dtype)
+    pushed = jnp.any(keep > 0)
+    # All forgotten: no push (the mask of ones only avoids 0 / 0).
+    w = adaptive_weights(losses, temperature=temperature,
+                         mask=jnp.where(pushed, keep, jnp.ones_like(keep)))
+    w = jnp.where(pushed, w, 0.0)
   return _reduce(-w * losses, None, reduction)

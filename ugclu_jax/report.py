@@ -7,6 +7,7 @@ cost counters ``steps``, ``grad_evals``, ``hvp_evals``) and the test accuracy
 of every task (``acc_per_task``, ``None`` where a task is not learned).
 
 * :func:`summary` reduces each method to a handful of numbers;
+* :func:`collapses` lists the requests after which a model collapsed;
 * :func:`markdown` renders ``report.md``;
 * :func:`plot` draws the accuracy-matrix heat maps, the per-request metric
   curves and the gap / time bars as PNG files;
@@ -307,9 +308,12 @@ def _aggregate_request(reqs: Sequence[Mapping[str, Any]], index: int) -> dict[st
     m, s = _mean_std([(r.get("acc_per_task", []) + [None] * width)[t] for r in reqs])
     acc.append(m)
     acc_std.append(s)
-  return {"index": index, "request": reqs[0].get("request"), "seconds": seconds,
-          "seconds_std": seconds_std, "metrics": metrics, "metrics_std": metrics_std,
-          "acc_per_task": acc, "acc_per_task_std": acc_std}
+  out = {"index": index, "request": reqs[0].get("request"), "seconds": seconds,
+         "seconds_std": seconds_std, "metrics": metrics, "metrics_std": metrics_std,
+         "acc_per_task": acc, "acc_per_task_std": acc_std}
+  if any("collapsed" in r for r in reqs):
+    out["collapsed_per_seed"] = [r.get("collapsed") for r in reqs]
+  return out
 
 
 def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -320,7 +324,8 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   (sample, ``ddof=1``; 0.0 where one seed defines the value):
 
   * per request: ``seconds`` / ``seconds_std``, ``metrics`` / ``metrics_std``,
-    ``acc_per_task`` / ``acc_per_task_std``;
+    ``acc_per_task`` / ``acc_per_task_std``, and ``collapsed_per_seed`` (each
+    seed's ``collapsed`` reason or ``None``) where the reports carry it;
   * ``summary`` / ``summary_std``: mean and std over seeds of each seed's
     :func:`summary`;
   * ``seeds``: the seeds of the inputs (``config["seed"]``, ``None`` if absent);
@@ -419,11 +424,56 @@ def _seed_text(report: Mapping[str, Any]) -> str:
   return f"seed {'?' if seed is None else seed}"
 
 
+def collapses(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The collapsed models of a report (single or aggregated), in table order.
+
+  Args:
+    report: a report.json dict (requests carry ``collapsed``: a reason or
+      ``None``), or an aggregated report (``collapsed_per_seed``).
+
+  Returns:
+    ``[{"method", "index", "request", "seed", "reason"}]``, one entry per
+    collapsed request (and seed); ``seed`` is the run's seed.
+  """
+  _check_report(report, "collapses")
+  agg = _is_aggregated(report)
+  seeds = report["seeds"] if agg else [_config(report).get("seed")]
+  out = []
+  for name in _method_order(report):
+    for req in _requests(report["methods"][name]):
+      reasons = req.get("collapsed_per_seed") if agg else [req.get("collapsed")]
+      if not isinstance(reasons, (list, tuple)):
+        continue
+      for seed, reason in zip(seeds, reasons):
+        if isinstance(reason, str):
+          out.append({"method": name, "index": req.get("index"),
+                      "request": req.get("request"), "seed": seed, "reason": reason})
+  return out
+
+
+def _collapsed_lines(report: Mapping[str, Any], order: Sequence[str]) -> list[str]:
+  """The "Collapsed models" section; empty for reports that predate the detector."""
+  checked = any("collapsed" in r or "collapsed_per_seed" in r
+                for n in order for r in report["methods"][n]["requests"])
+  if not checked:
+    return []
+  lines = ["", "## Collapsed models", ""]
+  found = collapses(report)
+  if not found:
+    return lines + ["No model collapsed after any request (one class predicted for most of "
+                    "the remaining test set, or accuracy at chance)."]
+  rows = [[_label(c["method"]), f"{c['index']} `{c['request']}`",
+           "?" if c["seed"] is None else str(c["seed"]), c["reason"]] for c in found]
+  return lines + _table(["method", "request", "seed", "reason"], rows)
+
+
 def markdown(report: Mapping[str, Any]) -> str:
   """Renders a report (single or aggregated) as Markdown: the content of report.md.
 
   A title with the stream and the seed(s); the summary table (methods as rows,
-  ``ugclu`` first, the oracle last and marked); a table per request with FA,
+  ``ugclu`` first, the oracle last and marked); the collapsed models
+  (:func:`collapses`; the section is left out for reports without the
+  ``collapsed`` field); a table per request with FA,
   RA, TA, MIA, gap and JS in percent (JS as a number) and the time of every
   method beside the oracle; the accuracy matrix of every method (rows =
   requests, columns = tasks). ``None`` prints as ``—``; aggregated reports print
@@ -459,6 +509,7 @@ def markdown(report: Mapping[str, Any]) -> str:
   rows = [[_label(n)] + [_fmt(means[n][k], k, stds[n][k], agg) for _, k in _SUMMARY_HEADERS]
           for n in order]
   lines += _table(["method"] + [h for h, _ in _SUMMARY_HEADERS], rows)
+  lines += _collapsed_lines(report, order)
 
   lines += ["", "## Requests"]
   by_index = {n: _by_index(report["methods"][n]) for n in order}

@@ -4,14 +4,21 @@
 it for a new study rather than growing flags (big_vision style). Everything is
 validated before anything is written; every request ends with a checkpoint
 and a partial ``report.json``, so ``resume=True`` continues an interrupted run
-to the same report.
+to the same report, from the newest checkpoint that verifies (its content hash).
+No trace of forgotten data is kept: once an unlearn request's checkpoint is
+verified, the older ones are deleted, and past forget sets (for relapse) are
+re-derived from the dataset, the stream and the seed (:func:`forget_eval_sets`).
 """
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import math
 import os
 import pathlib
+import shutil
 import time
 from typing import Callable
 
@@ -22,12 +29,13 @@ from tqdm import tqdm
 
 from ugclu_jax import config as C
 from ugclu_jax import data as D
+from ugclu_jax import errors
 from ugclu_jax import evaluation as E
 from ugclu_jax import metrics as M
 from ugclu_jax import methods as MT
 from ugclu_jax import mia
 from ugclu_jax import parallel as PL
-from ugclu_jax.checkpointing import Checkpointer, read_meta
+from ugclu_jax.checkpointing import CheckpointError, Checkpointer, DamagedError, read_meta
 from ugclu_jax.models import as_functional, get_model
 
 MODELS = ("mlp", "cnn", "resnet18")
@@ -39,32 +47,21 @@ class RunError(ValueError):
   """The run cannot start or continue (bad settings, workdir conflicts)."""
 
 
+class WorkdirBusy(RunError):
+  """Another run holds the workdir (its lock)."""
+  exit_code = errors.ENVIRONMENT
+
+
 # ----------------------------------------------------------------------------
 # Validation (before any work)
 # ----------------------------------------------------------------------------
 
 def _validate(cfg: C.ExperimentConfig) -> None:
-  def positive(value, key):
-    if not value > 0:
-      raise RunError(f"{key} must be positive, got {value}")
+  """The checks a config cannot make itself: registered names and this machine's devices.
 
-  positive(cfg.data.batch_size, "data.batch_size")
-  positive(cfg.data.eval_batch_size, "data.eval_batch_size")
-  positive(cfg.data.max_eval, "data.max_eval")
-  positive(cfg.data.classes_per_task, "data.classes_per_task")
-  positive(cfg.train.learn_epochs, "train.learn_epochs")
-  positive(cfg.train.learning_rate, "train.learning_rate")
-  positive(cfg.train.unlearn_iterations, "train.unlearn_iterations")
-  positive(cfg.ugclu.unlearn_lr, "ugclu.unlearn_lr")
-  positive(cfg.ugclu.forget_freq, "ugclu.forget_freq")
-  positive(cfg.ugclu.learn_freq, "ugclu.learn_freq")
-  positive(cfg.ugclu.fisher_batches, "ugclu.fisher_batches")
-  positive(cfg.ugclu.order, "ugclu.order")
-  if cfg.data.max_train_per_class is not None and cfg.data.max_train_per_class < 1:
-    raise RunError(f"data.max_train_per_class must be >= 1 or none, got "
-                   f"{cfg.data.max_train_per_class}")
-  if cfg.data.store_size is not None and cfg.data.store_size < 1:
-    raise RunError(f"data.store_size must be >= 1 or none, got {cfg.data.store_size}")
+  Types, finiteness, signs and ranges are checked when a config is built
+  (:mod:`ugclu_jax.config`).
+  """
   if cfg.train.model not in MODELS:
     raise RunError(f"train.model={cfg.train.model!r} is unknown; valid: {', '.join(MODELS)}")
   if cfg.ugclu.mode not in MODES:
@@ -72,24 +69,14 @@ def _validate(cfg: C.ExperimentConfig) -> None:
   if cfg.ugclu.curvature not in CURVATURES:
     raise RunError(f"ugclu.curvature={cfg.ugclu.curvature!r} is unknown; valid: "
                    f"{', '.join(CURVATURES)}")
-  if not 0 <= cfg.ugclu.slow_step_size <= 1:
-    raise RunError(f"ugclu.slow_step_size must be in [0, 1], got {cfg.ugclu.slow_step_size}")
   if cfg.mia_variant not in mia.MIA_VARIANTS:
     raise RunError(f"mia_variant={cfg.mia_variant!r} is unknown; valid: "
                    f"{', '.join(mia.MIA_VARIANTS)}")
-  if not cfg.methods:
-    raise RunError("methods is empty; name at least one method")
   for name in cfg.methods:
     try:
       MT.check_method_name(name)
     except ValueError as e:
       raise RunError(str(e)) from None
-  try:
-    MT.check_hyperparameters(**dataclasses.asdict(cfg.baselines))
-  except ValueError as e:
-    raise RunError(f"baselines.{e}") from None
-  if len(set(cfg.methods)) != len(cfg.methods):
-    raise RunError(f"methods lists a method twice: {','.join(cfg.methods)}")
   devices, available = cfg.train.devices, jax.local_device_count()
   if not 0 <= devices <= available:
     raise RunError(f"train.devices={devices}: this machine has {available} local device(s); "
@@ -102,9 +89,10 @@ def _validate(cfg: C.ExperimentConfig) -> None:
 
 
 def _load_data(cfg: C.ExperimentConfig, log: Callable[[str], None]):
+  """Loads ``data.name``; only missing files fall back to ``data.fallback`` (corrupt ones fail)."""
   try:
     ds = D.load_dataset(cfg.data.name, data_dir=cfg.data.dir, seed=cfg.seed)
-  except ValueError as e:
+  except D.DatasetMissingError as e:
     if not cfg.data.fallback:
       raise
     log(f"dataset {cfg.data.name!r} is unavailable ({e}); falling back to "
@@ -125,8 +113,14 @@ def prepare(cfg: C.ExperimentConfig, log: Callable[[str], None] = lambda s: None
   """
   _validate(cfg)
   ds, cfg = _load_data(cfg, log)
-  tasks = D.make_tasks(ds.num_classes, cfg.data.classes_per_task, cfg.data.class_order)
+  try:
+    tasks = D.make_tasks(ds.num_classes, cfg.data.classes_per_task, cfg.data.class_order)
+  except ValueError as e:  # Names class_order or classes_per_task.
+    raise C.ConfigError(f"data.{e} (dataset {ds.name!r} has {ds.num_classes} classes)") from None
   requests = D.parse_stream(cfg.stream, tasks=tasks, num_classes=ds.num_classes)
+  # Replays the stream on the dataset: no request may select nothing, and none
+  # may leave nothing learned for the oracle and the remain set.
+  D.check_stream_data(requests, y_train=ds.y_train, seed=cfg.seed)
   methods = list(cfg.methods)
   if any(r.kind == "unlearn" for r in requests) and MT.ORACLE not in methods:
     methods.append(MT.ORACLE)
@@ -142,19 +136,24 @@ def prepare(cfg: C.ExperimentConfig, log: Callable[[str], None] = lambda s: None
 def _build_method(name, cfg: C.ExperimentConfig, apply_fn, params0, model_state0, *,
                   num_train: int, num_classes: int):
   t = cfg.train
+  clip = t.clip_norm or None
   if name == MT.ORACLE:
     return MT.retrain(apply_fn, init_params=params0, init_model_state=model_state0,
                       learning_rate=t.learning_rate, momentum=t.momentum,
-                      weight_decay=t.weight_decay, name=name)
+                      weight_decay=t.weight_decay, clip_norm=clip, name=name)
   if name in MT.UGCLU_VARIANTS:
     kwargs = dataclasses.asdict(cfg.ugclu)
     kwargs.update(MT.UGCLU_VARIANTS[name])
+    bound = kwargs.pop("ascent_bound")
     return MT.ugclu(apply_fn, name=name, learn_lr=t.learning_rate, momentum=t.momentum,
-                    weight_decay=t.weight_decay, **kwargs)
+                    weight_decay=t.weight_decay, learn_clip=clip,
+                    max_forget_loss=bound * math.log(num_classes) if bound > 0 else None,
+                    **kwargs)
   # A baseline or a CLU pair "X+Y" of baselines.
   return MT.baseline(apply_fn, name, num_train=num_train, num_classes=num_classes,
                      learn_lr=t.learning_rate, momentum=t.momentum,
-                     weight_decay=t.weight_decay, **dataclasses.asdict(cfg.baselines))
+                     weight_decay=t.weight_decay, clip_norm=clip,
+                     **dataclasses.asdict(cfg.baselines))
 
 
 # ----------------------------------------------------------------------------
@@ -163,8 +162,14 @@ def _build_method(name, cfg: C.ExperimentConfig, apply_fn, params0, model_state0
 
 def _write_json(path: pathlib.Path, obj) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
-  os.replace(tmp, path)
+  text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+  try:
+    with errors.writing(path):
+      tmp.write_text(text)
+      os.replace(tmp, path)
+  except OSError:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 def _iterations(epochs: float, n: int, batch_size: int) -> int:
@@ -202,54 +207,115 @@ def _initial(cfg, ds, method_names, mesh=None):
   return apply_fn, methods, states, store, learned
 
 
-def load_state(workdir) -> dict:
-  """The latest checkpoint of a run: ``{"methods", "store", "learned", "meta"}``.
+def load_state(workdir, log: Callable[[str], None] = lambda s: None) -> dict:
+  """The newest good checkpoint of a run: ``{"methods", "store", "learned", "meta"}``.
 
   ``methods`` maps each method to its :class:`~ugclu_jax.methods.MethodState`;
-  ``store`` is the remaining store; ``learned`` the learned-sample mask.
+  ``store`` is the remaining store; ``learned`` the learned-sample mask. Newer
+  checkpoints that fail verification are reported to ``log``, one line each.
   """
   workdir = pathlib.Path(workdir)
-  if read_meta(workdir / "checkpoints") is None:
+  if read_meta(workdir / "checkpoints", log) is None:
     raise RunError(f"{workdir} holds no checkpoint")
   cfg = C.from_dict(json.loads((workdir / "config.json").read_text()))
   cfg, ds, _, _, method_names = prepare(cfg)
   _, _, states, store, learned = _initial(cfg, ds, method_names)
   with Checkpointer(workdir / "checkpoints") as ckpt:
-    tree, meta = ckpt.restore(ckpt.latest_step(), _state_tree(states, store, learned))
+    _, tree, meta = ckpt.restore_latest_good(_state_tree(states, store, learned))
   return {"methods": {n: MT.MethodState(*v) for n, v in tree["methods"].items()},
           "store": D.Store(*tree["store"]), "learned": tree["learned"].astype(bool),
           "meta": meta}
 
 
+def forget_eval_sets(requests, y_train: np.ndarray, seed: int, max_eval: int) -> dict:
+  """``{r: indices}``: the evaluated forget samples of each unlearn request ``r``.
+
+  Re-derived from the dataset's labels, the stream and the seed (the run's own
+  draws, :func:`~ugclu_jax.data.replay_stream`), so no artefact needs to keep them.
+  """
+  return {r: E.subsample(idx, max_eval, [seed, r, 1])
+          for r, (idx, _) in enumerate(D.replay_stream(requests, y_train=y_train, seed=seed))
+          if requests[r].kind == "unlearn"}
+
+
+def last_unlearn_step(requests, cursor: int):
+  """The checkpoint step of the last unlearn request before ``cursor``, or None."""
+  steps = [r + 1 for r in range(cursor) if requests[r].kind == "unlearn"]
+  return steps[-1] if steps else None
+
+
+def _delete_before_unlearn(ckpt: Checkpointer, requests, cursor: int, log) -> None:
+  """After an unlearn request commits, verifies its checkpoint, then deletes the older ones.
+
+  They hold the forgotten samples in their store and models trained on them.
+  """
+  step, steps = last_unlearn_step(requests, cursor), ckpt.steps()
+  if step is None or not any(s < step for s in steps):
+    return
+  try:
+    ckpt.verify(steps[0])  # The newest: the request's own or a later one.
+  except DamagedError as e:
+    raise CheckpointError(f"checkpoint {steps[0]} in {ckpt.directory} fails verification right "
+                          f"after it was written ({e})") from None
+  gone = ckpt.delete_older(step)
+  log(f"deleted {len(gone)} checkpoint(s) from before unlearn request [{step - 1}] "
+      f"{requests[step - 1].token}")
+
+
 def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
-                   progress: bool = True, echo: Callable[[str], None] = print) -> dict:
+                   overwrite: bool = False, progress: bool = True,
+                   echo: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) an experiment in ``workdir`` and returns the report dict.
 
   Writes ``config.json``, ``run.log``, ``report.json`` (after every request),
   ``report.md`` and PNG plots (at the end) and Orbax checkpoints under
   ``checkpoints/`` (after every request).
+
+  One run per workdir: the run holds an exclusive lock on ``run.lock`` until it
+  returns, and a second run is refused (:class:`WorkdirBusy`). A workdir that
+  already holds a run is refused too, unless ``resume`` (continue it from its
+  checkpoint; a finished run is only re-rendered) or ``overwrite`` (delete its
+  outputs first). Once the run holds the workdir, a failure is also written to
+  run.log.
   """
   workdir = pathlib.Path(workdir)
   messages = []
   cfg, ds, tasks, requests, method_names = prepare(cfg, messages.append)
+  if (workdir / LOCK_FILE).is_file():  # Busy? Checked first, and without writing.
+    _lock(workdir / LOCK_FILE).close()
+  _check_workdir(workdir, resume=resume, overwrite=overwrite)
+  with _hold_workdir(workdir, resume=resume, overwrite=overwrite) as log_file:
+    return _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names,
+                resume=resume, progress=progress, echo=echo)
+
+
+def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *, resume,
+         progress, echo) -> dict:
+  """:func:`run_experiment` once the run holds ``workdir``."""
   ckpt_dir = workdir / "checkpoints"
-  meta = read_meta(ckpt_dir)
+  skipped = []  # One line per damaged or incomplete checkpoint, logged below.
+  meta = read_meta(ckpt_dir, skipped.append)
   if meta is not None and not resume:
-    raise RunError(f"{workdir} already holds a run; pass --resume to continue it, or use "
-                   f"another --workdir")
+    raise RunError(f"{workdir} already holds a run; pass --resume to continue it, --overwrite "
+                   f"to replace it, or use another --workdir")
   if meta is not None and meta["config"] != C.to_dict(cfg):
     raise RunError(f"--resume: the config differs from the one of the run in {workdir}")
+  if meta is None and (workdir / "report.json").exists():
+    raise RunError(_NO_CHECKPOINT.format(workdir=workdir))
 
   # --- Setup -------------------------------------------------------------------------
-  workdir.mkdir(parents=True, exist_ok=True)
-  log_file = open(workdir / "run.log", "a")
-
   def log(line: str) -> None:
-    log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
-    log_file.flush()
+    with errors.writing(workdir / "run.log"):
+      _log_line(log_file, line)
     echo(line)
+    errors.check_signals()  # A safe point (after each method of each request).
 
-  for line in messages:
+  def log_new(line: str) -> None:  # Each checkpoint once ("checkpoint N ...").
+    if not any(line.split(" in ")[0] == seen.split(" in ")[0] for seen in skipped):
+      skipped.append(line)
+      log(line)
+
+  for line in messages + skipped:
     log(line)
   _write_json(workdir / "config.json", C.to_dict(cfg))
   x, y = ds.x_train, ds.y_train
@@ -258,9 +324,12 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
   apply_fn, methods, states, store, learned = _initial(cfg, ds, method_names, mesh)
   report = {"config": C.to_dict(cfg), "dataset": ds.name, "stream": D.stream_tokens(requests),
             "methods": {n: {"requests": []} for n in method_names}}
-  # For relapse: every unlearn request's evaluated forget samples, and each
-  # method's per-sample correctness on them right after unlearning.
-  history = {"forget_sets": {}, "forget_correct": {n: {} for n in method_names}}
+  # For relapse: each method's forget accuracy right after each unlearn request
+  # (one number; nothing per sample of forgotten data is ever written).
+  history = {"forget_acc": {n: {} for n in method_names}}
+  # Every unlearn request's evaluated forget samples, re-derived from the
+  # dataset, the stream and the seed (never stored).
+  forget_evals = forget_eval_sets(requests, y, seed, cfg.data.max_eval)
   start = 0
   output_fn = E.make_output_fn(apply_fn)
   # One class-balanced test subsample for the whole run (max_eval / classes per
@@ -270,8 +339,9 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
                                     [seed, 0x7E57])
 
   with Checkpointer(ckpt_dir) as ckpt:
+    step = None
     if meta is not None:
-      tree, meta = ckpt.restore(ckpt.latest_step(), _state_tree(states, store, learned))
+      step, tree, meta = ckpt.restore_latest_good(_state_tree(states, store, learned), log_new)
       states = {n: MT.MethodState(*PL.replicate(tuple(v), mesh))
                 for n, v in tree["methods"].items()}
       store, learned = D.Store(*tree["store"]), tree["learned"].astype(bool)
@@ -280,12 +350,16 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
     else:
       log(f"run {cfg.name}: dataset {ds.name}, model {cfg.train.model}, methods "
           f"{', '.join(method_names)}, stream {' '.join(report['stream'])}")
+    # Newer damaged or incomplete steps and unfinished writes go; so do steps
+    # from before an unlearn request (left if the run stopped before deleting them).
+    ckpt.clean_after(step)
+    _delete_before_unlearn(ckpt, requests, start, log)
 
     for r in range(start, len(requests)):
       # --- The request's data ---------------------------------------------------------
       req = requests[r]
       idx = D.resolve_request(req, y_train=y, learned_mask=learned,
-                              rng=np.random.default_rng([seed, r, 11]))
+                              rng=D.request_rng(seed, r))
       now_learned = D.apply_request(learned, req, idx)
       if req.kind == "unlearn":
         store = D.store_purge(store, idx, y_train=y)
@@ -301,10 +375,7 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
 
       # --- Evaluation sets (shared by all methods) ------------------------------------
       learned_classes = np.unique(y[now_learned])
-      forget_eval = (E.subsample(idx, cfg.data.max_eval, [seed, r, 1])
-                     if req.kind == "unlearn" else None)
-      if forget_eval is not None:
-        history["forget_sets"][str(r)] = forget_eval.tolist()
+      forget_eval = forget_evals.get(r)
       remain_eval = E.subsample(learned_idx, cfg.data.max_eval, [seed, r, 2])
       test_eval = test_pool[np.isin(ds.y_test[test_pool], learned_classes)]
       test_labels = ds.y_test[test_eval]
@@ -334,6 +405,9 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
         forget = evaluate(state, forget_eval, x, y) if forget_eval is not None else None
         remain = evaluate(state, remain_eval, x, y)
         test = evaluate(state, test_eval, ds.x_test, ds.y_test)
+        # A constant or chance-level model is flagged, and the run goes on.
+        collapsed = E.collapse_reason(np.argmax(test.probs, -1), test_labels,
+                                      num_learned_classes=learned_classes.size)
         metrics = E.request_metrics(forget=forget, remain=remain, test=test,
                                     mia_variant=cfg.mia_variant, seed=seed)
         if is_oracle:
@@ -345,47 +419,144 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
         metrics["avg_acc"] = M.avg_acc(row)
         metrics["forgetting"] = M.forgetting(matrix, r)
         metrics["bwt"] = M.bwt(matrix, r)
-        relapses = []
-        for j, fset in history["forget_sets"].items():
-          if int(j) >= r:
-            continue
-          fset = np.asarray(fset, np.int64)
-          still = ~now_learned[fset]
-          if still.any():
-            now = evaluate(state, fset[still], x, y).correct.mean()
-            then = np.asarray(history["forget_correct"][name][j], float)[still].mean()
-            relapses.append(float(now - then))
-        metrics["relapse"] = float(np.mean(relapses)) if relapses else None
+        # Relapse (metrics.relapse): per earlier unlearn request, the forget
+        # accuracy now on its evaluated samples not learned again since, minus
+        # the forget accuracy right after it.
+        fa_histories = []
+        for j, fset in forget_evals.items():
+          still = fset[~now_learned[fset]] if j < r else fset[:0]
+          if still.size:
+            now = evaluate(state, still, x, y).correct.mean()
+            fa_histories.append([history["forget_acc"][name][str(j)], now])
+        metrics["relapse"] = M.mean_relapse(fa_histories)
         if forget is not None:
-          history["forget_correct"][name][str(r)] = forget.correct.astype(int).tolist()
+          history["forget_acc"][name][str(r)] = float(np.mean(forget.correct, dtype=np.float64))
         metrics.update(steps=cost.steps, grad_evals=cost.grad_evals, hvp_evals=cost.hvp_evals)
         report["methods"][name]["requests"].append({
             "index": r, "request": req.token, "seconds": round(seconds, 3),
-            "metrics": metrics, "acc_per_task": row})
+            "metrics": metrics, "acc_per_task": row, "collapsed": collapsed})
         log(f"[{r}] {req.token:<10} {name:<14} {seconds:7.1f}s  " + "  ".join(
             f"{k}={v:.3f}" for k, v in metrics.items()
             if k in ("forget_acc", "remain_acc", "test_acc", "mia_efficacy", "avg_gap")
             and v is not None))
+        if collapsed is not None:
+          log(f"warning: [{r}] {req.token} {name} collapsed: {collapsed}")
 
       # --- Commit the request ------------------------------------------------------------
       if req.kind == "learn":
         new = idx[~learned[idx]]
         store = D.store_add(store, new, y, np.random.default_rng([seed, r, 12]))
       learned = now_learned
-      ckpt.save(r + 1, _state_tree(states, store, learned),
-                {"cursor": r + 1, "report": report, "history": history,
-                 "config": C.to_dict(cfg)})
-      _write_json(workdir / "report.json", report)
+      with errors.hold_signals():  # SIGINT and SIGTERM wait until the commit is on disk.
+        ckpt.save(r + 1, _state_tree(states, store, learned),
+                  {"cursor": r + 1, "report": report, "history": history,
+                   "config": C.to_dict(cfg)})
+        _write_json(workdir / "report.json", report)
+        _delete_before_unlearn(ckpt, requests, r + 1, log)
 
   _write_json(workdir / "report.json", report)
   _render(report, workdir, log)
   log(f"done: {workdir / 'report.json'}")
-  log_file.close()
   return report
+
+
+# ----------------------------------------------------------------------------
+# The workdir: one run at a time, finished runs kept unless asked
+# ----------------------------------------------------------------------------
+
+LOCK_FILE = "run.lock"
+# What a run writes into its workdir, besides run.lock and the plots (*.png).
+RUN_OUTPUTS = ("report.json", "report.md", "config.json", "run.log", "checkpoints")
+_NO_CHECKPOINT = ("{workdir} holds report.json but no checkpoint to continue from; pass "
+                  "--overwrite to replace the run, or use another --workdir")
+
+
+def _run_outputs(workdir: pathlib.Path) -> list[pathlib.Path]:
+  """The outputs of a previous run found in ``workdir`` (temporary files included)."""
+  if not workdir.is_dir():
+    return []
+  found = [workdir / n for n in RUN_OUTPUTS if (workdir / n).exists()]
+  return found + sorted(workdir.glob("*.png")) + sorted(workdir.glob("*.json.tmp"))
+
+
+def _lock(path: pathlib.Path):
+  """``path`` opened and locked (``flock``, exclusive); :class:`WorkdirBusy` if held."""
+  with errors.writing(path):
+    lock = open(path, "a+")
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.seek(0)
+    pid = lock.read().strip()
+    lock.close()
+    raise WorkdirBusy(f"{path.parent} is in use by another run" + (f" (pid {pid})" if pid else "")
+                      + "; wait for it to end, or use another --workdir") from None
+  return lock
+
+
+def _check_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool) -> None:
+  """Refuses, without writing anything, a workdir that is a file or holds an unnamed run."""
+  if workdir.exists() and not workdir.is_dir():
+    raise NotADirectoryError(errno.ENOTDIR, "not a folder (--workdir names a file)", str(workdir))
+  found = _run_outputs(workdir)
+  if found and not (resume or overwrite):
+    raise RunError(f"{workdir} already holds a run ({found[0].name}); pass --resume to continue "
+                   f"it, --overwrite to replace it, or use another --workdir")
+  if resume and (workdir / "report.json").exists() and not (workdir / "checkpoints").is_dir():
+    raise RunError(_NO_CHECKPOINT.format(workdir=workdir))
+
+
+def _log_line(log_file, line: str) -> None:
+  log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+  log_file.flush()
+
+
+@contextlib.contextmanager
+def _hold_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool):
+  """Creates and locks ``workdir`` for the run and yields its open run.log.
+
+  The lock is ``flock`` on ``run.lock``: it dies with the process, so a lock
+  file left by a killed run blocks nothing. A failure inside the block is
+  written to run.log in one line.
+  """
+  workdir.mkdir(parents=True, exist_ok=True)
+  lock_path = workdir / LOCK_FILE
+  lock = _lock(lock_path)
+  try:
+    with errors.writing(lock_path):
+      lock.truncate(0)
+      lock.write(f"{os.getpid()}\n")
+      lock.flush()
+    _check_workdir(workdir, resume=resume, overwrite=overwrite)  # Again, holding the lock.
+    if overwrite:
+      for path in _run_outputs(workdir):
+        if path.is_dir():
+          shutil.rmtree(path)
+        else:
+          path.unlink()
+    with errors.writing(workdir / "run.log"):
+      log_file = open(workdir / "run.log", "a")
+    with log_file:
+      try:
+        yield log_file
+      except BaseException as e:
+        line = errors.message(e)
+        if isinstance(e, KeyboardInterrupt):
+          line += "; the same command with --resume continues the run"
+        else:
+          line = "error: " + line
+        with contextlib.suppress(OSError):  # A full disk must not hide the first error.
+          _log_line(log_file, line)
+        raise
+  finally:
+    with contextlib.suppress(OSError):
+      lock.truncate(0)  # The pid names a live run only.
+    lock.close()  # Releases the lock.
 
 
 def _render(report: dict, workdir: pathlib.Path, log) -> None:
   from ugclu_jax import report as R  # matplotlib is imported only when rendering
-  (workdir / "report.md").write_text(R.markdown(report))
+  with errors.writing(workdir / "report.md"):
+    (workdir / "report.md").write_text(R.markdown(report))
   paths = R.plot(report, workdir)
   log(f"wrote report.md and {len(paths)} plots")

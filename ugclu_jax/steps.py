@@ -135,7 +135,9 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
                kind: str, mode: str = "fast_slow", clip_norm: Optional[float] = 7.0,
                temperature: float = 0.5, decay_target: Optional[bool] = None,
                lr_schedule: str = "cosine", curvature: str = "hessian",
-               order: int = 1, train: bool = True) -> Steps:
+               order: int = 1, train: bool = True,
+               remain_clip_norm: Optional[float] = None,
+               max_forget_loss: Optional[float] = None) -> Steps:
   """Builds the jitted steps of one phase.
 
   Args:
@@ -154,6 +156,10 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
     curvature: ``"hessian"`` or ``"ggn"`` (``hvp`` mode).
     order: compensation order (``hvp`` mode), see :func:`ugclu_jax.compensate`.
     train: forward mode for the gradient steps (batch-norm batch statistics).
+    remain_clip_norm: global-norm clip of the (``a_R``-scaled) remain gradient,
+      in remain and fused steps (None: off).
+    max_forget_loss: bounded ascent (unlearn): forget samples whose loss
+      exceeds it are no longer pushed (:func:`ugclu_jax.unlearn_loss`).
 
   Returns:
     :class:`Steps`, each jitted once with the state donated.
@@ -172,7 +178,7 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
     decay_target = kind == "unlearn"
   if kind == "unlearn":
     target_loss = batch_loss(apply_fn, objectives.unlearn_loss, train=train,
-                             temperature=temperature)
+                             temperature=temperature, max_loss=max_forget_loss)
   else:
     target_loss = batch_loss(apply_fn, objectives.learn_loss, train=train,
                              temperature=temperature)
@@ -218,9 +224,9 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
     _, opt_state = schedule(state, hp)
     (loss, model_state), g = jax.value_and_grad(remain_loss, has_aux=True)(
         state.params.fast, state.model_state, batch)
-    g = optax.tree.scale(hp.a_remain, g)
+    g, norm = clip_by_global_norm(optax.tree.scale(hp.a_remain, g), remain_clip_norm)
     new = apply_updates(state, g, opt_state, model_state, None, 1)
-    return new, {"remain_loss": loss, "remain_grad_norm": optax.tree.norm(g)}
+    return new, {"remain_loss": loss, "remain_grad_norm": norm}
 
   def fused_step(state, target_batch, remain_batch, mask, hp):
     check(target_batch, "target batch")
@@ -247,7 +253,8 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
         w = remain_batch.mask / jnp.maximum(jnp.sum(remain_batch.mask), 1)
         hvp_fn = lambda v: ggn_vp(logits_fn, fast, v, weights=w)
       d = compensate(d, hvp_fn, beta=hp.beta, order=order, damping=hp.damping)
-    g = optax.tree.add_scale(d, hp.a_remain, g_r)
+    g_r, _ = clip_by_global_norm(optax.tree.scale(hp.a_remain, g_r), remain_clip_norm)
+    g = optax.tree.add(d, g_r)
     new = apply_updates(state, g, opt_state, model_state, None, 1)
     return new, metrics
 

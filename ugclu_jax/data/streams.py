@@ -18,12 +18,15 @@ Tasks come from a class order cut into consecutive groups of
 the whole stream before anything runs, by replaying it on the set of learned
 classes; :func:`resolve_request` turns one request into training-sample
 indices given the current learned samples, and :func:`apply_request` updates
-that set.
+that set. :func:`check_stream_data` replays the stream on a dataset's labels
+(:func:`replay_stream`, the run's own draws) and refuses, before any work, a
+request that selects nothing or an unlearn request that leaves nothing
+learned (``L:t0 U:t0``). Tokens are ASCII: other scripts' digits are refused.
 """
 
 import math
 import re
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -37,9 +40,10 @@ _TOKEN = re.compile(
     r"^(?P<kind>[^:]*):"
     r"(?:t(?P<task>\d+)"
     r"|c(?P<classes>[^@]*)"
-    r"|r(?P<fraction>[^@]*)(?:@t(?P<rtask>\d+))?)$")
-_INT = re.compile(r"^\d+$")
-_FLOAT = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
+    r"|r(?P<fraction>[^@]*)(?:@t(?P<rtask>\d+))?)$", re.ASCII)
+# re.ASCII: \d would also match other scripts' digits, which int() and float() accept.
+_INT = re.compile(r"^\d+$", re.ASCII)
+_FLOAT = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$", re.ASCII)
 _KINDS = {"L": LEARN, "U": UNLEARN}
 
 
@@ -116,6 +120,10 @@ def _error(token: str, position: int, message: str) -> StreamError:
 
 def _parse_token(token, position, tasks, num_classes) -> Request:
   """Parses one token; raises StreamError naming it."""
+  if not token.isascii():
+    bad = next(c for c in token if not c.isascii())
+    raise _error(token, position,
+                 f"non-ASCII character {bad!r}; use ASCII letters and digits 0-9")
   match = _TOKEN.match(token)
   if match is None:
     raise _error(token, position,
@@ -308,6 +316,208 @@ def apply_request(
   return mask
 
 
+def request_rng(seed: int, position: int) -> np.random.Generator:
+  """The generator of request ``position``'s random draw (``U:r``) in a run seeded ``seed``."""
+  return np.random.default_rng([seed, position, 11])
+
+
+def replay_stream(
+    requests: Sequence[Request], *, y_train: np.ndarray, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Resolves a stream request by request, as a run seeded ``seed`` does.
+
+  Yields, for each request in order, ``(indices, learned_after)``: what
+  :func:`resolve_request` returns (with :func:`request_rng`) and the
+  learned-sample mask after :func:`apply_request`. Host-side and cheap: the
+  draws of a whole run are known before any training.
+
+  Raises:
+    StreamError: a request selects no training sample.
+  """
+  y_train = np.asarray(y_train)
+  learned = np.zeros(y_train.shape, bool)
+  for position, request in enumerate(requests):
+    try:
+      indices = resolve_request(request, y_train=y_train, learned_mask=learned,
+                                rng=request_rng(seed, position))
+    except StreamError:
+      raise _error(request.token, position, "selects no training sample of this dataset "
+                   "(its classes have none, or none is learned now)") from None
+    learned = apply_request(learned, request, indices)
+    yield indices, learned
+
+
+def check_stream_data(
+    requests: Sequence[Request], *, y_train: np.ndarray, seed: int
+) -> None:
+  """Checks a parsed stream against the training labels before any work.
+
+  Replays the stream (:func:`replay_stream`) and refuses a request that
+  selects no sample (e.g. ``U:c3`` when a previous ``U:r`` already took every
+  sample of class 3) or an unlearn request after which nothing is learned
+  (``L:t0 U:t0``; a ``U:r`` that rounds up to every learned sample): the
+  oracle retrains on the remaining data ``D_R``, and methods draw their
+  remain batches from it, so it must not be empty.
+
+  Raises:
+    StreamError: a one-line message naming the token and its position.
+  """
+  for position, (indices, learned) in enumerate(
+      replay_stream(requests, y_train=y_train, seed=seed)):
+    request = requests[position]
+    if request.kind == UNLEARN and not learned.any():
+      raise _error(request.token, position,
+                   f"unlearns all {indices.size} learned samples, so nothing remains for the "
+                   "oracle to retrain on; learn more first, or unlearn less")
+
+
 def stream_tokens(requests: Sequence[Request]) -> list[str]:
   """The tokens of parsed requests, e.g. for a report."""
   return [request.token for request in requests]
+
+
+# Learning is mostly by task, as in class-incremental streams.
+_KIND_WEIGHTS = {"L:t": 2.0, "L:c": 1.0, "U:t": 1.0, "U:c": 1.0, "U:r": 1.0, "U:r@t": 1.0}
+
+
+def random_stream(
+    rng: np.random.Generator,
+    *,
+    tasks: Sequence[Sequence[int]],
+    num_classes: int,
+    length: int,
+    fractions: Sequence[float] = (0.05, 0.1, 0.2),
+    unlearn_prob: float = 0.45,
+    motif_prob: float = 0.4,
+    min_classes: int = 2,
+    min_kept: float = 0.3,
+    single_class_learn: bool = False,
+) -> str:
+  """Draws a valid request stream of ``length`` tokens from the grammar.
+
+  The stream starts with a learn request. At each step it unlearns with
+  probability ``unlearn_prob`` (when an unlearn request is possible) and picks a
+  request kind among those possible (learn: ``L:t`` twice as often as
+  ``L:c``; unlearn: ``U:t``, ``U:c``, ``U:r``, ``U:r@t`` alike), then a request
+  of that kind uniformly.
+  With probability ``motif_prob`` it picks instead one of the requests that
+  make streams hard: another random unlearning right after one, ``U:t`` or
+  ``U:c`` of classes partly unlearned by an earlier ``U:r`` (partial
+  overlaps), and learning again a class or task wholly unlearned before.
+  Class lists hold two classes, possibly of two tasks (an unlearned class may
+  sit beside a learned one); ``U:c`` lists may also hold one class, and so may
+  ``L:c`` lists with ``single_class_learn``: off by default, since a learn
+  request of one class makes any learner without replay (e.g. plain
+  fine-tuning) a constant predictor, which is what the collapse detector
+  flags.
+
+  Every unlearn request leaves at least ``min_classes`` classes learned, and a
+  random-sample request never takes any class below ``min_kept`` of its
+  samples in expectation, so on data with a few tens of samples per class the
+  remaining set is never empty. The result passes :func:`parse_stream`.
+
+  Args:
+    rng: the source of every draw (one stream per generator state).
+    tasks: the tasks, e.g. from :func:`make_tasks`.
+    num_classes: number of classes of the dataset.
+    length: number of requests, ``>= 1``.
+    fractions: the fractions ``U:r`` requests draw from, each in ``(0, 1)``.
+    unlearn_prob: the probability of an unlearn request at each step.
+    motif_prob: the probability of picking a hard request when one is possible.
+    min_classes: classes that stay learned after any unlearn request, ``>= 1``.
+    min_kept: the least expected share of a class's samples left by ``U:r``.
+    single_class_learn: whether ``L:c`` may name a single class.
+
+  Returns:
+    The stream as whitespace-separated tokens.
+  """
+  if not isinstance(rng, np.random.Generator):
+    raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+  if length < 1:
+    raise ValueError(f"length must be >= 1, got {length}")
+  if not fractions or not all(0.0 < f < 1.0 for f in fractions):
+    raise ValueError(f"fractions must be non-empty, each in (0, 1), got {tuple(fractions)}")
+  if not (0 <= unlearn_prob <= 1 and 0 <= motif_prob <= 1 and 0 <= min_kept < 1):
+    raise ValueError(f"need unlearn_prob, motif_prob in [0, 1] and min_kept in [0, 1), got "
+                     f"{unlearn_prob}, {motif_prob}, {min_kept}")
+  tasks = [tuple(int(c) for c in t) for t in tasks]
+  classes = sorted({c for t in tasks for c in t})
+  if not classes or any(not 0 <= c < num_classes for c in classes):
+    raise ValueError(f"tasks must hold classes in [0, {num_classes}), got {tasks}")
+  if not 1 <= min_classes < len(classes):
+    raise ValueError(f"min_classes must be in [1, {len(classes) - 1}] for {len(classes)} "
+                     f"classes, got {min_classes}")
+
+  kept = np.zeros(num_classes)   # expected share of each class's samples still learned
+  ever = np.zeros(num_classes, bool)   # learned at some point
+  tokens, prev_random = [], False
+
+  def cls(cs):
+    return "c" + ",".join(map(str, sorted(cs)))
+
+  def candidates():
+    """{kind: [(token, new kept, is a motif)]} of the valid next requests."""
+    out = {k: [] for k in ("L:t", "L:c", "U:t", "U:c", "U:r", "U:r@t")}
+    learned = [c for c in classes if kept[c] > 0]
+    partial = (kept > 0) & (kept < 1)
+    gone = ever & (kept == 0)
+    for i, t in enumerate(tasks):
+      if (kept[list(t)] < 1).any():
+        after = kept.copy()
+        after[list(t)] = 1
+        out["L:t"].append((f"L:t{i}", after, bool(gone[list(t)].any())))
+    for c in classes:
+      for d in [None] * single_class_learn + [d for d in classes if d > c]:
+        cs = [c] if d is None else [c, d]
+        if (kept[cs] < 1).any():
+          after = kept.copy()
+          after[cs] = 1
+          out["L:c"].append((f"L:{cls(cs)}", after, bool(gone[cs].any())))
+    for i, t in enumerate(tasks):
+      if (kept[list(t)] > 0).any():
+        after = kept.copy()
+        after[list(t)] = 0
+        out["U:t"].append((f"U:t{i}", after, bool(partial[list(t)].any())))
+    for c in classes:
+      for d in [None] + [d for d in classes if d > c]:
+        cs = [c] if d is None else [c, d]
+        if (kept[cs] > 0).any():
+          after = kept.copy()
+          after[cs] = 0
+          out["U:c"].append((f"U:{cls(cs)}", after, bool(partial[cs].any())))
+    for f in fractions:
+      scopes = [(None, learned)] + [(i, [c for c in t if kept[c] > 0])
+                                    for i, t in enumerate(tasks)]
+      for i, scope in scopes:
+        if scope and all(kept[c] * (1 - f) >= min_kept for c in scope):
+          after = kept.copy()
+          after[scope] = kept[scope] * (1 - f)
+          if i is None:
+            out["U:r"].append((f"U:r{f:g}", after, prev_random))
+          else:
+            out["U:r@t"].append((f"U:r{f:g}@t{i}", after, prev_random))
+    for kind in ("U:t", "U:c", "U:r", "U:r@t"):
+      out[kind] = [x for x in out[kind] if (x[1] > 0).sum() >= min_classes]
+    return {k: v for k, v in out.items() if v}
+
+  for _ in range(length):
+    options = candidates()
+    learn = [k for k in options if k.startswith("L:")]
+    unlearn = [k for k in options if k.startswith("U:")]
+    kinds = unlearn if unlearn and (not learn or rng.random() < unlearn_prob) else learn
+    motifs = {k: [x for x in options[k] if x[2]] for k in kinds}
+    motifs = [v for v in motifs.values() if v]
+    if motifs and rng.random() < motif_prob:
+      motif = motifs[rng.integers(len(motifs))]
+      token, after, _ = motif[rng.integers(len(motif))]
+    else:
+      weights = np.asarray([_KIND_WEIGHTS[k] for k in kinds], float)
+      kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
+      token, after, _ = options[kind][rng.integers(len(options[kind]))]
+    tokens.append(token)
+    ever |= after > 0
+    kept = after
+    prev_random = token.startswith("U:r")
+  stream = " ".join(tokens)
+  parse_stream(stream, tasks=tasks, num_classes=num_classes)
+  return stream

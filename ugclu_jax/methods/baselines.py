@@ -317,7 +317,7 @@ def _no_refresh(state, ctx):
 def _make_learner(rule: str, apply_fn, tx, *, name: str, learn_lr: float, num_train: int,
                   num_classes: int, der_alpha: float, der_beta: float, lwf_lambda: float,
                   lwf_temperature: float, ewc_lambda: float, ewc_gamma: float,
-                  ewc_fisher_samples: int) -> _Learner:
+                  ewc_fisher_samples: int, clip_norm: Optional[float]) -> _Learner:
   """The learn rule ``rule`` (one of ``CL_BASELINES``)."""
 
   def loss_fn(params, model_state, batches, aux):
@@ -348,7 +348,7 @@ def _make_learner(rule: str, apply_fn, tx, *, name: str, learn_lr: float, num_tr
       loss = loss + ewc_lambda * metrics["ewc_penalty"]
     return loss, (model_state, metrics)
 
-  step = _make_step(loss_fn, tx)
+  step = _make_step(loss_fn, tx, clip_norm=clip_norm)
 
   def learn(state: MethodState, ctx: Context):
     draw, has_remain = _Draw(ctx), _has_remain(ctx)
@@ -462,8 +462,10 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
                     neggrad_lr: float, neggrad_alpha: float, rl_lr: float, salun_lr: float,
                     salun_fraction: float, salun_mask_batches: int, scrub_lr: float,
                     scrub_temperature: float, scrub_alpha: float, scrub_gamma: float,
-                    scrub_max_fraction: float) -> Callable:
+                    scrub_max_fraction: float, ascent_bound: float,
+                    clip_norm: Optional[float]) -> Callable:
   """The unlearn rule ``rule`` (one of ``UNLEARNING_BASELINES``)."""
+  max_forget_loss = ascent_bound * math.log(num_classes) if ascent_bound > 0 else None
   lr = {"ft": ft_lr, "ga": ga_lr, "neggrad_plus": neggrad_lr, "rl": rl_lr,
         "salun": salun_lr, "scrub": scrub_lr}[rule]
   tx = build_optimizer(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
@@ -479,8 +481,11 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
         loss = loss + metrics["random_label_loss"]
       else:
         metrics["forget_loss"] = _ce(logits, forget)
-        loss = loss - (1.0 - neggrad_alpha if rule == "neggrad_plus" else 1.0) * metrics[
-            "forget_loss"]
+        # Bounded ascent (uniform weights): samples past ascent_bound * log(C) are
+        # no longer pushed; unbounded (ascent_bound = 0) it is -CE(D_U).
+        loss = loss + (1.0 - neggrad_alpha if rule == "neggrad_plus" else 1.0) * (
+            objectives.unlearn_loss(logits=logits, labels=forget.y, mask=forget.mask,
+                                    temperature=0.0, max_loss=max_forget_loss))
     if "remain" in batches:
       logits, model_state = _forward(apply_fn, params, model_state, batches["remain"])
       metrics["remain_loss"] = _ce(logits, batches["remain"])
@@ -507,9 +512,14 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
     return scrub_alpha * kl + scrub_gamma * ce, (model_state, {"remain_kl": kl, "remain_loss": ce})
 
   if rule == "scrub":
-    max_step, min_step = _make_step(scrub_max_loss, tx), _make_step(scrub_min_loss, tx)
+    # Both under the shared clip: unclipped max steps drove the CNN to non-finite
+    # values within 50 iterations of a class-unlearning request (measured).
+    max_step = _make_step(scrub_max_loss, tx, clip_norm=clip_norm)
+    min_step = _make_step(scrub_min_loss, tx, clip_norm=clip_norm)
   else:
-    step = _make_step(loss_fn, tx, clip_norm=ga_clip if rule == "ga" else None)
+    # FT, RL and SalUn descend unclipped as published; NegGrad+ ascends under the
+    # shared clip, GA under its own.
+    step = _make_step(loss_fn, tx, clip_norm={"ga": ga_clip, "neggrad_plus": clip_norm}.get(rule))
 
   @jax.jit
   def saliency_fn(params, model_state, batches):
@@ -590,7 +600,7 @@ _POSITIVE = ("num_train", "learn_lr", "ft_lr", "ga_lr", "ga_clip", "neggrad_lr",
              "salun_lr", "salun_mask_batches", "scrub_lr", "scrub_temperature",
              "lwf_temperature", "ewc_fisher_samples")
 _NON_NEGATIVE = ("momentum", "weight_decay", "scrub_alpha", "scrub_gamma", "der_alpha",
-                 "der_beta", "lwf_lambda", "ewc_lambda")
+                 "der_beta", "lwf_lambda", "ewc_lambda", "ascent_bound")
 _UNIT = ("neggrad_alpha", "salun_fraction", "scrub_max_fraction", "ewc_gamma")
 _INTEGER = ("num_train", "num_classes", "salun_mask_batches", "ewc_fisher_samples")
 
@@ -607,6 +617,8 @@ def check_hyperparameters(**values) -> None:
       raise ValueError(f"unknown baseline hyperparameter {key!r}")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
       raise ValueError(f"{key} must be a number, got {value!r}")
+    if not math.isfinite(value):
+      raise ValueError(f"{key} must be finite, got {value}")
     if key in _INTEGER and int(value) != value:
       raise ValueError(f"{key} must be an integer, got {value}")
     if key in _POSITIVE and not value > 0:
@@ -629,7 +641,8 @@ def baseline(apply_fn, name: str, *, num_train: int, num_classes: int,
              scrub_gamma: float = 0.99, scrub_max_fraction: float = 1 / 3,
              der_alpha: float = 0.2, der_beta: float = 0.5, lwf_lambda: float = 1.0,
              lwf_temperature: float = 2.0, ewc_lambda: float = 100.0, ewc_gamma: float = 1.0,
-             ewc_fisher_samples: int = 256) -> Method:
+             ewc_fisher_samples: int = 256, ascent_bound: float = 3.0,
+             clip_norm: Optional[float] = 1.0) -> Method:
   """Builds a baseline, or a CLU pair ``"X+Y"`` of two baselines.
 
   The rules are in the module docstring; the reference values of the
@@ -649,6 +662,11 @@ def baseline(apply_fn, name: str, *, num_train: int, num_classes: int,
     ga_clip: GA's global-norm gradient clip.
     neggrad_lr: NegGrad+'s learning rate.
     neggrad_alpha: NegGrad+'s weight of the remaining cross-entropy, in [0, 1].
+    ascent_bound: GA's and NegGrad+'s ascent stops on a forget sample whose loss
+      exceeds ``ascent_bound * log(num_classes)`` (0: unbounded, as published).
+    clip_norm: global-norm clip of every learn-request gradient, and of
+      NegGrad+'s and SCRUB's unlearn steps (GA keeps its own ``ga_clip``; FT,
+      RL and SalUn are unclipped); None: off.
     rl_lr: RL's learning rate.
     salun_lr: SalUn's learning rate.
     salun_fraction: share of the weights in SalUn's mask, in [0, 1].
@@ -683,14 +701,15 @@ def baseline(apply_fn, name: str, *, num_train: int, num_classes: int,
       scrub_lr=scrub_lr, scrub_temperature=scrub_temperature, scrub_alpha=scrub_alpha,
       scrub_gamma=scrub_gamma, scrub_max_fraction=scrub_max_fraction, der_alpha=der_alpha,
       der_beta=der_beta, lwf_lambda=lwf_lambda, lwf_temperature=lwf_temperature,
-      ewc_lambda=ewc_lambda, ewc_gamma=ewc_gamma, ewc_fisher_samples=ewc_fisher_samples)
+      ewc_lambda=ewc_lambda, ewc_gamma=ewc_gamma, ewc_fisher_samples=ewc_fisher_samples,
+      ascent_bound=ascent_bound)
 
   tx = build_optimizer(learning_rate=learn_lr, momentum=momentum, weight_decay=weight_decay)
   learner = _make_learner(
       _LEARN_RULE[learn_part], apply_fn, tx, name=name, learn_lr=learn_lr,
       num_train=num_train, num_classes=num_classes, der_alpha=der_alpha, der_beta=der_beta,
       lwf_lambda=lwf_lambda, lwf_temperature=lwf_temperature, ewc_lambda=ewc_lambda,
-      ewc_gamma=ewc_gamma, ewc_fisher_samples=ewc_fisher_samples)
+      ewc_gamma=ewc_gamma, ewc_fisher_samples=ewc_fisher_samples, clip_norm=clip_norm)
   unlearner = _make_unlearner(
       _UNLEARN_RULE[unlearn_part], apply_fn, name=name, momentum=momentum,
       weight_decay=weight_decay, num_classes=num_classes, ft_lr=ft_lr, ga_lr=ga_lr,
@@ -698,7 +717,7 @@ def baseline(apply_fn, name: str, *, num_train: int, num_classes: int,
       salun_lr=salun_lr, salun_fraction=salun_fraction,
       salun_mask_batches=salun_mask_batches, scrub_lr=scrub_lr,
       scrub_temperature=scrub_temperature, scrub_alpha=scrub_alpha, scrub_gamma=scrub_gamma,
-      scrub_max_fraction=scrub_max_fraction)
+      scrub_max_fraction=scrub_max_fraction, ascent_bound=ascent_bound, clip_norm=clip_norm)
 
   def init(params, model_state):
     return MethodState(params, model_state, learner.init(params, model_state))

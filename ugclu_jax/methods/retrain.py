@@ -28,7 +28,8 @@ def sgd_train(steps, tx, params, model_state, ctx: Context, *, learning_rate: fl
 
 
 def retrain(apply_fn, *, init_params, init_model_state, learning_rate: float = 0.05,
-            momentum: float = 0.9, weight_decay: float = 5e-4, name: str = "retrain") -> Method:
+            momentum: float = 0.9, weight_decay: float = 5e-4, clip_norm: float | None = 1.0,
+            name: str = "retrain") -> Method:
   """The retrained oracle.
 
   On every request it trains a fresh copy of the initial model on the
@@ -37,7 +38,7 @@ def retrain(apply_fn, *, init_params, init_model_state, learning_rate: float = 0
   """
   tx = build_optimizer(learning_rate=learning_rate, momentum=momentum,
                        weight_decay=weight_decay)
-  steps = make_steps(apply_fn, tx, kind="learn", clip_norm=None, temperature=0.0)
+  steps = make_steps(apply_fn, tx, kind="learn", clip_norm=clip_norm, temperature=0.0)
 
   def run(state, ctx):
     del state

@@ -18,7 +18,9 @@ def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
           mask: bool = True, mask_threshold: float = 1.0, learn_mask: bool = False,
           learn_mask_threshold: float = 1.0, fisher_batches: int = 8, beta: float = 0.0,
           order: int = 1, damping: float = 0.0, curvature: str = "hessian",
-          slow_step_size: float = 1.0, sync_period: int = 0) -> Method:
+          slow_step_size: float = 1.0, sync_period: int = 0,
+          learn_clip: float | None = 1.0,
+          max_forget_loss: float | None = None) -> Method:
   """Builds the UG-CLU method.
 
   Each request: a balanced saliency mask from Fisher diagonals of the target
@@ -28,6 +30,10 @@ def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
   ``beta = 0`` uses the request's learning rate (the value at which the
   explicit and the fast-slow compensation agree). ``sync_period = 0`` syncs
   after every fast-slow cycle (one target step and its remain steps).
+  ``learn_clip`` clips every gradient of a learn request (target and remain
+  steps) to that global norm, the learn rule every method shares; ``clip``
+  clips the unlearn target direction. ``max_forget_loss`` bounds the ascent
+  (:func:`ugclu_jax.unlearn_loss`; the runner passes ``ascent_bound * log C``).
   """
   if forget_freq < 1 or learn_freq < 1:
     raise ValueError("forget_freq and learn_freq must be >= 1")
@@ -44,8 +50,12 @@ def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
   for kind, lr, freq, temp in (("learn", learn_lr, learn_freq, learn_temperature),
                                ("unlearn", unlearn_lr, forget_freq, temperature)):
     tx = optimizer(lr, freq)
-    phases[kind] = (tx, make_steps(apply_fn, tx, kind=kind, mode=mode, clip_norm=clip_norm,
-                                   temperature=temp, curvature=curvature, order=order))
+    phases[kind] = (tx, make_steps(
+        apply_fn, tx, kind=kind, mode=mode,
+        clip_norm=clip_norm if kind == "unlearn" else learn_clip, temperature=temp,
+        curvature=curvature, order=order,
+        remain_clip_norm=learn_clip if kind == "learn" else None,
+        max_forget_loss=max_forget_loss))
   fisher = make_fisher_fn(apply_fn)
 
   def saliency(state, ctx, threshold):

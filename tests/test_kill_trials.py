@@ -1,0 +1,24 @@
+"""Seeded kill -9 trials (scripts/kill_trials.py): each resumes to the uninterrupted report."""
+
+import importlib.util
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _script():
+  spec = importlib.util.spec_from_file_location("kill_trials", ROOT / "scripts" / "kill_trials.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_two_kill_trials_resume_to_the_reference_report(tmp_path, capsys):
+  code = _script().main(["--trials", "2", "--seed", "1", "--config", "smoke",
+                         "--set", "train.learn_epochs=2", "--set", "train.unlearn_iterations=40",
+                         "--root", str(tmp_path)])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert "2/2 trials resumed to the reference report.json" in out, out
+  for i in range(2):
+    assert (tmp_path / f"trial_{i:03d}" / "report.json").is_file()
