@@ -62,6 +62,9 @@ def _args(argv):
                  help="train.unlearn_iterations (default: the config's)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="any other config override (repeatable)")
+  p.add_argument("--plots", action="store_true",
+                 help="also render each run's report.md and plots (the table reads only "
+                      "report.json; rendering costs seconds per run)")
   args = p.parse_args(argv)
   for key in ("streams", "seeds", "length"):
     if getattr(args, key) < 1:
@@ -223,6 +226,8 @@ def main(argv=None) -> int:
   out = pathlib.Path(args.out)
   runs, failed = [], []
   total = args.streams * args.seeds
+  if not args.plots:
+    runner._render = lambda report, workdir, log: None
   for i, stream in enumerate(streams):
     for seed in range(args.first_seed, args.first_seed + args.seeds):
       workdir = out / f"s{i:02d}_seed{seed}"

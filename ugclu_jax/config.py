@@ -177,8 +177,9 @@ class TrainConfig(_Checked):
       devices and the state is replicated (:mod:`ugclu_jax.parallel`); 0 takes
       all local devices. ``data.batch_size`` and ``data.eval_batch_size`` must
       be multiples of it.
-    clip_norm: global-norm clip of every descent gradient of every method and
-      the oracle (0: off). At the start of a learn request the new classes'
+    clip_norm: global-norm clip of every learn-request gradient of every
+      method (0: off; the oracle, trained from scratch on all classes at once,
+      is not clipped). At the start of a learn request the new classes'
       logits lie far below the learned ones (a loss of 27-55 measured on the
       CNN), and the first gradients are 30-100 times their usual norm; SGD
       with momentum 0.9 integrates them into a step that kills the ReLUs. The

@@ -140,7 +140,7 @@ def _build_method(name, cfg: C.ExperimentConfig, apply_fn, params0, model_state0
   if name == MT.ORACLE:
     return MT.retrain(apply_fn, init_params=params0, init_model_state=model_state0,
                       learning_rate=t.learning_rate, momentum=t.momentum,
-                      weight_decay=t.weight_decay, clip_norm=clip, name=name)
+                      weight_decay=t.weight_decay, name=name)
   if name in MT.UGCLU_VARIANTS:
     kwargs = dataclasses.asdict(cfg.ugclu)
     kwargs.update(MT.UGCLU_VARIANTS[name])
