@@ -288,7 +288,7 @@ def test_bit_flip_in_the_only_checkpoint_is_refused(reference, tmp_path, capsys)
   code = cli.main(["run", "--config", "smoke", "--workdir", str(workdir), "--resume",
                    "--no-progress", *[a for kv in FAST for a in ("--set", kv)]])
   err = capsys.readouterr().err.strip()
-  assert code != 0 and len(err.splitlines()) == 1, err
+  assert code == 4 and len(err.splitlines()) == 1, (code, err)  # errors.ENVIRONMENT
   assert "no intact checkpoint" in err and "Traceback" not in err
   assert (workdir / "report.json").read_bytes() == before
   with pytest.raises(CheckpointError):

@@ -40,6 +40,7 @@ _NOISY_LOGGERS = ("absl", "asyncio", "orbax", "jax._src.distributed")
 
 class CheckpointError(ValueError):
   """No intact checkpoint can be restored (one line)."""
+  exit_code = 4  # An I/O or environment error (ugclu_jax.errors.ENVIRONMENT).
 
 
 class DamagedError(Exception):

@@ -26,7 +26,8 @@ exit codes:
        already holds a run): refused before any training
   3    training failed (a loss or the parameters became non-finite)
   4    I/O or environment error (a path that cannot be read or written, a full disk,
-       a workdir that is a file or is in use by another run)
+       a workdir that is a file or is in use by another run, no checkpoint that
+       verifies)
   5    audit: traces of forgotten data found
   130  interrupted by Ctrl-C (SIGINT); 143: stopped by SIGTERM. The last finished
        request is checkpointed; the same command with --resume continues."""
