@@ -178,13 +178,15 @@ class TrainConfig(_Checked):
       all local devices. ``data.batch_size`` and ``data.eval_batch_size`` must
       be multiples of it.
     clip_norm: global-norm clip of every learn-request gradient of every
-      method (0: off; the oracle, trained from scratch on all classes at once,
-      is not clipped). At the start of a learn request the new classes'
+      method, of UG-CLU's remain steps on learn requests and of every baseline
+      unlearn step except GA's (0: off; the oracle, trained from scratch on all
+      classes at once, is not clipped). At the start of a learn request the new classes'
       logits lie far below the learned ones (a loss of 27-55 measured on the
       CNN), and the first gradients are 30-100 times their usual norm; SGD
       with momentum 0.9 integrates them into a step that kills the ReLUs. The
       clip bounds that transient; 1 kept plain fine-tuning alive on every
-      seed tried, 2 and 3 did not.
+      seed tried, 2 and 3 did not. FT's unlearn steps (lr 0.05) unclipped left
+      the CNN to die at the next learn request on a random stream.
   """
   model: str = "mlp"
   learn_epochs: float = _field(5.0, _POSITIVE)
