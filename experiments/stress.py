@@ -226,8 +226,6 @@ def main(argv=None) -> int:
   out = pathlib.Path(args.out)
   runs, failed = [], []
   total = args.streams * args.seeds
-  if not args.plots:
-    runner._render = lambda report, workdir, log: None
   for i, stream in enumerate(streams):
     for seed in range(args.first_seed, args.first_seed + args.seeds):
       workdir = out / f"s{i:02d}_seed{seed}"
@@ -241,7 +239,7 @@ def main(argv=None) -> int:
         else:
           print(f"{label}: {stream}")
           t0 = time.perf_counter()
-          runner.run_experiment(cfg, workdir, resume=True, progress=False,
+          runner.run_experiment(cfg, workdir, resume=True, progress=False, render=args.plots,
                                 echo=lambda s: print("  " + s) if s.startswith("warning:")
                                 else None)
       except ValueError as e:

@@ -263,13 +263,13 @@ def _delete_before_unlearn(ckpt: Checkpointer, requests, cursor: int, log) -> No
 
 
 def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
-                   overwrite: bool = False, progress: bool = True,
+                   overwrite: bool = False, progress: bool = True, render: bool = True,
                    echo: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) an experiment in ``workdir`` and returns the report dict.
 
   Writes ``config.json``, ``run.log``, ``report.json`` (after every request),
-  ``report.md`` and PNG plots (at the end) and Orbax checkpoints under
-  ``checkpoints/`` (after every request).
+  ``report.md`` and PNG plots (at the end, unless ``render=False``) and Orbax
+  checkpoints under ``checkpoints/`` (after every request).
 
   One run per workdir: the run holds an exclusive lock on ``run.lock`` until it
   returns, and a second run is refused (:class:`WorkdirBusy`). A workdir that
@@ -286,11 +286,11 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
   _check_workdir(workdir, resume=resume, overwrite=overwrite)
   with _hold_workdir(workdir, resume=resume, overwrite=overwrite) as log_file:
     return _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names,
-                resume=resume, progress=progress, echo=echo)
+                resume=resume, progress=progress, render=render, echo=echo)
 
 
 def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *, resume,
-         progress, echo) -> dict:
+         progress, render, echo) -> dict:
   """:func:`run_experiment` once the run holds ``workdir``."""
   ckpt_dir = workdir / "checkpoints"
   skipped = []  # One line per damaged or incomplete checkpoint, logged below.
@@ -455,7 +455,8 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
         _delete_before_unlearn(ckpt, requests, r + 1, log)
 
   _write_json(workdir / "report.json", report)
-  _render(report, workdir, log)
+  if render:
+    _render(report, workdir, log)
   log(f"done: {workdir / 'report.json'}")
   return report
 
