@@ -175,7 +175,8 @@ def stress_table(runs, *, command: str, wall_seconds: float, failed=()) -> str:
       f"stream(s) x {len({r['seed'] for r in every})} seed(s)); dataset "
       f"`{first.get('dataset', '?')}`, model "
       f"`{train.get('model', '?')}`, {data.get('max_train_per_class')} training samples per "
-      f"class at most, {train.get('learn_epochs')} epochs per learn request, "
+      f"class at most, {train.get('learn_epochs')} epochs per learn request (at least "
+      f"{train.get('min_learn_iterations', 0)} iterations), "
       f"{train.get('unlearn_iterations')} iterations per unlearn request",
       f"- wall time of this command: {wall_seconds:.0f} s; the runs took {sum(seconds):.0f} s "
       f"in all, each timed when it ran ({len(seconds)} of {len(runs)} timed; a resumed run "

@@ -225,3 +225,17 @@ def test_runner_flags_a_constant_model_and_goes_on(tmp_path):
   assert "## Collapsed models" in (tmp_path / "report.md").read_text()
   assert "| naive | 1 `L:c5` | 0 | predicts class 5 for 100%" in (
       tmp_path / "report.md").read_text()
+
+
+def test_small_learn_requests_get_the_minimum_budget(tmp_path):
+  # One class of ~145 digits is 3 iterations at 1 epoch of batch 64: the minimum
+  # raises a learn request, and the oracle's retraining, to 25.
+  cfg = C.apply_overrides(C.load_config("smoke"), [
+      "stream=L:c0,1 L:c2 U:r0.2", "methods=ft", "train.learn_epochs=1",
+      "train.min_learn_iterations=25", "train.unlearn_iterations=7", "data.max_eval=200"])
+  runner.run_experiment(cfg, tmp_path, progress=False, render=False, echo=lambda s: None)
+  report = json.loads((tmp_path / "report.json").read_text())
+  steps = lambda m: [q["metrics"]["steps"] for q in report["methods"][m]["requests"]]
+  assert steps("ft") == [25, 25, 7]
+  # The oracle retrains on D_R ∪ D_L (about 400 digits: 7 iterations at 1 epoch).
+  assert steps("retrain")[2] == 25

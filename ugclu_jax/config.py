@@ -169,6 +169,12 @@ class TrainConfig(_Checked):
     learn_epochs: epochs over ``D_L`` for a learn request (iterations =
       ``ceil(epochs * |D_L| / batch_size)``); the oracle trains this many epochs
       over ``D_R ∪ D_L`` from scratch.
+    min_learn_iterations: the least number of iterations of a learn request
+      and of the oracle's retraining, whatever ``learn_epochs`` gives (0: no
+      minimum). A small request (two classes of a few hundred samples: 32
+      iterations at 2 epochs, batch 64) otherwise stops before it separates
+      a hard pair of classes; measured on Fashion-MNIST's pullover/shirt, the
+      CNN stayed at chance (and the oracle with it) after 32 iterations.
     learning_rate: SGD learning rate for learning (cosine over a request).
     momentum: SGD momentum, in ``[0, 1)``.
     weight_decay: coupled weight decay.
@@ -190,6 +196,7 @@ class TrainConfig(_Checked):
   """
   model: str = "mlp"
   learn_epochs: float = _field(5.0, _POSITIVE)
+  min_learn_iterations: int = _field(0, _NON_NEGATIVE)
   learning_rate: float = _field(0.05, _POSITIVE)
   momentum: float = _field(0.9, _within(0, 1, "[)"))
   weight_decay: float = _field(5e-4, _NON_NEGATIVE)

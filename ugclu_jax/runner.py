@@ -172,8 +172,8 @@ def _write_json(path: pathlib.Path, obj) -> None:
     raise
 
 
-def _iterations(epochs: float, n: int, batch_size: int) -> int:
-  return max(1, math.ceil(epochs * n / batch_size))
+def _iterations(epochs: float, n: int, batch_size: int, minimum: int = 1) -> int:
+  return max(1, minimum, math.ceil(epochs * n / batch_size))
 
 
 def _state_tree(states, store, learned):
@@ -368,10 +368,12 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
       # The oracle alone reads all of D_R ∪ D_L (as its target set).
       oracle_access = D.DataAccess(x, y, D.store_init(None, num_classes), learned_idx)
       if req.kind == "learn":
-        n_iter = _iterations(cfg.train.learn_epochs, idx.size, b)
+        n_iter = _iterations(cfg.train.learn_epochs, idx.size, b,
+                             cfg.train.min_learn_iterations)
       else:
         n_iter = cfg.train.unlearn_iterations
-      n_oracle = _iterations(cfg.train.learn_epochs, learned_idx.size, b)
+      n_oracle = _iterations(cfg.train.learn_epochs, learned_idx.size, b,
+                             cfg.train.min_learn_iterations)
 
       # --- Evaluation sets (shared by all methods) ------------------------------------
       learned_classes = np.unique(y[now_learned])
