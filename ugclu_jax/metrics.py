@@ -304,7 +304,8 @@ def _as_probs(x: Any, what: str) -> np.ndarray:
 def _kl_rows(p: np.ndarray, q: np.ndarray, eps: float) -> np.ndarray:
   # Terms with p = 0 contribute 0; q is floored at eps so that log q stays finite.
   safe_p = np.where(p > 0, p, 1.0)
-  terms = np.where(p > 0, p * (np.log(safe_p) - np.log(np.maximum(q, eps))), 0.0)
+  safe_q = np.where(p > 0, np.maximum(q, eps), 1.0)
+  terms = np.where(p > 0, p * (np.log(safe_p) - np.log(safe_q)), 0.0)
   return terms.sum(axis=1)
 
 
