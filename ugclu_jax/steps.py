@@ -131,6 +131,39 @@ def clip_by_global_norm(tree: Params, max_norm: Optional[float]) -> tuple[Params
   return jax.tree.map(lambda t: t * scale.astype(t.dtype), tree), norm
 
 
+# loss_fn(params, model_state, batches, aux) -> (loss, (model_state, metrics)):
+# ``batches`` a dict of Batch, ``aux`` a pytree of request constants (teacher,
+# Fisher, recorded logits); neither is donated.
+LossFn = Callable[[Params, ModelState, dict, Any], tuple[jax.Array, tuple[ModelState, dict]]]
+
+
+def make_gradient_step(loss_fn: LossFn, tx: optax.GradientTransformationExtraArgs, *,
+                       clip_norm: Optional[float] = None) -> Callable:
+  r"""Jitted ``(state, batches, aux, hp, mask, advance) -> (state, metrics)``.
+
+  One step on ``loss_fn`` at the fast weights,
+  :math:`\theta \leftarrow \theta - \eta_k\, \mathrm{tx}(\mathrm{clip}_c(\nabla L))`,
+  with :math:`\eta_k` ``hp.learning_rate`` times the cosine factor of the
+  state's iteration over ``hp.num_iterations``; the gradient is clipped to
+  global norm ``clip_norm`` (None: no clip), and ``mask`` (a 0/1 pytree, or
+  None) multiplies the update inside the optimizer. ``advance`` (0 or 1) is
+  added to the iteration counter. The state is donated.
+  """
+
+  def step(ts: TrainState, batches, aux, hp: RequestHParams, mask, advance):
+    factor = cosine_factor(ts.iteration, hp.num_iterations)
+    opt_state = optax.tree.set(ts.opt_state, learning_rate=hp.learning_rate * factor)
+    (loss, (model_state, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+        ts.params.fast, ts.model_state, batches, aux)
+    g, norm = clip_by_global_norm(g, clip_norm)
+    updates, opt_state = tx.update(g, opt_state, ts.params, saliency_mask=mask)
+    params = optax.apply_updates(ts.params, updates)
+    new = TrainState(params, opt_state, model_state, ts.iteration + advance)
+    return new, {**metrics, "loss": loss, "grad_norm": norm}
+
+  return jax.jit(step, donate_argnums=0)
+
+
 def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
                kind: str, mode: str = "fast_slow", clip_norm: Optional[float] = 7.0,
                temperature: float = 0.5, decay_target: Optional[bool] = None,

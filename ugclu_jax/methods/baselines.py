@@ -59,12 +59,11 @@ anything is stored) drops the store terms, which traces that phase once more.
 
 import math
 import numbers
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ugclu_jax import objectives
 from ugclu_jax.data import batch_indices
@@ -72,9 +71,8 @@ from ugclu_jax.methods.base import (Context, Method, MethodState, finish, make_f
                                     run_iterations, stacked_batches)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
-from ugclu_jax.steps import (RequestHParams, TrainState, clip_by_global_norm, cosine_factor,
-                             init_train_state)
-from ugclu_jax.types import Batch, ModelState, Params
+from ugclu_jax.steps import RequestHParams, init_train_state, make_gradient_step
+from ugclu_jax.types import Batch, Params
 
 UNLEARNING_BASELINES = ("ft", "ga", "neggrad_plus", "rl", "salun", "scrub")
 CL_BASELINES = ("naive", "er", "der_pp", "lwf", "ewc")
@@ -217,38 +215,6 @@ def random_labels(labels: np.ndarray, num_classes: int, seed) -> np.ndarray:
 # Shared machinery: one jitted step per phase, one host loop
 # ----------------------------------------------------------------------------
 
-# loss_fn(params, model_state, batches, aux) -> (loss, (model_state, metrics)):
-# ``batches`` a dict of Batch, ``aux`` a pytree of request constants (teacher,
-# Fisher, recorded logits); neither is donated.
-LossFn = Callable[[Params, ModelState, dict, Any], tuple[jax.Array, tuple[ModelState, dict]]]
-
-
-def _make_step(loss_fn: LossFn, tx: optax.GradientTransformationExtraArgs, *,
-               clip_norm: Optional[float] = None) -> Callable:
-  """Jitted ``(state, batches, aux, hp, mask, advance) -> (state, metrics)``.
-
-  One SGD step on ``loss_fn`` at the fast weights: the learning rate is
-  ``hp.learning_rate`` times the cosine factor of the state's iteration over
-  ``hp.num_iterations``; the gradient is clipped to global norm ``clip_norm``
-  (None: no clip), and ``mask`` (a 0/1 pytree, or None) multiplies it inside
-  the optimizer. ``advance`` (0 or 1) is added to the iteration counter.
-  The state is donated.
-  """
-
-  def step(ts: TrainState, batches, aux, hp: RequestHParams, mask, advance):
-    factor = cosine_factor(ts.iteration, hp.num_iterations)
-    opt_state = optax.tree.set(ts.opt_state, learning_rate=hp.learning_rate * factor)
-    (loss, (model_state, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-        ts.params.fast, ts.model_state, batches, aux)
-    g, norm = clip_by_global_norm(g, clip_norm)
-    updates, opt_state = tx.update(g, opt_state, ts.params, saliency_mask=mask)
-    params = optax.apply_updates(ts.params, updates)
-    new = TrainState(params, opt_state, model_state, ts.iteration + advance)
-    return new, {**metrics, "loss": loss, "grad_norm": norm}
-
-  return jax.jit(step, donate_argnums=0)
-
-
 class _Draw:
   """Host-side batch draws of one request, each stream with its own seed tag."""
 
@@ -348,7 +314,7 @@ def _make_learner(rule: str, apply_fn, tx, *, name: str, learn_lr: float, num_tr
       loss = loss + ewc_lambda * metrics["ewc_penalty"]
     return loss, (model_state, metrics)
 
-  step = _make_step(loss_fn, tx, clip_norm=clip_norm)
+  step = make_gradient_step(loss_fn, tx, clip_norm=clip_norm)
 
   def learn(state: MethodState, ctx: Context):
     draw, has_remain = _Draw(ctx), _has_remain(ctx)
@@ -514,12 +480,12 @@ def _make_unlearner(rule: str, apply_fn, *, name: str, momentum: float, weight_d
   if rule == "scrub":
     # Both under the shared clip: unclipped max steps drove the CNN to non-finite
     # values within 50 iterations of a class-unlearning request (measured).
-    max_step = _make_step(scrub_max_loss, tx, clip_norm=clip_norm)
-    min_step = _make_step(scrub_min_loss, tx, clip_norm=clip_norm)
+    max_step = make_gradient_step(scrub_max_loss, tx, clip_norm=clip_norm)
+    min_step = make_gradient_step(scrub_min_loss, tx, clip_norm=clip_norm)
   else:
     # Every rule under the shared clip, GA under its own: FT's unclipped steps (lr 0.05,
     # momentum 0.9) left the CNN to die at the next learn request (measured).
-    step = _make_step(loss_fn, tx, clip_norm=ga_clip if rule == "ga" else clip_norm)
+    step = make_gradient_step(loss_fn, tx, clip_norm=ga_clip if rule == "ga" else clip_norm)
 
   @jax.jit
   def saliency_fn(params, model_state, batches):
