@@ -1,4 +1,4 @@
-"""The baselines (ALGORITHM.md §10) on scikit-learn digits: contracts, compilation, unlearning.
+"""The baselines (docs/method.md §10) on scikit-learn digits: contracts, compilation, unlearning.
 
 Every baseline starts from the same MLP, trained on classes 0-7, with a
 class-balanced store of 200 of those samples, and plays the stream
@@ -24,6 +24,10 @@ from ugclu_jax import data as D
 from ugclu_jax import methods as MT
 from ugclu_jax import runner
 from ugclu_jax.methods import baselines as BL
+from ugclu_jax.methods import learn_rules as LR
+from ugclu_jax.methods import unlearn_rules as UR
+from ugclu_jax.methods.rules import POSITIVE, Rule
+from ugclu_jax.metrics import Cost
 from ugclu_jax.models import MLP, as_functional
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -203,27 +207,6 @@ def test_costs_are_counted(runs, name):
 
 # --- Method-specific contracts ----------------------------------------------------------------
 
-def test_top_fraction_mask_keeps_exactly_the_top_fraction():
-  rng = np.random.default_rng(0)
-  scores = {"a": jnp.asarray(rng.permutation(60).reshape(6, 10), jnp.float32),
-            "b": jnp.asarray(60 + rng.permutation(37), jnp.float32)}
-  n = 97
-  for fraction in (0.0, 0.2, 0.5, 1.0):
-    mask = BL.top_fraction_mask(scores, fraction)
-    assert jax.tree.map(jnp.shape, mask) == jax.tree.map(jnp.shape, scores)
-    kept = np.concatenate([np.ravel(mask["a"]), np.ravel(mask["b"])])
-    values = np.concatenate([np.ravel(scores["a"]), np.ravel(scores["b"])])
-    k = int(n * fraction)
-    assert set(np.unique(kept)) <= {0.0, 1.0} and kept.sum() == k
-    # The kept entries are the k largest: values 97 - k .. 96.
-    np.testing.assert_array_equal(np.sort(values[kept == 1]), np.arange(n - k, n))
-  # Ties: still exactly k entries.
-  tied = BL.top_fraction_mask({"a": jnp.ones((10,))}, 0.3)
-  assert float(tied["a"].sum()) == 3
-  with pytest.raises(ValueError, match="fraction"):
-    BL.top_fraction_mask(scores, 1.5)
-
-
 def test_salun_updates_only_the_masked_fifth(setup):
   # Without weight decay, an update can move only the coordinates the mask keeps
   # (momentum carries masked updates only), so at most 20 % of the weights change.
@@ -270,20 +253,6 @@ def test_der_pp_records_logits_and_zeroes_forgotten_ones(setup, runs):
   np.testing.assert_array_equal(purged[others], logits[others])
 
 
-def test_ewc_penalty_hand_check():
-  params = {"w": jnp.array([1.0, 2.0, -1.0]), "b": jnp.array([[0.5]])}
-  anchor = {"w": jnp.array([0.0, 2.0, 1.0]), "b": jnp.array([[1.5]])}
-  fisher = {"w": jnp.array([2.0, 3.0, 0.5]), "b": jnp.array([[4.0]])}
-  # 1/2 (2 * 1 + 3 * 0 + 0.5 * 4 + 4 * 1) = 4.
-  np.testing.assert_allclose(BL.ewc_penalty(params, anchor, fisher), 4.0, rtol=1e-6)
-  assert float(BL.ewc_penalty(anchor, anchor, fisher)) == 0.0
-  grad = jax.grad(BL.ewc_penalty)(params, anchor, fisher)
-  np.testing.assert_allclose(grad["w"], [2.0, 0.0, -1.0], rtol=1e-6)  # F (theta - theta*)
-  np.testing.assert_allclose(grad["b"], [[-4.0]], rtol=1e-6)
-  zero = jax.grad(BL.ewc_penalty)(anchor, anchor, fisher)
-  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(zero))
-
-
 def test_ewc_state_after_learn_and_unlearn(runs):
   run = runs("ewc")
   for state in run["states"]:
@@ -309,26 +278,6 @@ def test_diverging_ewc_stops_with_a_message_naming_ewc_lambda(setup, runs):
                    MT.method_seed(0, 2, "ewc"))
   with pytest.raises(MT.NonFiniteError, match=r"'ewc'.*'L:c8'.*lower ewc_lambda \(1e\+07\)"):
     method.learn(state, ctx)
-
-
-def test_distillation_loss_hand_check():
-  s = jnp.array([[1.0, 0.0, -1.0]])
-  t = jnp.array([[0.0, 2.0, 0.0]])
-  p = np.exp([0.0, 1.0, 0.0]) / np.exp([0.0, 1.0, 0.0]).sum()
-  q = np.exp([0.5, 0.0, -0.5]) / np.exp([0.5, 0.0, -0.5]).sum()
-  np.testing.assert_allclose(
-      BL.distillation_loss(logits=s, teacher_logits=t, temperature=2.0),
-      np.sum(p * np.log(p / q)), rtol=1e-5)
-  # Restricted to classes 0 and 2: softmaxes over those two only.
-  p2, q2 = np.array([0.5, 0.5]), np.exp([0.5, -0.5]) / np.exp([0.5, -0.5]).sum()
-  np.testing.assert_allclose(
-      BL.distillation_loss(logits=s, teacher_logits=t, temperature=2.0,
-                           classes=jnp.array([1.0, 0.0, 1.0])),
-      np.sum(p2 * np.log(p2 / q2)), rtol=1e-5)
-  # Zero when the student is the teacher (float32 rounding of the two log-softmaxes).
-  assert abs(float(BL.distillation_loss(logits=t, teacher_logits=t, temperature=4.0))) < 1e-6
-  g = jax.grad(lambda z: BL.distillation_loss(logits=s, teacher_logits=z, temperature=2.0))(t)
-  assert float(jnp.abs(g).max()) == 0.0  # No gradient into the teacher.
 
 
 # --- Names, pairs, validation -----------------------------------------------------------------
@@ -391,6 +340,53 @@ def test_config_defaults_match_the_builder():
   signature = inspect.signature(MT.baseline).parameters
   for field, value in C.to_dict(C.BaselinesConfig()).items():
     assert signature[field].default == pytest.approx(value), field
+
+
+def test_every_rule_hyperparameter_is_a_keyword_of_the_builder():
+  # A rule's registry entry names exactly the keywords its factory takes, each
+  # one a keyword of baseline() with one kind across rules.
+  import inspect
+  kinds = {}
+  for rule in (*LR.LEARN_RULES.values(), *UR.UNLEARN_RULES.values()):
+    params = inspect.signature(rule.build).parameters
+    assert list(params)[0] == "setup"
+    assert {k for k, p in params.items() if p.kind == p.KEYWORD_ONLY} == set(rule.hparams)
+    for key, kind in rule.hparams.items():
+      assert kinds.setdefault(key, kind) == kind, key
+  builder = set(inspect.signature(MT.baseline).parameters)
+  shared = {"apply_fn", "name", "clip_norm", "num_train", "num_classes", "learn_lr",
+            "momentum", "weight_decay"}
+  assert builder == shared | set(kinds)
+  # check_hyperparameters knows every keyword the builder validates.
+  MT.check_hyperparameters(**{key: 2 if key == "num_classes" else 1
+                              for key in builder - {"apply_fn", "name", "clip_norm"}})
+
+
+def test_a_registered_rule_is_a_baseline(setup, monkeypatch):
+  # One factory and one registry entry make a rule (the name tuples, derived
+  # from the registries at import, are patched alongside).
+  calls = []
+
+  def keep(rule_setup, *, ft_lr):
+    def unlearn(state, ctx):
+      calls.append((rule_setup.name, ft_lr, ctx.index))
+      return state.params, state.model_state, Cost()
+    return unlearn
+
+  monkeypatch.setitem(UR.UNLEARN_RULES, "keep", Rule(keep, {"ft_lr": POSITIVE}))
+  monkeypatch.setattr(BL, "BASELINE_NAMES", (*BL.BASELINE_NAMES, "keep"))
+  x, y = setup["x"], setup["y"]
+  method = MT.baseline(setup["apply_fn"], "ewc+keep", num_train=y.size, num_classes=10,
+                       ft_lr=0.5)
+  state = method.init(setup["state"].params, setup["state"].model_state)
+  forget = np.flatnonzero(y == 3)
+  store = D.store_purge(setup["store"], forget, y_train=y)
+  ctx = MT.Context(D.DataAccess(x, y, store, forget), setup["requests"][0], 7, 10, B, (0, 7, 1))
+  new, cost = method.unlearn(state, ctx)
+  assert calls == [("ewc+keep", 0.5, 7)]
+  # The learn part's bookkeeping still runs: EWC's Fisher is recomputed on the store.
+  assert cost == Cost(0.0, 0, 256, 0)
+  assert sum(float(f.sum()) for f in jax.tree.leaves(new.extra["fisher"])) > 0
 
 
 # --- Through the CLI --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ugclu_jax.fast_slow import FastSlowState
 from ugclu_jax.fast_slow import fast_slow
 from ugclu_jax.fast_slow import sync
 
-# Exact-arithmetic tree identities in float32 (STYLE.md rule 20).
+# Exact-arithmetic tree identities in float32.
 _RTOL = 1e-6
 _ATOL = 1e-6
 

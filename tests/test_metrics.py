@@ -1,5 +1,6 @@
 """Tests for ugclu_jax.metrics: every metric against hand-computed values and its edge cases."""
 
+import json
 import math
 
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ugclu_jax import evaluation as E
 from ugclu_jax import metrics
 
 NAN = float("nan")
@@ -275,3 +277,88 @@ def test_cost_record():
   total = c.add(metrics.Cost(seconds=0.5, steps=2, grad_evals=2))
   assert total == metrics.Cost(seconds=2.0, steps=12, grad_evals=22, hvp_evals=5)
   assert metrics.Cost()._asdict() == {"seconds": 0.0, "steps": 0, "grad_evals": 0, "hvp_evals": 0}
+
+
+# --- Metrics of a hand-built typed history (evaluation.report_entries) -------------------------
+
+
+def _record(index, token, row, *, fa=None, unlearned=None, gap=E.OracleGap(), steps=0):
+  return E.RequestRecord(
+      index=index, request=token, cost=metrics.Cost(0.12345, steps, 2 * steps, 0),
+      forget_acc=fa, remain_acc=0.9, test_acc=0.8, mia_efficacy=None if fa is None else 0.5,
+      acc_per_task=tuple(row), unlearned_acc=unlearned or {}, collapsed=None, gap=gap)
+
+
+# Tasks t0, t1, t2. r2 unlearns part of t0 (FA 0.10), r4 some random samples (FA 0.50);
+# unlearned_acc holds FA now on each earlier unlearned set, as the runner measures it.
+HISTORY = [
+    _record(0, "L:t0", [0.90, None, None], steps=5),
+    _record(1, "L:t1", [0.92, 0.80, None]),
+    _record(2, "U:c1", [0.60, 0.75, None], fa=0.10, gap=E.OracleGap(0.05, 0.01, 0.02)),
+    _record(3, "L:t2", [0.62, 0.70, 0.95], unlearned={2: 0.25}),
+    _record(4, "U:r0.1", [0.55, 0.72, 0.90], fa=0.50, unlearned={2: 0.30}),
+    _record(5, "L:t2", [0.50, 0.70, 0.88], unlearned={2: 0.40, 4: 0.45}),
+]
+
+
+def test_report_entries_from_a_hand_built_history():
+  #        t0    t1    t2
+  #   r0  0.90   -     -
+  #   r1  0.92  0.80   -
+  #   r2  0.60  0.75   -
+  #   r3  0.62  0.70  0.95
+  #   r4  0.55  0.72  0.90
+  #   r5  0.50  0.70  0.88
+  entries = E.report_entries(HISTORY)
+  got = lambda key: [q["metrics"][key] for q in entries]
+  approx = lambda values: [None if v is None else pytest.approx(v) for v in values]
+  np.testing.assert_array_equal(
+      np.isnan(metrics.accuracy_matrix([q["acc_per_task"] for q in entries])),
+      np.isnan(metrics.accuracy_matrix([q.acc_per_task for q in HISTORY])))
+  assert got("avg_acc") == approx([0.90, 0.86, 0.675, 2.27 / 3, 2.17 / 3, 2.08 / 3])
+  # Forgetting: max over the earlier rows of the span minus now, over tasks learned before r.
+  #   r1: t0 0.90 - 0.92;  r2: t0 0.92 - 0.60, t1 0.80 - 0.75;  r3: 0.30, 0.10;
+  #   r4: 0.37, 0.08, 0.05;  r5: 0.42, 0.10, 0.07.
+  assert got("forgetting") == approx([None, -0.02, 0.185, 0.20, 0.50 / 3, 0.59 / 3])
+  # BWT: now minus right after learning.
+  assert got("bwt") == approx([None, 0.02, -0.175, -0.19, -0.16, -0.19])
+  # Relapse: FA now minus FA right after unlearning, averaged over the earlier sets:
+  #   r3: 0.25 - 0.10;  r4: 0.30 - 0.10 (r4's own set does not count yet);
+  #   r5: mean(0.40 - 0.10, 0.45 - 0.50).
+  assert got("relapse") == approx([None, None, None, 0.15, 0.20, 0.125])
+  assert entries[2]["metrics"]["avg_gap"] == 0.05 and entries[2]["metrics"]["kl_div"] == 0.02
+  assert entries[0]["metrics"]["avg_gap"] is None
+  assert entries[0] == {
+      "index": 0, "request": "L:t0", "seconds": 0.123, "acc_per_task": [0.90, None, None],
+      "collapsed": None, "metrics": {
+          "forget_acc": None, "remain_acc": 0.9, "test_acc": 0.8, "mia_efficacy": None,
+          "avg_gap": None, "js_div": None, "kl_div": None, "avg_acc": 0.90,
+          "forgetting": None, "bwt": None, "relapse": None, "steps": 5, "grad_evals": 10,
+          "hvp_evals": 0}}
+
+
+def test_records_round_trip_through_json_without_per_sample_outputs():
+  for q in HISTORY:
+    assert E.record_from_json(json.loads(json.dumps(E.record_to_json(q)))) == q
+  with pytest.raises(ValueError, match="per-sample"):
+    E.record_to_json(HISTORY[2]._replace(forget_probs=np.full((3, 2), 0.5)))
+
+
+def test_oracle_comparison_is_a_second_pass_in_any_order():
+  probs = np.array([[0.5, 0.5], [1.0, 0.0]])
+  oracle = HISTORY[2]._replace(forget_acc=0.0, remain_acc=0.95, test_acc=0.85,
+                               mia_efficacy=0.6, forget_probs=probs, gap=E.OracleGap())
+  model = HISTORY[2]._replace(forget_acc=0.2, forget_probs=probs[::-1], gap=E.OracleGap())
+  first = E.compare_to_oracle({"m": model, "retrain": oracle}, "retrain")
+  second = E.compare_to_oracle({"retrain": oracle, "m": model}, "retrain")
+  assert first == second
+  assert all(q.forget_probs is None for q in first.values())
+  # mean(|0.2 - 0|, |0.9 - 0.95|, |0.8 - 0.85|, |0.5 - 0.6|) = 0.1.
+  assert first["m"].gap.avg_gap == pytest.approx(0.1)
+  assert first["m"].gap.kl_div == pytest.approx(metrics.kl_div(probs, probs[::-1]))
+  assert first["retrain"].gap == (0.0, 0.0, 0.0)
+  # Without the oracle, or on a learn request, there is nothing to compare.
+  assert E.compare_to_oracle({"m": model}, "retrain")["m"].gap == E.OracleGap()
+  learn = HISTORY[1]
+  assert E.compare_to_oracle({"m": learn, "retrain": learn}, "retrain")["m"].gap == E.OracleGap()
+

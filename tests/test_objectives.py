@@ -136,3 +136,63 @@ class ObjectivesTest(chex.TestCase, parameterized.TestCase):
     np.testing.assert_allclose(ug.learn_loss(logits=LOGITS, labels=LABELS), ce.mean(), rtol=1e-6)
     np.testing.assert_allclose(ug.preserve_loss(logits=LOGITS, labels=LABELS), ce.mean(),
                                rtol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_distillation_loss_hand_values(self):
+    s = jnp.array([[1.0, 0.0, -1.0], [0.0, 0.0, 3.0]])
+    t = jnp.array([[0.0, 2.0, 0.0], [1.0, -1.0, 0.0]])
+
+    def kl(student, teacher, temperature):
+      p = np.exp(np.asarray(teacher, np.float64) / temperature)
+      q = np.exp(np.asarray(student, np.float64) / temperature)
+      p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+      return np.sum(p * np.log(p / q), -1)
+
+    f = self.variant(lambda s, t, m, c: ug.distillation_loss(
+        logits=s, teacher_logits=t, temperature=2.0, mask=m, classes=c))
+    per_row = kl(s, t, 2.0)
+    np.testing.assert_allclose(f(s, t, None, None), per_row.mean(), rtol=1e-5)
+    # Row 0 alone by hand: p = softmax([0, 1, 0]), q = softmax([0.5, 0, -0.5]).
+    p = np.exp([0.0, 1.0, 0.0]) / np.exp([0.0, 1.0, 0.0]).sum()
+    q = np.exp([0.5, 0.0, -0.5]) / np.exp([0.5, 0.0, -0.5]).sum()
+    np.testing.assert_allclose(f(s, t, jnp.array([1.0, 0.0]), None), np.sum(p * np.log(p / q)),
+                               rtol=1e-5)
+    # Restricted to classes 0 and 2: both softmaxes over those two only.
+    classes = jnp.array([1.0, 0.0, 1.0])
+    np.testing.assert_allclose(f(s, t, None, classes),
+                               kl(s[:, [0, 2]], t[:, [0, 2]], 2.0).mean(), rtol=1e-5)
+    p2, q2 = np.array([0.5, 0.5]), np.exp([0.5, -0.5]) / np.exp([0.5, -0.5]).sum()
+    np.testing.assert_allclose(f(s, t, jnp.array([1.0, 0.0]), classes),
+                               np.sum(p2 * np.log(p2 / q2)), rtol=1e-5)
+
+  def test_distillation_loss_zero_at_teacher_and_no_teacher_gradient(self):
+    s = jnp.array([[1.0, 0.0, -1.0]])
+    t = jnp.array([[0.0, 2.0, 0.0]])
+    # Zero when the student is the teacher (float32 rounding of the two log-softmaxes).
+    self.assertLess(abs(float(ug.distillation_loss(logits=t, teacher_logits=t,
+                                                   temperature=4.0))), 1e-6)
+    g = jax.grad(lambda z: ug.distillation_loss(logits=s, teacher_logits=z, temperature=2.0))(t)
+    np.testing.assert_array_equal(g, 0.0)
+    # The student's gradient is (q - p) / (T |B|).
+    g = jax.grad(lambda z: ug.distillation_loss(logits=z, teacher_logits=t, temperature=2.0))(s)
+    p, q = jax.nn.softmax(t / 2.0), jax.nn.softmax(s / 2.0)
+    np.testing.assert_allclose(g, (q - p) / 2.0, rtol=1e-5, atol=1e-7)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_ewc_penalty_hand_check(self):
+    params = {"w": jnp.array([1.0, 2.0, -1.0]), "b": jnp.array([[0.5]])}
+    anchor = {"w": jnp.array([0.0, 2.0, 1.0]), "b": jnp.array([[1.5]])}
+    fisher = {"w": jnp.array([2.0, 3.0, 0.5]), "b": jnp.array([[4.0]])}
+    penalty = self.variant(ug.ewc_penalty)
+    # 1/2 (2 * 1 + 3 * 0 + 0.5 * 4 + 4 * 1) = 4.
+    np.testing.assert_allclose(penalty(params, anchor, fisher), 4.0, rtol=1e-6)
+    self.assertEqual(float(penalty(anchor, anchor, fisher)), 0.0)
+    self.assertEqual(penalty(params, anchor, fisher).dtype, jnp.float32)
+    grad = jax.grad(ug.ewc_penalty)(params, anchor, fisher)
+    np.testing.assert_allclose(grad["w"], [2.0, 0.0, -1.0], rtol=1e-6)  # F (theta - theta*)
+    np.testing.assert_allclose(grad["b"], [[-4.0]], rtol=1e-6)
+    zero = jax.grad(ug.ewc_penalty)(anchor, anchor, fisher)
+    self.assertTrue(all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(zero)))
+    # A zero Fisher: no penalty however far from the anchor.
+    self.assertEqual(float(ug.ewc_penalty(params, anchor, jax.tree.map(jnp.zeros_like, fisher))),
+                     0.0)

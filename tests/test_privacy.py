@@ -59,11 +59,17 @@ def test_metadata_holds_no_forgotten_index_nor_per_sample_record(finished, forgo
   meta = _meta(finished, 8)
   text = json.dumps(meta)
   assert "forget_sets" not in text and "forget_correct" not in text
-  # What relapse keeps: one forget accuracy per method and unlearn request.
-  assert set(meta["history"]) == {"forget_acc"}
-  for per_request in meta["history"]["forget_acc"].values():
-    assert set(per_request) == {str(s - 1) for s in UNLEARN_STEPS}
-    assert all(isinstance(v, float) for v in per_request.values())
+  # The typed history: numbers per method and request, no per-sample output. Relapse
+  # keeps one forget accuracy per unlearn request, and one now per earlier unlearned set.
+  assert set(meta) == {"cursor", "history", "config"}
+  for records in meta["history"].values():
+    assert [q["index"] for q in records] == list(range(8))
+    assert "forget_probs" not in records[0]
+    unlearn = {s - 1 for s in UNLEARN_STEPS}
+    assert all(isinstance(q["forget_acc"], float) == (q["index"] in unlearn) for q in records)
+    for q in records:
+      assert all(int(j) in unlearn and int(j) < q["index"] and isinstance(v, float)
+                 for j, v in q["unlearned_acc"].items())
   assert A.scan_json(meta, forgotten, "meta") == []
   # The scan is not blind: the old format's forget_sets would be found.
   planted = {**meta, "history": {"forget_sets": {"3": forgotten[:5].tolist()}}}
@@ -133,7 +139,7 @@ def test_audit_finds_a_damaged_checkpoint(finished, tmp_path):
   shutil.copytree(finished, workdir)
   path = workdir / "checkpoints" / "8" / "meta" / "metadata"
   meta = json.loads(path.read_text())
-  meta["history"]["forget_acc"]["ugclu"]["3"] = 0.5
+  meta["history"]["ugclu"][3]["forget_acc"] = 0.5
   path.write_text(json.dumps(meta))
   findings = A.audit(workdir)
   assert findings == ["checkpoint 8: fails verification (content hash mismatch)"], findings

@@ -116,6 +116,30 @@ def test_sigkill_mid_request_then_resume(smoke_run, tmp_path):
   assert R.without_timings(got) == R.without_timings(expected)
 
 
+def test_the_order_of_the_methods_changes_no_result(tmp_path):
+  from ugclu_jax import config as C
+  base = C.apply_overrides(C.load_config("smoke"), [
+      "stream=L:t0 L:t1 U:c1 L:t2", "train.learn_epochs=1", "train.unlearn_iterations=10",
+      "data.max_eval=300"])
+  reports = []
+  for order in ("ugclu,ft,retrain", "ft,retrain,ugclu"):  # The oracle never first.
+    cfg = C.apply_overrides(base, [f"methods={order}"])
+    report = runner.run_experiment(cfg, tmp_path / order, progress=False, render=False,
+                                   echo=lambda s: None)
+    assert list(report["methods"]) == order.split(",")
+    assert report == json.loads((tmp_path / order / "report.json").read_text())
+    reports.append(R.without_timings(report))
+  assert reports[0]["config"]["methods"] != reports[1]["config"]["methods"]
+  assert reports[0]["methods"] == reports[1]["methods"]
+  ft = reports[0]["methods"]["ft"]["requests"]
+  assert ft[2]["metrics"]["avg_gap"] is not None and ft[3]["metrics"]["relapse"] is not None
+
+
+def test_a_checkpoint_without_typed_history_is_refused():
+  with pytest.raises(runner.RunError, match="--overwrite"):
+    runner._history_from_meta({"history": {"forget_acc": {}}}, ["retrain", "ugclu"], "7")
+
+
 @pytest.mark.parametrize("stream, message", [
     ("L:t0 X:t1", "'X:t1'"),
     ("L:t0 L:t9", "'L:t9'"),

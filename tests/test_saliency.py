@@ -1,6 +1,7 @@
-"""Fisher diagonal and the balanced saliency mask."""
+"""Fisher diagonal, the balanced saliency mask and SalUn's top-fraction mask."""
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -67,3 +68,47 @@ class SaliencyTest(chex.TestCase):
     np.testing.assert_array_equal(np.asarray(out["a"], np.float32), [0, 0, 2, 3])
     np.testing.assert_array_equal(np.asarray(out["b"], np.float32), 0)
     self.assertIs(ug.apply_mask(tree, None), tree)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_top_fraction_mask_keeps_exactly_the_top_fraction(self):
+    rng = np.random.default_rng(0)
+    scores = {"a": jnp.asarray(rng.permutation(60).reshape(6, 10), jnp.float32),
+              "b": jnp.asarray(60 + rng.permutation(37), jnp.float32)}
+    n = 97
+    top = self.variant(ug.top_fraction_mask, static_argnums=1)
+    for fraction in (0.0, 0.2, 0.5, 1.0):
+      mask = top(scores, fraction)
+      chex.assert_trees_all_equal_shapes(mask, scores)
+      kept = np.concatenate([np.ravel(mask["a"]), np.ravel(mask["b"])])
+      values = np.concatenate([np.ravel(scores["a"]), np.ravel(scores["b"])])
+      k = int(n * fraction)
+      self.assertTrue(set(np.unique(kept)) <= {0.0, 1.0})
+      self.assertEqual(kept.sum(), k)
+      # The kept entries are the k largest: values 97 - k .. 96.
+      np.testing.assert_array_equal(np.sort(values[kept == 1]), np.arange(n - k, n))
+
+  def test_top_fraction_mask_edges(self):
+    scores = {"a": jnp.array([[3.0, -1.0], [0.0, 2.0]]), "b": jnp.array([5], jnp.int32)}
+    none, every = ug.top_fraction_mask(scores, 0.0), ug.top_fraction_mask(scores, 1.0)
+    for leaf in jax.tree.leaves(none):
+      np.testing.assert_array_equal(leaf, 0.0)
+    for leaf in jax.tree.leaves(every):
+      np.testing.assert_array_equal(leaf, 1.0)
+    self.assertTrue(all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(every)))
+    # k = floor(fraction * n): 0.39 of 5 keeps one entry (the 5 of leaf "b").
+    np.testing.assert_array_equal(ug.top_fraction_mask(scores, 0.39)["b"], [1.0])
+    for bad in (-0.1, 1.5):
+      with self.assertRaisesRegex(ValueError, r"fraction must be in \[0, 1\]"):
+        ug.top_fraction_mask(scores, bad)
+
+  def test_top_fraction_mask_ties_go_to_the_earlier_entry(self):
+    np.testing.assert_array_equal(ug.top_fraction_mask({"a": jnp.ones((10,))}, 0.3)["a"],
+                                  [1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    # Across leaves, in leaf order ("a" before "b"); larger scores first.
+    tied = {"a": jnp.array([1.0, 2.0]), "b": jnp.array([2.0, 2.0, 1.0])}
+    mask = ug.top_fraction_mask(tied, 0.4)
+    np.testing.assert_array_equal(mask["a"], [0, 1])
+    np.testing.assert_array_equal(mask["b"], [1, 0, 0])
+    mask = ug.top_fraction_mask(tied, 0.8)
+    np.testing.assert_array_equal(mask["a"], [1, 1])
+    np.testing.assert_array_equal(mask["b"], [1, 1, 0])

@@ -1,4 +1,7 @@
-"""Request steps: component sums, the fast-slow identity, schedules, no recompilation."""
+"""Request steps: the §5 equations, component sums, the fast-slow identity, schedules, no
+recompilation."""
+
+import functools
 
 import chex
 import jax
@@ -41,7 +44,133 @@ def _flat(tree):
   return ravel_pytree(tree)[0]
 
 
+def _tiny_loss(x, y):
+  """Softmax regression on a fixed batch: ``params -> mean cross-entropy``."""
+
+  def loss(params):
+    return ug.cross_entropy(logits=x @ params["w"] + params["b"][None], labels=y)
+
+  return loss
+
+
+class EquationsTest(parameterized.TestCase):
+  """The public functions of §5, by hand and against a dense Hessian."""
+
+  def test_target_direction_masks_then_clips(self):
+    g = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([12.0])}
+    mask = {"a": jnp.array([1.0, 1.0]), "b": jnp.array([0.0])}
+    d, norm = ug.target_direction(g, mask, 2.5)
+    # M ⊙ g = ([3, 4], [0]) has norm 5: the clip halves it. (Clipping first would
+    # measure 13 and leave ([15/26, 20/26], [0]).)
+    self.assertEqual(float(norm), 5.0)
+    chex.assert_trees_all_close(d, {"a": jnp.array([1.5, 2.0]), "b": jnp.array([0.0])})
+    d, norm = ug.target_direction(g, mask, None)  # No clip: M ⊙ g.
+    chex.assert_trees_all_close(d, {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0])})
+    d, norm = ug.target_direction(g, None, 6.5)  # No mask: the clip alone.
+    self.assertEqual(float(norm), 13.0)
+    chex.assert_trees_all_close(d, jax.tree.map(lambda t: t / 2, g))
+    d, _ = ug.target_direction(g, mask, 100.0)  # Below the clip: unchanged.
+    chex.assert_trees_all_close(d, {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0])})
+
+  def test_joint_direction_scales_then_clips_the_preserve_part(self):
+    d = {"a": jnp.array([1.0, 1.0])}
+    g_r = {"a": jnp.array([3.0, 4.0])}
+    # a_R g_R = [6, 8], norm 10, clipped to 5: [3, 4]; plus d.
+    chex.assert_trees_all_close(ug.joint_direction(d, g_r, a_remain=2.0, clip_norm=5.0),
+                                {"a": jnp.array([4.0, 5.0])})
+    chex.assert_trees_all_close(ug.joint_direction(d, g_r, a_remain=2.0),
+                                {"a": jnp.array([7.0, 9.0])})
+
+  @parameterized.parameters((1, 0.0), (1, 0.3), (3, 0.2))
+  def test_compensated_update_against_dense_hessian(self, order, damping):
+    with jax.enable_x64(True):
+      kx, ky, kp, kd = jax.random.split(jax.random.key(3), 4)
+      x = jax.random.normal(kx, (8, 4), jnp.float64)
+      y = jax.random.randint(ky, (8,), 0, 3)
+      params = {"w": 0.5 * jax.random.normal(kp, (4, 3), jnp.float64),
+                "b": jnp.zeros(3, jnp.float64)}
+      flat, unravel = ravel_pytree(params)
+      loss_r = _tiny_loss(x, y)
+      h = jax.hessian(lambda v: loss_r(unravel(v)))(flat)
+      d = unravel(jax.random.normal(kd, flat.shape, jnp.float64))
+      g_r = jax.grad(loss_r)(params)
+      a_r, beta = 0.7, 0.4
+      clip = 0.5 * float(a_r * jnp.linalg.norm(_flat(g_r)))  # active
+      out = ug.compensated_update(
+          d, g_r, a_remain=a_r, hvp_fn=functools.partial(ug.hvp, loss_r, params), beta=beta,
+          order=order, damping=damping, remain_clip_norm=clip)
+      a = h + damping * np.eye(flat.size)
+      if order == 1:
+        d_tilde = _flat(d) - beta * a @ _flat(d)
+      else:  # β Σ_{j=0}^{J} (I - β A)^j d
+        term, d_tilde = _flat(d), _flat(d)
+        for _ in range(order):
+          term = term - beta * a @ term
+          d_tilde = d_tilde + term
+        d_tilde = beta * d_tilde
+      g_rem = a_r * _flat(g_r)
+      expected = d_tilde + g_rem * clip / np.linalg.norm(g_rem)
+      np.testing.assert_allclose(_flat(out), expected, rtol=1e-12, atol=1e-12)
+      # Without an HVP ("none" mode): d + clip(a_R g_R).
+      out = ug.compensated_update(d, g_r, a_remain=a_r, remain_clip_norm=clip)
+      np.testing.assert_allclose(_flat(out), _flat(d) + g_rem * clip / np.linalg.norm(g_rem),
+                                 rtol=1e-12, atol=1e-12)
+
+
 class StepsTest(chex.TestCase, parameterized.TestCase):
+
+  @parameterized.parameters("hvp", "none")
+  def test_fused_step_is_target_direction_then_compensated_update(self, mode):
+    apply_fn, params, mstate, batch = _problem()
+    lr, a_t, a_r, beta, clip, remain_clip = 0.1, 3.0, 0.7, 0.2, 0.05, 0.02
+    mask = _random_mask(params)
+    tx = _plain_sgd(lr)
+    steps = ug.make_steps(apply_fn, tx, kind="unlearn", mode=mode, clip_norm=clip,
+                          lr_schedule="constant", decay_target=False,
+                          remain_clip_norm=remain_clip)
+    hp = ug.RequestHParams.create(learning_rate=lr, a_target=a_t, a_remain=a_r, beta=beta,
+                                  num_iterations=10)
+    tb, rb = batch(1), batch(2)
+    new, m = steps.fused(ug.init_train_state(params, mstate, tx), tb, rb, mask, hp)
+    comps, _, _ = ug.clu_gradients(apply_fn, params, mstate, unlearn=tb, remain=rb)
+    d, norm = ug.target_direction(optax.tree.scale(a_t, comps.unlearn), mask, clip)
+    self.assertGreater(float(norm), clip)  # Both clips are active.
+    self.assertGreater(a_r * float(optax.tree.norm(comps.preserve)), remain_clip)
+    loss_r = lambda p: ug.cross_entropy(logits=apply_fn(p, mstate, rb.x, train=True)[0],
+                                        labels=rb.y)
+    hvp_fn = functools.partial(ug.hvp, loss_r, params) if mode == "hvp" else None
+    g = ug.compensated_update(d, comps.preserve, a_remain=a_r, hvp_fn=hvp_fn, beta=beta,
+                              remain_clip_norm=remain_clip)
+    expected = jax.tree.map(lambda p, gi: p - lr * gi, params, g)
+    np.testing.assert_allclose(_flat(new.params.fast), _flat(expected), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(m["target_grad_norm"]), float(norm), rtol=1e-5)
+
+  def test_remain_step_is_the_generic_gradient_step(self):
+    # The remain step and make_gradient_step share one skeleton (cosine lr,
+    # value_and_grad at the fast weights, clip, tx.update, apply): with a_R = 1
+    # they are the same step.
+    apply_fn, params, mstate, batch = _problem()
+    tx = ug.build_optimizer(learning_rate=0.1)
+    hp = ug.RequestHParams.create(learning_rate=0.1, a_target=1.0, num_iterations=4)
+    steps = ug.make_steps(apply_fn, tx, kind="learn", remain_clip_norm=0.05)
+
+    def loss_fn(p, model_state, batches, aux):
+      del aux
+      b = batches["remain"]
+      logits, model_state = apply_fn(p, model_state, b.x, train=True)
+      return ug.preserve_loss(logits=logits, labels=b.y, mask=b.mask), (model_state, {})
+
+    generic = ug.steps.make_gradient_step(loss_fn, tx, clip_norm=0.05)
+    a, b = (ug.init_train_state(params, mstate, tx) for _ in range(2))
+    for k in range(3):  # Through the cosine and the momentum.
+      a, ma = steps.remain(a, batch(k), hp)
+      b, mb = generic(b, {"remain": batch(k)}, (), hp, None, 1)
+      np.testing.assert_allclose(float(ma["remain_loss"]), float(mb["loss"]), rtol=1e-6)
+      np.testing.assert_allclose(float(ma["remain_grad_norm"]), float(mb["grad_norm"]),
+                                 rtol=1e-6)
+    np.testing.assert_allclose(_flat(a.params.fast), _flat(b.params.fast), rtol=1e-6,
+                               atol=1e-7)
+    self.assertEqual(int(a.iteration), int(b.iteration))
 
   @parameterized.parameters("learn", "unlearn")
   def test_none_mode_step_is_weighted_sum_of_components(self, kind):

@@ -207,7 +207,7 @@ class TrainConfig(_Checked):
 
 @dataclasses.dataclass(frozen=True)
 class UGCLUConfig(_Checked):
-  """UG-CLU's options (ALGORITHM.md §7 defaults; [derived] choices are options).
+  """UG-CLU's options (docs/method.md §7 defaults; [derived] choices are options).
 
   Attributes:
     mode: compensation ``fast_slow``, ``hvp`` or ``none``.
@@ -265,13 +265,13 @@ class UGCLUConfig(_Checked):
 
 @dataclasses.dataclass(frozen=True)
 class BaselinesConfig(_Checked):
-  """Hyperparameters of the baselines (ALGORITHM.md §10; ``ugclu_jax.methods.baselines``).
+  """Hyperparameters of the baselines (docs/method.md §10; ``ugclu_jax.methods.baselines``).
 
   Learn requests of every baseline use ``train.learning_rate``,
   ``train.momentum``, ``train.weight_decay`` and the learn budget; unlearn
   requests run ``train.unlearn_iterations`` iterations (the reference epoch
   counts do not apply). Reference values are the CIFAR-10 settings of
-  ALGORITHM.md §10 and of the cited papers. ``ft_lr``, ``ga_lr`` and
+  docs/method.md §10 and of the cited papers. ``ft_lr``, ``ga_lr`` and
   ``scrub_lr`` were retuned so that each baseline forgets a class on the smoke
   config (digits, MLP, 60 unlearn iterations), where the reference learning
   rates barely move the model; NegGrad+ has no single reference setting.
@@ -348,7 +348,7 @@ class ExperimentConfig(_Checked):
     name: a label for reports.
     seed: the run's seed (model init, batches, random unlearning, MIA), in
       ``[0, 2**32 - 1]``.
-    stream: the request stream (DESIGN.md syntax).
+    stream: the request stream (docs/design.md §4).
     methods: method names, distinct; ``retrain`` (the oracle) is added when the
       stream unlearns anything.
     mia_variant: ``entropy_logreg`` (SFR-on) or ``confidence_svc`` (SalUn).

@@ -1,10 +1,18 @@
-"""Per-request evaluation of a model against the sets of ALGORITHM.md §9.
+"""Per-request evaluation of a model against the sets of docs/method.md §9.
 
 Model outputs are computed by one jitted function on fixed-shape, padded,
 masked batches; the metrics themselves are the pure functions of
 :mod:`ugclu_jax.metrics` and :mod:`ugclu_jax.mia`.
+
+The runner keeps a typed history, one :class:`RequestRecord` per method and
+request, in three steps: :func:`evaluate` (a model on the request's
+:class:`EvalSets`), :func:`compare_to_oracle` (a second pass over the request's
+records, in any order) and :func:`report_entries` (the ``report.json`` requests
+of one method, the continual-learning metrics and relapse computed from its
+records by :mod:`ugclu_jax.metrics`).
 """
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Optional
 
 import jax
@@ -63,32 +71,6 @@ def subsample(indices: np.ndarray, max_size: int, seed) -> np.ndarray:
   if indices.size <= max_size:
     return indices
   return np.sort(np.random.default_rng(seed).choice(indices, max_size, replace=False))
-
-
-def request_metrics(*, forget: Optional[Outputs], remain: Outputs, test: Outputs,
-                    mia_variant: str, seed: int) -> dict:
-  """FA, RA, TA and MIA efficacy of one model after one request (None where undefined)."""
-  out = {
-      "forget_acc": M.forget_acc(forget.correct) if forget is not None else None,
-      "remain_acc": M.remain_acc(remain.correct),
-      "test_acc": M.test_acc(test.correct),
-      "mia_efficacy": None,
-  }
-  if forget is not None and forget.correct.size:
-    out["mia_efficacy"] = mia.mia_efficacy(
-        remain_features=remain.features, test_features=test.features,
-        forget_features=forget.features, variant=mia_variant, seed=seed)
-  return out
-
-
-def oracle_metrics(metrics: dict, oracle: Optional[dict], forget: Optional[Outputs],
-                   oracle_forget: Optional[Outputs]) -> dict:
-  """``avg_gap``, ``js_div`` and ``kl_div`` against the oracle (None without one)."""
-  if oracle is None or forget is None or oracle_forget is None:
-    return {"avg_gap": None, "js_div": None, "kl_div": None}
-  return {"avg_gap": M.avg_gap(metrics, oracle),
-          "js_div": M.js_div(oracle_forget.probs, forget.probs),
-          "kl_div": M.kl_div(oracle_forget.probs, forget.probs)}
 
 
 def task_accuracies(test: Outputs, test_labels: np.ndarray, tasks, learned_classes) -> list:
@@ -170,3 +152,184 @@ def collapse_reason(predictions, labels, *, num_learned_classes: int,
     reasons.append(f"remaining test accuracy {100 * acc:.1f}% is at chance level "
                    f"(1/{num_learned_classes} = {100 * chance:.1f}%)")
   return "; ".join(reasons) or None
+
+
+# ---------------------------------------------------------------------------
+# Typed records: evaluate -> compare to the oracle -> report entries.
+# ---------------------------------------------------------------------------
+
+
+class EvalSets(NamedTuple):
+  r"""What every model is evaluated on after one request (the same for all methods).
+
+  Attributes:
+    index: the request's position in the stream.
+    request: its token (``"U:c1,5"``).
+    forget: its evaluated forget samples (training indices); None for a learn request.
+    remain: evaluated samples of :math:`D_R \cup D_L` (training indices).
+    test: test indices of the classes learned after the request.
+    test_labels: ``y_test[test]``.
+    learned_classes: the classes learned after the request.
+    unlearned: ``{j: training indices}`` per earlier unlearn request ``j``: its
+      evaluated forget samples not learned again since (only the nonempty ones).
+  """
+  index: int
+  request: str
+  forget: Optional[np.ndarray]
+  remain: np.ndarray
+  test: np.ndarray
+  test_labels: np.ndarray
+  learned_classes: np.ndarray
+  unlearned: Mapping[int, np.ndarray]
+
+
+class OracleGap(NamedTuple):
+  """A model against the oracle on one request (None without an oracle or a forget set)."""
+  avg_gap: Optional[float] = None
+  js_div: Optional[float] = None
+  kl_div: Optional[float] = None
+
+
+class RequestRecord(NamedTuple):
+  r"""One model after one request: the raw numbers its report.json entry is computed from.
+
+  Kept (in checkpoint metadata, :func:`record_to_json`) once :func:`compare_to_oracle`
+  has dropped ``forget_probs``: then it holds no per-sample output.
+
+  Attributes:
+    index: the request's position in the stream.
+    request: its token.
+    cost: the request's :class:`~ugclu_jax.metrics.Cost` (``seconds``: its training's wall time).
+    forget_acc, remain_acc, test_acc: FA, RA, TA (None where the set is undefined).
+    mia_efficacy: MIA efficacy on the forget set (None for a learn request).
+    acc_per_task: the row :math:`a[r, \cdot]` of the accuracy matrix (None where no
+      class of a task is learned).
+    unlearned_acc: ``{j: FA_r(U_j)}``: the forget accuracy now on each earlier
+      unlearned set (``EvalSets.unlearned``), for :func:`~ugclu_jax.metrics.relapse`.
+    collapsed: :func:`collapse_reason`'s line, or None.
+    forget_probs: ``[n, C]`` probabilities on the forget set, for the divergences
+      to the oracle; None for a learn request and once compared.
+    gap: the comparison with the oracle (:func:`compare_to_oracle`).
+  """
+  index: int
+  request: str
+  cost: M.Cost
+  forget_acc: Optional[float]
+  remain_acc: Optional[float]
+  test_acc: Optional[float]
+  mia_efficacy: Optional[float]
+  acc_per_task: tuple
+  unlearned_acc: Mapping[int, float]
+  collapsed: Optional[str]
+  forget_probs: Optional[np.ndarray] = None
+  gap: OracleGap = OracleGap()
+
+
+def evaluate(model_outputs: Callable[..., Outputs], sets: EvalSets, cost: M.Cost, *, tasks,
+             mia_variant: str, seed: int) -> RequestRecord:
+  """The record of one model after one request (its gap to the oracle still unset).
+
+  Args:
+    model_outputs: ``(indices, test=False) -> Outputs`` of the model on training
+      samples, or on test samples with ``test=True``.
+    sets: the request's evaluation sets.
+    cost: what the request's training cost.
+    tasks: the class lists of the tasks (columns of the accuracy matrix).
+    mia_variant: the membership-inference attack (:mod:`ugclu_jax.mia`).
+    seed: the run's seed (the attack's).
+  """
+  forget = model_outputs(sets.forget) if sets.forget is not None else None
+  remain = model_outputs(sets.remain)
+  test = model_outputs(sets.test, test=True)
+  mia_efficacy = None
+  if forget is not None and forget.correct.size:
+    mia_efficacy = mia.mia_efficacy(
+        remain_features=remain.features, test_features=test.features,
+        forget_features=forget.features, variant=mia_variant, seed=seed)
+  # A constant or chance-level model is flagged, and the run goes on.
+  collapsed = collapse_reason(np.argmax(test.probs, -1), sets.test_labels,
+                              num_learned_classes=sets.learned_classes.size)
+  return RequestRecord(
+      index=sets.index, request=sets.request, cost=cost,
+      forget_acc=M.forget_acc(forget.correct) if forget is not None else None,
+      remain_acc=M.remain_acc(remain.correct), test_acc=M.test_acc(test.correct),
+      mia_efficacy=mia_efficacy,
+      acc_per_task=tuple(task_accuracies(test, sets.test_labels, tasks,
+                                         sets.learned_classes)),
+      unlearned_acc={j: M.forget_acc(model_outputs(idx).correct)
+                     for j, idx in sorted(sets.unlearned.items())},
+      collapsed=collapsed, forget_probs=forget.probs if forget is not None else None)
+
+
+def oracle_gap(record: RequestRecord, oracle: Optional[RequestRecord]) -> OracleGap:
+  """``avg_gap``, ``js_div`` and ``kl_div`` of a record against the oracle's, same request."""
+  if oracle is None or record.forget_probs is None or oracle.forget_probs is None:
+    return OracleGap()
+  return OracleGap(avg_gap=M.avg_gap(record._asdict(), oracle._asdict()),
+                   js_div=M.js_div(oracle.forget_probs, record.forget_probs),
+                   kl_div=M.kl_div(oracle.forget_probs, record.forget_probs))
+
+
+def compare_to_oracle(records: Mapping[str, RequestRecord], oracle: str
+                      ) -> dict[str, RequestRecord]:
+  """The second pass over one request's records: each one's gap to the record of ``oracle``.
+
+  The order of the records does not matter. The returned records hold no
+  per-sample output (``forget_probs`` is dropped).
+  """
+  ref = records.get(oracle)
+  return {name: q._replace(gap=oracle_gap(q, ref), forget_probs=None)
+          for name, q in records.items()}
+
+
+def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
+  r"""One method's ``report.json`` requests, computed from its records alone.
+
+  With :math:`a` the accuracy matrix of the records' ``acc_per_task`` rows
+  (:func:`~ugclu_jax.metrics.accuracy_matrix`), request :math:`r` reports
+  ``avg_acc`` :math:`= \mathrm{ACC}_r`, ``forgetting`` :math:`= F_r` and ``bwt``
+  :math:`= \mathrm{BWT}_r`, and ``relapse`` :math:`=` :func:`~ugclu_jax.metrics.mean_relapse`
+  of the histories :math:`[\mathrm{FA}_{r_U}(U), \mathrm{FA}_r(U)]` of the earlier
+  unlearned sets (the first from the unlearning request's record).
+
+  Args:
+    records: the method's records, one per request in stream order from the first.
+  """
+  matrix = M.accuracy_matrix([q.acc_per_task for q in records])
+  forget_acc = {q.index: q.forget_acc for q in records}
+  entries = []
+  for r, q in enumerate(records):
+    metrics = {
+        "forget_acc": q.forget_acc, "remain_acc": q.remain_acc, "test_acc": q.test_acc,
+        "mia_efficacy": q.mia_efficacy, **q.gap._asdict(),
+        "avg_acc": M.avg_acc(q.acc_per_task),
+        "forgetting": M.forgetting(matrix, r),
+        "bwt": M.bwt(matrix, r),
+        "relapse": M.mean_relapse([[forget_acc[j], fa] for j, fa in
+                                   sorted(q.unlearned_acc.items())]),
+        "steps": q.cost.steps, "grad_evals": q.cost.grad_evals, "hvp_evals": q.cost.hvp_evals}
+    entries.append({"index": q.index, "request": q.request, "seconds": round(q.cost.seconds, 3),
+                    "metrics": metrics, "acc_per_task": list(q.acc_per_task),
+                    "collapsed": q.collapsed})
+  return entries
+
+
+def record_to_json(record: RequestRecord) -> dict:
+  """A compared record as JSON (numbers and strings only; no per-sample output)."""
+  if record.forget_probs is not None:
+    raise ValueError("record_to_json: the record still holds per-sample forget outputs "
+                     "(compare_to_oracle drops them)")
+  out = record._replace(cost=record.cost._asdict(), acc_per_task=list(record.acc_per_task),
+                        unlearned_acc={str(j): v for j, v in record.unlearned_acc.items()},
+                        gap=record.gap._asdict())._asdict()
+  del out["forget_probs"]
+  return out
+
+
+def record_from_json(obj: Mapping) -> RequestRecord:
+  """The inverse of :func:`record_to_json`."""
+  obj = dict(obj)
+  return RequestRecord(**{
+      **obj, "cost": M.Cost(**obj["cost"]), "acc_per_task": tuple(obj["acc_per_task"]),
+      "unlearned_acc": {int(j): v for j, v in obj["unlearned_acc"].items()},
+      "gap": OracleGap(**obj["gap"])})

@@ -2,7 +2,7 @@
 
 UG-CLU takes a (masked) target step and then remain steps at the point the
 target step reached; the alternation applies the remaining-Hessian
-compensation implicitly (ALGORITHM.md §6). This module packages the fast/slow
+compensation implicitly (docs/method.md §6). This module packages the fast/slow
 bookkeeping in the style of :func:`optax.lookahead`: one ``FastSlowParams``
 pair holds both parameter trees, and a single ``update`` returns updates for
 both, so ``optax.apply_updates`` moves them together.
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ugclu_jax.saliency import apply_mask
 from ugclu_jax.types import Params, Updates
 
 
@@ -69,8 +70,8 @@ def _check_fast_slow_params(params: Any, where: str) -> None:
     )
 
 
-def _apply_saliency_mask(updates: Updates, saliency_mask: Any) -> Updates:
-  """Multiplies ``updates`` by ``saliency_mask`` leafwise, keeping dtypes."""
+def _checked_saliency_mask(updates: Updates, saliency_mask: Any) -> Any:
+  """``saliency_mask`` as arrays, checked against the structure and shapes of ``updates``."""
   updates_def = jax.tree.structure(updates)
   mask_def = jax.tree.structure(saliency_mask)
   if mask_def != updates_def:
@@ -85,11 +86,7 @@ def _apply_saliency_mask(updates: Updates, saliency_mask: Any) -> Updates:
           f'saliency_mask{jax.tree_util.keystr(path)} has shape '
           f'{jnp.shape(m)}, expected {jnp.shape(u)}.'
       )
-  return jax.tree.map(
-      lambda u, m: u * jnp.asarray(m).astype(jnp.result_type(u)),
-      updates,
-      saliency_mask,
-  )
+  return jax.tree.map(jnp.asarray, saliency_mask)
 
 
 def _select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -118,7 +115,7 @@ def _fast_slow_updates(
   Returns:
     ``FastSlowParams(fast_updates, slow_updates)``, to be added to ``params``.
   """
-  # The nested-loop form (ALGORITHM.md §6; Zhang et al 2019, Alg. 1) is
+  # The nested-loop form (docs/method.md §6; Zhang et al 2019, Alg. 1) is
   #   for each period:  f <- f + u_j,  j = 1..sync_period  (fast steps)
   #                     s <- s + alpha (f - s);  f <- s.
   # As one additive update per fast step there are two kinds of step.
@@ -178,7 +175,7 @@ def fast_slow(
   optimizer runs, so momentum and weight decay inside ``inner`` still act on
   masked coordinates.
 
-  Why UG-CLU uses it (ALGORITHM.md §6): a masked target step
+  Why UG-CLU uses it (docs/method.md §6): a masked target step
   :math:`\theta_f = \theta - \eta d` followed by a remain step *at*
   :math:`\theta_f` gives
 
@@ -290,7 +287,8 @@ def fast_slow(
   ) -> tuple[FastSlowParams, FastSlowState]:
     _check_fast_slow_params(params, 'fast_slow.update')
     if saliency_mask is not None:
-      updates = _apply_saliency_mask(updates, saliency_mask)
+      saliency_mask = _checked_saliency_mask(updates, saliency_mask)
+    updates = apply_mask(updates, saliency_mask)  # M ⊙ updates; None: unchanged.
     updates, fast_state = inner.update(
         updates, state.fast_state, params.fast, **extra_args
     )

@@ -1,4 +1,4 @@
-r"""The four gradient components of one UG-CLU update (ALGORITHM.md §2).
+r"""The four gradient components of one UG-CLU update (docs/method.md §2).
 
 .. math::
    g = a_L \nabla L_L + a_R \nabla L_R
@@ -7,7 +7,10 @@ r"""The four gradient components of one UG-CLU update (ALGORITHM.md §2).
 
 The unlearn and modulation parts sum to the masked ascent direction
 :math:`-M \odot \nabla L_U^w`. Each component is returned separately so users
-can recombine them (:func:`combine`).
+can recombine them (:func:`combine`). :func:`joint_direction`, the sum of a
+target direction and the scaled (optionally clipped) preserve gradient, is
+the one place this sum is formed: :func:`combine` and the jitted steps'
+compensated update (:func:`ugclu_jax.steps.compensated_update`) both call it.
 """
 
 from typing import Callable, NamedTuple, Optional
@@ -46,7 +49,8 @@ class CLULosses(NamedTuple):
 
 
 def batch_loss(apply_fn: ApplyFn, loss: Callable[..., jax.Array], *, train: bool,
-               **loss_kwargs) -> Callable[[Params, ModelState, Batch], tuple[jax.Array, ModelState]]:
+               **loss_kwargs
+               ) -> Callable[[Params, ModelState, Batch], tuple[jax.Array, ModelState]]:
   """Turns a logits loss into ``(params, model_state, batch) -> (loss, new_model_state)``."""
 
   def fn(params, model_state, batch):
@@ -102,11 +106,36 @@ def clu_gradients(apply_fn: ApplyFn, params: Params, model_state: ModelState, *,
   return CLUGrads(g_l, g_u, g_r, g_s), CLULosses(l_l, -l_u, l_r), model_state
 
 
+def clip_by_global_norm(tree: Params, max_norm: Optional[float]) -> tuple[Params, jax.Array]:
+  r"""Scales ``tree`` to global norm at most ``max_norm`` (None: unchanged); returns the norm.
+
+  .. math:: \mathrm{clip}_c(g) = g \min(1, c / \max(\lVert g \rVert, 10^{-12}))
+  """
+  norm = optax.tree.norm(tree)
+  if max_norm is None:
+    return tree, norm
+  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+  return jax.tree.map(lambda t: t * scale.astype(t.dtype), tree), norm
+
+
+def joint_direction(target: Params, preserve: Params, *, a_remain: float | jax.Array = 1.0,
+                    clip_norm: Optional[float] = None) -> Params:
+  r"""A target direction plus the scaled preserve gradient,
+  :math:`d + \mathrm{clip}_c(a_R \nabla L_R)` (``clip_norm`` None: no clip).
+
+  ``target`` is whatever the target part of the update is: the masked, clipped
+  :math:`d` of a step, its compensation :math:`\tilde d`, or
+  :math:`a_L g_L + a_U (g_U + g_S)` in :func:`combine`.
+  """
+  preserve, _ = clip_by_global_norm(optax.tree.scale(a_remain, preserve), clip_norm)
+  return optax.tree.add(target, preserve)
+
+
 def combine(grads: CLUGrads, *, a_learn: float | jax.Array = 1.0,
             a_remain: float | jax.Array = 1.0,
             a_unlearn: float | jax.Array = 1.0) -> Params:
   r"""The joint ("none" compensation) direction
-  :math:`a_L g_L + a_R g_R + a_U (g_U + g_S)`."""
+  :math:`a_L g_L + a_R g_R + a_U (g_U + g_S)`, unclipped (:func:`joint_direction`)."""
   target = optax.tree.add_scale(optax.tree.scale(a_learn, grads.learn), a_unlearn,
                                 optax.tree.add(grads.unlearn, grads.saliency))
-  return optax.tree.add_scale(target, a_remain, grads.preserve)
+  return joint_direction(target, grads.preserve, a_remain=a_remain)

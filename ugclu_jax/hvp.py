@@ -1,4 +1,4 @@
-"""Remaining-Hessian compensation: Hessian- and Gauss-Newton-vector products (ALGORITHM.md §5).
+"""Remaining-Hessian compensation: Hessian- and Gauss-Newton-vector products (docs/method.md §5).
 
 Everything works on parameter pytrees: nothing is raveled and no Hessian is
 ever formed.
@@ -20,7 +20,7 @@ def hvp(loss_fn: Callable[[Params], jax.Array], params: Params, v: Updates) -> U
      H v = \frac{\partial}{\partial \epsilon} \nabla L(\theta + \epsilon v) \Big|_{\epsilon=0}
          = \texttt{jax.jvp}(\nabla L, (\theta,), (v,))[1]
 
-  Costs about 1.6-2.4 gradients (DATA.md), against ~13 for reverse-over-reverse.
+  Costs about 1.6-2.4 gradients (docs/data.md §9), against ~13 for reverse-over-reverse.
 
   Args:
     loss_fn: scalar loss of the parameters (batch closed over).

@@ -1,4 +1,4 @@
-"""Metrics of continual learning-unlearning (ALGORITHM.md §9), one canonical name each.
+"""Metrics of continual learning-unlearning (docs/method.md §9), one canonical name each.
 
 Three layers:
 
@@ -528,8 +528,10 @@ def relapse(fa_history: Sequence[float]) -> float | None:
   The runner measures :math:`\mathrm{FA}_r` on the samples of :math:`U` not
   learned again since :math:`r_U` (all of :math:`U` unless a later request
   learned some of it back), against :math:`\mathrm{FA}_{r_U}` on all of
-  :math:`U`: a number it keeps, where a per-sample record would keep a trace of
-  the forgotten data. Stop tracking :math:`U` once it is all learned again.
+  :math:`U`, both with :func:`forget_acc`: numbers it keeps (in its request
+  records, :class:`~ugclu_jax.evaluation.RequestRecord`), where a per-sample
+  record would keep a trace of the forgotten data. Stop tracking :math:`U` once
+  it is all learned again. The reported value is :func:`mean_relapse`.
 
   Args:
     fa_history: ``[FA_{r_U}(U), ..., FA_r(U)]``, one value per request from the

@@ -1,4 +1,4 @@
-"""Membership-inference attack efficacy (ALGORITHM.md §9, ``mia_efficacy``).
+"""Membership-inference attack efficacy (docs/method.md §9, ``mia_efficacy``).
 
 Two stages, in the shape of ``clu.metrics.CollectingMetric``:
 

@@ -1,4 +1,4 @@
-"""Losses of the unified objective (ALGORITHM.md §2-§3), on logits, keyword-only.
+"""Losses of the unified objective (docs/method.md §2-§3), on logits, keyword-only.
 
 All losses accept an optional ``mask`` (``[B]``, 1 for real examples, 0 for
 padding) and a ``reduction`` of ``"mean"`` (masked mean), ``"sum"`` or
@@ -10,6 +10,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import optax
+
+from ugclu_jax.types import Params
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -68,7 +70,7 @@ def kl_to_reference(*, logits: jax.Array, reference_probs: jax.Array,
 
   With a one-hot reference (the oracle fits :math:`D_R \cup D_L`) this is the
   cross-entropy on the true labels, which is how the learn and preserve terms
-  reduce to :func:`cross_entropy` (ALGORITHM.md §2).
+  reduce to :func:`cross_entropy` (docs/method.md §2).
 
   Args:
     logits: model logits ``[B, C]``.
@@ -88,7 +90,7 @@ def kl_to_reference(*, logits: jax.Array, reference_probs: jax.Array,
 
 def adaptive_weights(per_example_loss: jax.Array, *, temperature: float,
                      mask: Optional[jax.Array] = None) -> jax.Array:
-  r"""Adaptive per-sample weights (ALGORITHM.md §3), under ``stop_gradient``.
+  r"""Adaptive per-sample weights (docs/method.md §3), under ``stop_gradient``.
 
   .. math::
      c_i = \frac{1}{\ell_i^{\lambda} + 10^{-12}}, \qquad
@@ -171,3 +173,52 @@ def unlearn_loss(*, logits: jax.Array, labels: jax.Array,
                          mask=jnp.where(pushed, keep, jnp.ones_like(keep)))
     w = jnp.where(pushed, w, 0.0)
   return _reduce(-w * losses, None, reduction)
+
+
+def distillation_loss(*, logits: jax.Array, teacher_logits: jax.Array, temperature: float,
+                      mask: Optional[jax.Array] = None,
+                      classes: Optional[jax.Array] = None) -> jax.Array:
+  r"""Knowledge distillation :math:`\mathrm{KL}(p^T_{teacher} \| p^T_{student})`.
+
+  .. math::
+     p^T = \mathrm{softmax}(z / T), \qquad
+     L = \frac{1}{|B|} \sum_{i \in B} \sum_c p^T_{t,ic} (\log p^T_{t,ic} - \log p^T_{s,ic})
+
+  With ``classes`` the softmax of both runs over those classes only (LwF's
+  distillation of the old classes in a single head). No gradient flows into
+  the teacher. Multiply by :math:`T^2` for Hinton et al.'s gradient scale.
+
+  Args:
+    logits: student logits ``[B, C]``.
+    teacher_logits: teacher logits ``[B, C]``.
+    temperature: :math:`T > 0`.
+    mask: optional ``[B]`` example mask.
+    classes: optional ``[C]`` 0/1 mask of the classes distilled (at least one).
+
+  Returns:
+    The masked batch mean.
+  """
+  teacher = jax.lax.stop_gradient(teacher_logits) / temperature
+  student = logits / temperature
+  if classes is not None:
+    keep = classes[None, :] > 0
+    teacher = jnp.where(keep, teacher, -1e9)
+    student = jnp.where(keep, student, -1e9)
+  return kl_to_reference(logits=student, reference_probs=jax.nn.softmax(teacher), mask=mask)
+
+
+def ewc_penalty(params: Params, anchor: Params, fisher: Params) -> jax.Array:
+  r"""The EWC quadratic :math:`\frac12 \sum_i F_i (\theta_i - \theta^*_i)^2`.
+
+  Its gradient is :math:`F \odot (\theta - \theta^*)`; it is zero at the anchor.
+
+  Args:
+    params: :math:`\theta`.
+    anchor: :math:`\theta^*`, same structure.
+    fisher: Fisher diagonal :math:`F`, same structure.
+
+  Returns:
+    A scalar (float32 or wider).
+  """
+  terms = jax.tree.map(lambda p, a, f: jnp.sum(f * jnp.square(p - a)), params, anchor, fisher)
+  return 0.5 * sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))

@@ -33,7 +33,7 @@ def build_optimizer(*, learning_rate: float, momentum: float = 0.9,
 
   With the defaults (``sync_period=1, slow_step_size=1``) this is exactly the
   inner SGD; the fast-slow compensation itself comes from the alternation of
-  target and remain steps (ALGORITHM.md §6), and ``slow_step_size < 1``
+  target and remain steps (docs/method.md §6), and ``slow_step_size < 1``
   enables the slow/fast interpolation of the reference.
 
   Parameters are ``FastSlowParams(fast, slow)``; ``update`` takes the

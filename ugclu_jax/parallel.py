@@ -1,4 +1,4 @@
-"""Data parallelism over the local devices (DESIGN.md, "Scale").
+"""Data parallelism over the local devices (docs/design.md §11).
 
 One mesh axis, ``"data"``: batches are split along their batch axis and
 parameters, optimizer and model state are replicated. The jitted steps need no

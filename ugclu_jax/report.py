@@ -1,8 +1,8 @@
 """Reports of a request stream: summary, Markdown tables, plots and seed aggregation.
 
 Everything here is a pure function of the ``report.json`` dictionary of a run
-(DESIGN.md "report.json"): per method, a list of requests with their
-``seconds``, their ``metrics`` (the canonical names of ALGORITHM.md §9 plus the
+(docs/design.md §6): per method, a list of requests with their
+``seconds``, their ``metrics`` (the canonical names of docs/method.md §9 plus the
 cost counters ``steps``, ``grad_evals``, ``hvp_evals``) and the test accuracy
 of every task (``acc_per_task``, ``None`` where a task is not learned).
 

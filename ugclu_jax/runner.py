@@ -1,10 +1,15 @@
 """The experiment runner: plays a request stream against methods and the oracle.
 
 ``run_experiment(cfg, workdir)`` is one flat loop in commented sections; fork
-it for a new study rather than growing flags (big_vision style). Everything is
-validated before anything is written; every request ends with a checkpoint
-and a partial ``report.json``, so ``resume=True`` continues an interrupted run
-to the same report, from the newest checkpoint that verifies (its content hash).
+it for a new study rather than growing flags (big_vision style). Per request:
+the data, then per method train and evaluate (a typed
+:class:`~ugclu_jax.evaluation.RequestRecord`), a second pass that compares the
+records with the oracle's, and the commit. The report is computed from the
+records (:func:`~ugclu_jax.evaluation.report_entries`), never read back.
+Everything is validated before anything is written; every request ends with a
+checkpoint (the records in its metadata) and a partial ``report.json``, so
+``resume=True`` continues an interrupted run to the same report, from the
+newest checkpoint that verifies (its content hash).
 No trace of forgotten data is kept: once an unlearn request's checkpoint is
 verified, the older ones are deleted, and past forget sets (for relapse) are
 re-derived from the dataset, the stream and the seed (:func:`forget_eval_sets`).
@@ -108,6 +113,9 @@ def _load_data(cfg: C.ExperimentConfig, log: Callable[[str], None]):
 def prepare(cfg: C.ExperimentConfig, log: Callable[[str], None] = lambda s: None):
   """Validates a config and loads its data: ``(cfg, dataset, tasks, requests, methods)``.
 
+  ``methods`` are the config's, in its order, and the oracle first when the
+  stream unlearns and the config does not list it. The order changes no
+  result (the oracle comparison is a second pass over each request's records).
   Raises a one-line error (``RunError``, ``ConfigError``, ``StreamError`` or the
   dataset's ``ValueError``) for anything wrong; writes nothing.
   """
@@ -123,9 +131,7 @@ def prepare(cfg: C.ExperimentConfig, log: Callable[[str], None] = lambda s: None
   D.check_stream_data(requests, y_train=ds.y_train, seed=cfg.seed)
   methods = list(cfg.methods)
   if any(r.kind == "unlearn" for r in requests) and MT.ORACLE not in methods:
-    methods.append(MT.ORACLE)
-  # The oracle runs first: every method's gap is measured against it.
-  methods.sort(key=lambda m: m != MT.ORACLE)
+    methods.insert(0, MT.ORACLE)  # The implicit oracle is listed (and run) first.
   return cfg, ds, tasks, requests, methods
 
 
@@ -262,6 +268,40 @@ def _delete_before_unlearn(ckpt: Checkpointer, requests, cursor: int, log) -> No
       f"{requests[step - 1].token}")
 
 
+def _eval_sets(r, req, forget_evals, now_learned, learned_idx, test_pool, ds, max_eval,
+               seed) -> E.EvalSets:
+  """The evaluation sets after request ``r`` (shared by all methods)."""
+  learned_classes = np.unique(ds.y_train[now_learned])
+  test = test_pool[np.isin(ds.y_test[test_pool], learned_classes)]
+  # For relapse: each earlier unlearned set, less its samples learned again since.
+  unlearned = {j: s[~now_learned[s]] for j, s in forget_evals.items() if j < r}
+  return E.EvalSets(index=r, request=req.token, forget=forget_evals.get(r),
+                    remain=E.subsample(learned_idx, max_eval, [seed, r, 2]), test=test,
+                    test_labels=ds.y_test[test], learned_classes=learned_classes,
+                    unlearned={j: s for j, s in unlearned.items() if s.size})
+
+
+def _report(header: dict, history: dict) -> dict:
+  """``report.json``: the run's header and each method's requests, from its records."""
+  return {**header, "methods": {n: {"requests": E.report_entries(records)}
+                                for n, records in history.items()}}
+
+
+def _history_to_meta(history: dict) -> dict:
+  """The typed history as checkpoint metadata: numbers per request, no per-sample output."""
+  return {n: [E.record_to_json(q) for q in records] for n, records in history.items()}
+
+
+def _history_from_meta(meta: dict, method_names, where) -> dict:
+  """The typed history a checkpoint holds (:func:`_history_to_meta`)."""
+  history = meta.get("history")
+  if not isinstance(history, dict) or set(history) != set(method_names) or any(
+      not isinstance(v, list) for v in history.values()):
+    raise RunError(f"checkpoint {where} holds no request history of this version; pass "
+                   f"--overwrite to run again from the start")
+  return {n: [E.record_from_json(q) for q in history[n]] for n in method_names}
+
+
 def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
                    overwrite: bool = False, progress: bool = True, render: bool = True,
                    echo: Callable[[str], None] = print) -> dict:
@@ -322,11 +362,9 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
   num_classes, seed, b = ds.num_classes, cfg.seed, cfg.data.batch_size
   mesh = _mesh(cfg)
   apply_fn, methods, states, store, learned = _initial(cfg, ds, method_names, mesh)
-  report = {"config": C.to_dict(cfg), "dataset": ds.name, "stream": D.stream_tokens(requests),
-            "methods": {n: {"requests": []} for n in method_names}}
-  # For relapse: each method's forget accuracy right after each unlearn request
-  # (one number; nothing per sample of forgotten data is ever written).
-  history = {"forget_acc": {n: {} for n in method_names}}
+  header = {"config": C.to_dict(cfg), "dataset": ds.name, "stream": D.stream_tokens(requests)}
+  # The typed history: one record per method and request, in stream order.
+  history = {n: [] for n in method_names}
   # Every unlearn request's evaluated forget samples, re-derived from the
   # dataset, the stream and the seed (never stored).
   forget_evals = forget_eval_sets(requests, y, seed, cfg.data.max_eval)
@@ -338,6 +376,13 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
   test_pool = D.per_class_subsample(ds.y_test, max(1, cfg.data.max_eval // num_classes),
                                     [seed, 0x7E57])
 
+  def model_outputs(state):
+    def outputs(indices, test=False):
+      xs, ys = (ds.x_test, ds.y_test) if test else (x, y)
+      return E.outputs(output_fn, state.params, state.model_state, xs, ys, indices,
+                       cfg.data.eval_batch_size, num_classes, mesh)
+    return outputs
+
   with Checkpointer(ckpt_dir) as ckpt:
     step = None
     if meta is not None:
@@ -345,11 +390,13 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
       states = {n: MT.MethodState(*PL.replicate(tuple(v), mesh))
                 for n, v in tree["methods"].items()}
       store, learned = D.Store(*tree["store"]), tree["learned"].astype(bool)
-      report, history, start = meta["report"], meta["history"], meta["cursor"]
+      history = _history_from_meta(meta, method_names, ckpt.step_dir(step))
+      start = meta["cursor"]
       log(f"resuming {workdir} at request {start} of {len(requests)}")
     else:
       log(f"run {cfg.name}: dataset {ds.name}, model {cfg.train.model}, methods "
-          f"{', '.join(method_names)}, stream {' '.join(report['stream'])}")
+          f"{', '.join(method_names)}, stream {' '.join(header['stream'])}")
+    report = _report(header, history)
     # Newer damaged or incomplete steps and unfinished writes go; so do steps
     # from before an unlearn request (left if the run stopped before deleting them).
     ckpt.clean_after(step)
@@ -376,17 +423,10 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
                              cfg.train.min_learn_iterations)
 
       # --- Evaluation sets (shared by all methods) ------------------------------------
-      learned_classes = np.unique(y[now_learned])
-      forget_eval = forget_evals.get(r)
-      remain_eval = E.subsample(learned_idx, cfg.data.max_eval, [seed, r, 2])
-      test_eval = test_pool[np.isin(ds.y_test[test_pool], learned_classes)]
-      test_labels = ds.y_test[test_eval]
+      sets = _eval_sets(r, req, forget_evals, now_learned, learned_idx, test_pool, ds,
+                        cfg.data.max_eval, seed)
 
-      def evaluate(state, indices, xs, ys):
-        return E.outputs(output_fn, state.params, state.model_state, xs, ys, indices,
-                         cfg.data.eval_batch_size, num_classes, mesh)
-
-      oracle_metrics = oracle_forget = None
+      records = {}
       for name in method_names:
         method = methods[name]
         is_oracle = name == MT.ORACLE
@@ -403,55 +443,34 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
           seconds = time.perf_counter() - t0
 
         # --- Evaluate ----------------------------------------------------------------
-        state = states[name]
-        forget = evaluate(state, forget_eval, x, y) if forget_eval is not None else None
-        remain = evaluate(state, remain_eval, x, y)
-        test = evaluate(state, test_eval, ds.x_test, ds.y_test)
-        # A constant or chance-level model is flagged, and the run goes on.
-        collapsed = E.collapse_reason(np.argmax(test.probs, -1), test_labels,
-                                      num_learned_classes=learned_classes.size)
-        metrics = E.request_metrics(forget=forget, remain=remain, test=test,
-                                    mia_variant=cfg.mia_variant, seed=seed)
-        if is_oracle:
-          oracle_metrics, oracle_forget = metrics, forget
-        metrics.update(E.oracle_metrics(metrics, oracle_metrics, forget, oracle_forget))
-        row = E.task_accuracies(test, test_labels, tasks, learned_classes)
-        rows = [q["acc_per_task"] for q in report["methods"][name]["requests"]] + [row]
-        matrix = M.accuracy_matrix(rows)
-        metrics["avg_acc"] = M.avg_acc(row)
-        metrics["forgetting"] = M.forgetting(matrix, r)
-        metrics["bwt"] = M.bwt(matrix, r)
-        # Relapse (metrics.relapse): per earlier unlearn request, the forget
-        # accuracy now on its evaluated samples not learned again since, minus
-        # the forget accuracy right after it.
-        fa_histories = []
-        for j, fset in forget_evals.items():
-          still = fset[~now_learned[fset]] if j < r else fset[:0]
-          if still.size:
-            now = evaluate(state, still, x, y).correct.mean()
-            fa_histories.append([history["forget_acc"][name][str(j)], now])
-        metrics["relapse"] = M.mean_relapse(fa_histories)
-        if forget is not None:
-          history["forget_acc"][name][str(r)] = float(np.mean(forget.correct, dtype=np.float64))
-        metrics.update(steps=cost.steps, grad_evals=cost.grad_evals, hvp_evals=cost.hvp_evals)
-        report["methods"][name]["requests"].append({
-            "index": r, "request": req.token, "seconds": round(seconds, 3),
-            "metrics": metrics, "acc_per_task": row, "collapsed": collapsed})
+        q = records[name] = E.evaluate(
+            model_outputs(states[name]), sets,
+            M.Cost(seconds, cost.steps, cost.grad_evals, cost.hvp_evals), tasks=tasks,
+            mia_variant=cfg.mia_variant, seed=seed)
         log(f"[{r}] {req.token:<10} {name:<14} {seconds:7.1f}s  " + "  ".join(
-            f"{k}={v:.3f}" for k, v in metrics.items()
-            if k in ("forget_acc", "remain_acc", "test_acc", "mia_efficacy", "avg_gap")
-            and v is not None))
-        if collapsed is not None:
-          log(f"warning: [{r}] {req.token} {name} collapsed: {collapsed}")
+            f"{k}={getattr(q, k):.3f}" for k in ("forget_acc", "remain_acc", "test_acc",
+                                                 "mia_efficacy")
+            if getattr(q, k) is not None))
+        if q.collapsed is not None:
+          log(f"warning: [{r}] {req.token} {name} collapsed: {q.collapsed}")
+
+      # --- Compare with the oracle: a second pass, in any order of the methods -----------
+      records = E.compare_to_oracle(records, MT.ORACLE)
+      gaps = [f"{n}={q.gap.avg_gap:.3f}" for n, q in records.items() if q.gap.avg_gap is not None]
+      if gaps:
+        log(f"[{r}] {req.token:<10} avg_gap  " + "  ".join(gaps))
 
       # --- Commit the request ------------------------------------------------------------
+      for name, q in records.items():
+        history[name].append(q)
+      report = _report(header, history)
       if req.kind == "learn":
         new = idx[~learned[idx]]
         store = D.store_add(store, new, y, np.random.default_rng([seed, r, 12]))
       learned = now_learned
       with errors.hold_signals():  # SIGINT and SIGTERM wait until the commit is on disk.
         ckpt.save(r + 1, _state_tree(states, store, learned),
-                  {"cursor": r + 1, "report": report, "history": history,
+                  {"cursor": r + 1, "history": _history_to_meta(history),
                    "config": C.to_dict(cfg)})
         _write_json(workdir / "report.json", report)
         _delete_before_unlearn(ckpt, requests, r + 1, log)

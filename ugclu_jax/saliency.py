@@ -1,4 +1,4 @@
-"""Balanced weight-saliency mask from diagonal Fisher ratios (ALGORITHM.md §4)."""
+"""Balanced weight-saliency mask from diagonal Fisher ratios (docs/method.md §4)."""
 
 from typing import Any, Callable
 
@@ -84,3 +84,32 @@ def apply_mask(tree: Params, mask: Params | None) -> Params:
   if mask is None:
     return tree
   return jax.tree.map(lambda t, m: t * m.astype(t.dtype), tree, mask)
+
+
+def top_fraction_mask(scores: Params, fraction: float) -> Params:
+  r"""A 0/1 mask keeping the global top ``fraction`` of ``scores`` over all leaves.
+
+  Exactly :math:`k = \lfloor \text{fraction} \cdot n \rfloor` entries are 1
+  (``n`` entries in all), those with the largest scores; ties go to the
+  earlier entry in leaf order. This is SalUn's hard mask when the scores are
+  :math:`|\nabla_\theta L_U|`.
+
+  Args:
+    scores: a pytree of arrays.
+    fraction: in ``[0, 1]``.
+
+  Returns:
+    A float32 pytree of 0/1 with the structure and shapes of ``scores``.
+  """
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+  leaves, treedef = jax.tree.flatten(scores)
+  flat = jnp.concatenate([jnp.ravel(leaf).astype(jnp.float32) for leaf in leaves])
+  k = int(flat.size * fraction)
+  order = jnp.argsort(-flat, stable=True)
+  keep = jnp.zeros(flat.shape, jnp.float32).at[order[:k]].set(1.0)
+  out, start = [], 0
+  for leaf in leaves:
+    out.append(keep[start:start + leaf.size].reshape(leaf.shape))
+    start += leaf.size
+  return jax.tree.unflatten(treedef, out)

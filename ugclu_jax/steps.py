@@ -1,4 +1,4 @@
-r"""Jitted learn- and unlearn-request steps for the three compensation modes (ALGORITHM.md §5-§7).
+r"""Jitted learn- and unlearn-request steps for the three compensation modes (docs/method.md §5-§7).
 
 A request of ``N`` iterations alternates, at iteration ``k``:
 
@@ -20,6 +20,14 @@ requests, with :math:`a_U(k) = a_{U0} (1 + \cos(\pi k / N)) / 2`, and
 follows the same cosine over the request. All per-request numbers travel in
 :class:`RequestHParams` as traced scalars, so one compiled program serves every
 request of the same shapes; the state is donated.
+
+The equations are public functions that the jitted steps call:
+:func:`target_direction` (§5, :math:`d = \mathrm{clip}_c(M \odot g)`) and
+:func:`compensated_update` (§5, :math:`\tilde d + \mathrm{clip}(a_R \nabla L_R)`).
+Every one-loss step (UG-CLU's target and remain steps, the baselines' steps of
+:func:`make_gradient_step`) runs through one skeleton: cosine learning rate,
+``value_and_grad`` at the fast weights, direction (clip), ``tx.update``, apply.
+:func:`ugclu_jax.run_request` plays one request's schedule with these steps.
 """
 
 import functools
@@ -31,7 +39,7 @@ import optax
 
 from ugclu_jax import objectives
 from ugclu_jax.fast_slow import FastSlowParams
-from ugclu_jax.grads import ApplyFn, batch_loss
+from ugclu_jax.grads import ApplyFn, batch_loss, clip_by_global_norm, joint_direction
 from ugclu_jax.hvp import compensate, ggn_vp, hvp
 from ugclu_jax.saliency import apply_mask
 from ugclu_jax.types import Batch, ModelState, Params
@@ -122,19 +130,78 @@ def cosine_factor(k: jax.Array, n: jax.Array) -> jax.Array:
   return 0.5 * (1.0 + jnp.cos(jnp.pi * k / n.astype(jnp.float32)))
 
 
-def clip_by_global_norm(tree: Params, max_norm: Optional[float]) -> tuple[Params, jax.Array]:
-  """Scales ``tree`` to global norm at most ``max_norm`` (None: unchanged); returns the norm."""
-  norm = optax.tree.norm(tree)
-  if max_norm is None:
-    return tree, norm
-  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
-  return jax.tree.map(lambda t: t * scale.astype(t.dtype), tree), norm
+def target_direction(grad: Params, mask: Optional[Params],
+                     clip_norm: Optional[float]) -> tuple[Params, jax.Array]:
+  r"""The target direction of §5, :math:`d = \mathrm{clip}_c(M \odot g)`.
+
+  Returns ``(d, norm)`` with ``norm`` :math:`\lVert M \odot g \rVert` before the
+  clip. Masks once, then clips to global norm ``clip_norm``, so the clip measures
+  only the salient coordinates. ``grad`` is the target gradient already
+  scaled by :math:`a_T` (:math:`g = a_T \nabla J_T`); ``mask`` a 0/1 pytree
+  :math:`M` (None: :math:`M = 1`); ``clip_norm`` None: no clip.
+  """
+  return clip_by_global_norm(apply_mask(grad, mask), clip_norm)
+
+
+def compensated_update(d: Params, remain_grad: Params, *, a_remain: float | jax.Array,
+                       hvp_fn: Optional[Callable[[Params], Params]] = None,
+                       beta: float | jax.Array = 0.0, order: int = 1,
+                       damping: float | jax.Array = 0.0,
+                       remain_clip_norm: Optional[float] = None) -> Params:
+  r"""A fused step's direction, :math:`g = \tilde d + \mathrm{clip}_c(a_R \nabla L_R)` (§5).
+
+  With ``hvp_fn`` (``v -> H_R v``, ``hvp`` mode),
+  :math:`\tilde d = d - \beta (H_R + \delta I) d` for ``order = 1``, or the damped
+  Neumann series for ``order > 1`` (:func:`ugclu_jax.compensate`); without
+  (``none`` mode), :math:`\tilde d = d`, the Euclidean joint step. ``d`` is the
+  (masked, clipped) :func:`target_direction`; the mask never touches the
+  preserve gradient nor the curvature term. ``remain_clip_norm`` clips
+  :math:`a_R \nabla L_R` (None: no clip). The sum is
+  :func:`ugclu_jax.grads.joint_direction`, the one :func:`ugclu_jax.combine` uses.
+  """
+  if hvp_fn is not None:
+    d = compensate(d, hvp_fn, beta=beta, order=order, damping=damping)
+  return joint_direction(d, remain_grad, a_remain=a_remain, clip_norm=remain_clip_norm)
 
 
 # loss_fn(params, model_state, batches, aux) -> (loss, (model_state, metrics)):
 # ``batches`` a dict of Batch, ``aux`` a pytree of request constants (teacher,
 # Fisher, recorded logits); neither is donated.
 LossFn = Callable[[Params, ModelState, dict, Any], tuple[jax.Array, tuple[ModelState, dict]]]
+
+
+def _schedule(ts: TrainState, hp: RequestHParams, cosine_lr: bool) -> tuple[jax.Array, Any]:
+  r"""The cosine factor of iteration ``k`` and the optimizer state with :math:`\eta_k` set."""
+  factor = cosine_factor(ts.iteration, hp.num_iterations)
+  opt_state = ts.opt_state
+  if cosine_lr:
+    opt_state = optax.tree.set(opt_state, learning_rate=hp.learning_rate * factor)
+  return factor, opt_state
+
+
+def _apply(tx: optax.GradientTransformationExtraArgs, ts: TrainState, direction: Params,
+           opt_state: Any, model_state: ModelState, mask: Optional[Params],
+           advance) -> TrainState:
+  """``tx.update`` of ``direction`` (``mask`` to the optimizer), applied to both weight trees."""
+  updates, opt_state = tx.update(direction, opt_state, ts.params, saliency_mask=mask)
+  params = optax.apply_updates(ts.params, updates)
+  return TrainState(params, opt_state, model_state, ts.iteration + advance)
+
+
+def _gradient_step(tx, ts: TrainState, hp: RequestHParams, loss_fn: Callable, args: tuple,
+                   direction: Callable, *, mask: Optional[Params], advance,
+                   cosine_lr: bool = True):
+  """The one skeleton of a one-loss step: cosine lr, ``value_and_grad`` at ``.fast``,
+  ``direction(g, factor) -> (d, metrics)`` (scale, mask, clip), ``tx.update``, apply.
+
+  ``loss_fn(params, model_state, *args) -> (loss, (model_state, metrics))``.
+  Returns ``(state, loss, loss_metrics, direction_metrics)``.
+  """
+  factor, opt_state = _schedule(ts, hp, cosine_lr)
+  (loss, (model_state, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+      ts.params.fast, ts.model_state, *args)
+  d, d_metrics = direction(g, factor)
+  return _apply(tx, ts, d, opt_state, model_state, mask, advance), loss, metrics, d_metrics
 
 
 def make_gradient_step(loss_fn: LossFn, tx: optax.GradientTransformationExtraArgs, *,
@@ -147,21 +214,32 @@ def make_gradient_step(loss_fn: LossFn, tx: optax.GradientTransformationExtraArg
   state's iteration over ``hp.num_iterations``; the gradient is clipped to
   global norm ``clip_norm`` (None: no clip), and ``mask`` (a 0/1 pytree, or
   None) multiplies the update inside the optimizer. ``advance`` (0 or 1) is
-  added to the iteration counter. The state is donated.
+  added to the iteration counter. The state is donated. UG-CLU's target and
+  remain steps (:func:`make_steps`) run through the same skeleton.
   """
 
-  def step(ts: TrainState, batches, aux, hp: RequestHParams, mask, advance):
-    factor = cosine_factor(ts.iteration, hp.num_iterations)
-    opt_state = optax.tree.set(ts.opt_state, learning_rate=hp.learning_rate * factor)
-    (loss, (model_state, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-        ts.params.fast, ts.model_state, batches, aux)
+  def clip(g, factor):
+    del factor
     g, norm = clip_by_global_norm(g, clip_norm)
-    updates, opt_state = tx.update(g, opt_state, ts.params, saliency_mask=mask)
-    params = optax.apply_updates(ts.params, updates)
-    new = TrainState(params, opt_state, model_state, ts.iteration + advance)
-    return new, {**metrics, "loss": loss, "grad_norm": norm}
+    return g, {"grad_norm": norm}
+
+  def step(ts: TrainState, batches, aux, hp: RequestHParams, mask, advance):
+    new, loss, metrics, d_metrics = _gradient_step(tx, ts, hp, loss_fn, (batches, aux), clip,
+                                                   mask=mask, advance=advance)
+    return new, {**metrics, "loss": loss, **d_metrics}
 
   return jax.jit(step, donate_argnums=0)
+
+
+def _without_metrics(fn: Callable) -> Callable:
+  """``(params, model_state, batch) -> (loss, model_state)`` as a :data:`LossFn`-style
+  ``(loss, (model_state, {}))``."""
+
+  def loss(params, model_state, batch):
+    value, model_state = fn(params, model_state, batch)
+    return value, (model_state, {})
+
+  return loss
 
 
 def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
@@ -215,28 +293,12 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
   else:
     target_loss = batch_loss(apply_fn, objectives.learn_loss, train=train,
                              temperature=temperature)
-  remain_loss = batch_loss(apply_fn, objectives.preserve_loss, train=train)
+  target_loss = _without_metrics(target_loss)
+  remain_loss = _without_metrics(batch_loss(apply_fn, objectives.preserve_loss, train=train))
+  cosine_lr = lr_schedule == "cosine"
 
-  def schedule(state, hp):
-    factor = cosine_factor(state.iteration, hp.num_iterations)
-    a_t = hp.a_target * factor if decay_target else hp.a_target
-    opt_state = state.opt_state
-    if lr_schedule == "cosine":
-      opt_state = optax.tree.set(opt_state, learning_rate=hp.learning_rate * factor)
-    return a_t, opt_state
-
-  def target_direction(state, batch, mask, a_t):
-    """d = clip(M ⊙ a_T ∇J_T) at the fast weights, and the new model state."""
-    (loss, model_state), g = jax.value_and_grad(target_loss, has_aux=True)(
-        state.params.fast, state.model_state, batch)
-    g = apply_mask(optax.tree.scale(a_t, g), mask)
-    d, norm = clip_by_global_norm(g, clip_norm)
-    return d, loss, norm, model_state
-
-  def apply_updates(state, grads, opt_state, model_state, mask, advance):
-    updates, opt_state = tx.update(grads, opt_state, state.params, saliency_mask=mask)
-    params = optax.apply_updates(state.params, updates)
-    return TrainState(params, opt_state, model_state, state.iteration + advance)
+  def a_target(hp, factor):
+    return hp.a_target * factor if decay_target else hp.a_target
 
   def check(batch, name):
     if not isinstance(batch, Batch):
@@ -247,30 +309,48 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
 
   def target_step(state, batch, mask, hp, advance=0):
     check(batch, "target batch")
-    a_t, opt_state = schedule(state, hp)
-    d, loss, norm, model_state = target_direction(state, batch, mask, a_t)
-    new = apply_updates(state, d, opt_state, model_state, mask, advance)
-    return new, {"target_loss": loss, "target_grad_norm": norm, "a_target": a_t}
+
+    def direction(g, factor):
+      a_t = a_target(hp, factor)
+      d, norm = target_direction(optax.tree.scale(a_t, g), mask, clip_norm)
+      return d, {"target_grad_norm": norm, "a_target": a_t}
+
+    # The mask is given twice. M ⊙ g before the clip defines d (§5: the clip
+    # measures the salient coordinates only). saliency_mask=M is the optimizer's
+    # own mask argument: fast_slow multiplies its incoming update by it before
+    # the inner SGD, which changes no value of d here (M ⊙ d = d), so momentum
+    # and weight decay still move masked coordinates; an optimizer that masked
+    # its output or its state would act on those too. Fused steps pass None.
+    new, loss, _, metrics = _gradient_step(tx, state, hp, target_loss, (batch,), direction,
+                                           mask=mask, advance=advance, cosine_lr=cosine_lr)
+    return new, {"target_loss": loss, **metrics}
 
   def remain_step(state, batch, hp):
     check(batch, "remain batch")
-    _, opt_state = schedule(state, hp)
-    (loss, model_state), g = jax.value_and_grad(remain_loss, has_aux=True)(
-        state.params.fast, state.model_state, batch)
-    g, norm = clip_by_global_norm(optax.tree.scale(hp.a_remain, g), remain_clip_norm)
-    new = apply_updates(state, g, opt_state, model_state, None, 1)
-    return new, {"remain_loss": loss, "remain_grad_norm": norm}
+
+    def direction(g, factor):
+      del factor
+      g, norm = clip_by_global_norm(optax.tree.scale(hp.a_remain, g), remain_clip_norm)
+      return g, {"remain_grad_norm": norm}
+
+    new, loss, _, metrics = _gradient_step(tx, state, hp, remain_loss, (batch,), direction,
+                                           mask=None, advance=1, cosine_lr=cosine_lr)
+    return new, {"remain_loss": loss, **metrics}
 
   def fused_step(state, target_batch, remain_batch, mask, hp):
     check(target_batch, "target batch")
     check(remain_batch, "remain batch")
-    a_t, opt_state = schedule(state, hp)
-    d, t_loss, norm, model_state = target_direction(state, target_batch, mask, a_t)
+    factor, opt_state = _schedule(state, hp, cosine_lr)
+    a_t = a_target(hp, factor)
     fast = state.params.fast
-    (r_loss, model_state), g_r = jax.value_and_grad(remain_loss, has_aux=True)(
+    (t_loss, (model_state, _)), g_t = jax.value_and_grad(target_loss, has_aux=True)(
+        fast, state.model_state, target_batch)
+    d, norm = target_direction(optax.tree.scale(a_t, g_t), mask, clip_norm)
+    (r_loss, (model_state, _)), g_r = jax.value_and_grad(remain_loss, has_aux=True)(
         fast, model_state, remain_batch)
     metrics = {"target_loss": t_loss, "target_grad_norm": norm, "a_target": a_t,
                "remain_loss": r_loss}
+    hvp_fn = None
     if mode == "hvp":
       # The curvature uses the remain batch in the same mode as the remain
       # gradient, with the model state fixed: batch statistics are not updated.
@@ -285,11 +365,9 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
       else:
         w = remain_batch.mask / jnp.maximum(jnp.sum(remain_batch.mask), 1)
         hvp_fn = lambda v: ggn_vp(logits_fn, fast, v, weights=w)
-      d = compensate(d, hvp_fn, beta=hp.beta, order=order, damping=hp.damping)
-    g_r, _ = clip_by_global_norm(optax.tree.scale(hp.a_remain, g_r), remain_clip_norm)
-    g = optax.tree.add(d, g_r)
-    new = apply_updates(state, g, opt_state, model_state, None, 1)
-    return new, metrics
+    g = compensated_update(d, g_r, a_remain=hp.a_remain, hvp_fn=hvp_fn, beta=hp.beta,
+                           order=order, damping=hp.damping, remain_clip_norm=remain_clip_norm)
+    return _apply(tx, state, g, opt_state, model_state, None, 1), metrics
 
   jit = functools.partial(jax.jit, donate_argnums=0)
   return Steps(target=jit(target_step), remain=jit(remain_step), fused=jit(fused_step))

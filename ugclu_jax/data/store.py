@@ -1,6 +1,6 @@
 """The remaining store: what a learner may read of the data it learned before.
 
-Two modes (ALGORITHM.md §1, §7):
+Two modes (docs/method.md §1, §7):
 
 * **reservoir** (``capacity`` an int): a class-balanced reservoir of training
   indices of fixed capacity;

@@ -6,7 +6,7 @@ from ugclu_jax.methods.baselines import (BASELINE_NAMES, CL_BASELINES, UNLEARNIN
 from ugclu_jax.methods.retrain import retrain
 from ugclu_jax.methods.ugclu import ugclu
 
-# UG-CLU's ablations (ALGORITHM.md §11): overrides of the ugclu options.
+# UG-CLU's ablations (docs/method.md §11): overrides of the ugclu options.
 UGCLU_VARIANTS = {
     "ugclu": {},
     "ugclu_none": {"mode": "none"},

@@ -16,9 +16,9 @@ import numpy as np
 
 from ugclu_jax import objectives
 from ugclu_jax.data import DataAccess, Request
-from ugclu_jax.fast_slow import sync
 from ugclu_jax.metrics import Cost
 from ugclu_jax.parallel import shard_batch
+from ugclu_jax.request import finish_request
 from ugclu_jax.saliency import fisher_diagonal
 from ugclu_jax.types import Batch, ModelState, Params
 
@@ -143,28 +143,47 @@ def check_params_finite(params: Params, *, method: str, ctx: Context) -> None:
                          f"parameters became non-finite")
 
 
+def monitor(*, ctx: Context, name: str, num_iterations: int | None = None,
+            hint: str | None = None) -> Callable[[int, dict], None]:
+  """``on_iteration(k, metrics)``: the runner's per-iteration bookkeeping.
+
+  Checks the logged values every ``CHECK_EVERY`` iterations and at the last
+  (one host sync each; nothing to check when ``metrics`` is empty), then
+  reports one finished iteration to ``ctx.progress``. ``num_iterations``
+  defaults to the request's budget; ``hint`` replaces the error message's
+  default advice.
+  """
+  n = ctx.num_iterations if num_iterations is None else num_iterations
+
+  def on_iteration(k: int, metrics: dict) -> None:
+    if metrics and ((k + 1) % CHECK_EVERY == 0 or k == n - 1):
+      check_finite(metrics, method=name, ctx=ctx, iteration=k, hint=hint)
+    ctx.progress(1)
+
+  return on_iteration
+
+
 def run_iterations(ts, body: Callable, *, ctx: Context, name: str,
                    num_iterations: int | None = None, hint: str | None = None):
   """Runs ``body(ts, k) -> (ts, metrics, Cost)`` for ``k`` in ``range(num_iterations)``.
 
-  Checks the logged values every ``CHECK_EVERY`` iterations and at the end
-  (one host sync each), reports progress, and returns ``(ts, total Cost)``.
-  ``num_iterations`` defaults to the request's budget; ``hint`` replaces the
-  error message's default advice.
+  Each iteration ends with the :func:`monitor` checks and progress report;
+  returns ``(ts, total Cost)``. ``num_iterations`` defaults to the request's
+  budget; ``hint`` replaces the error message's default advice.
   """
   n = ctx.num_iterations if num_iterations is None else num_iterations
-  total, metrics = Cost(), {}
+  on_iteration = monitor(ctx=ctx, name=name, num_iterations=n, hint=hint)
+  total = Cost()
   for k in range(n):
     ts, metrics, cost = body(ts, k)
     total = total.add(cost)
-    if metrics and ((k + 1) % CHECK_EVERY == 0 or k == n - 1):
-      check_finite(metrics, method=name, ctx=ctx, iteration=k, hint=hint)
-    ctx.progress(1)
+    on_iteration(k, metrics)
   return ts, total
 
 
 def finish(ts, *, ctx: Context, name: str, slow_step_size: float = 1.0):
-  """Final fast/slow sync of a request; ``(params, model_state)``, checked finite."""
-  params = sync(ts.params, slow_step_size).slow
+  """Final fast/slow sync of a request (:func:`ugclu_jax.finish_request`);
+  ``(params, model_state)``, checked finite."""
+  params, model_state = finish_request(ts, slow_step_size)
   check_params_finite(params, method=name, ctx=ctx)
-  return params, ts.model_state
+  return params, model_state

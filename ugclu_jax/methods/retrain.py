@@ -1,4 +1,4 @@
-"""The oracle: retraining from scratch on ``D_R ∪ D_L`` (ALGORITHM.md §1)."""
+"""The oracle: retraining from scratch on ``D_R ∪ D_L`` (docs/method.md §1)."""
 
 from ugclu_jax.methods.base import Context, Method, MethodState, finish, run_iterations
 from ugclu_jax.metrics import Cost

@@ -1,11 +1,19 @@
-"""UG-CLU as a runner method (ALGORITHM.md §7), with its ablations as options."""
+"""UG-CLU as a runner method (docs/method.md §7), with its ablations as options.
+
+A thin adapter over the library: the saliency mask (:mod:`ugclu_jax.saliency`),
+the steps (:func:`ugclu_jax.make_steps`) and the request's schedule
+(:func:`ugclu_jax.run_request`); what it adds is the runner's: batch draws
+through ``DataAccess`` with their seed tags, finiteness checks and progress
+(:func:`~ugclu_jax.methods.base.monitor`), and the cost.
+"""
 
 import functools
 
-from ugclu_jax.methods.base import (Method, MethodState, finish, make_fisher_fn,
-                                    run_iterations, stacked_batches)
+from ugclu_jax.methods.base import (Method, MethodState, finish, make_fisher_fn, monitor,
+                                    stacked_batches)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
+from ugclu_jax.request import run_request
 from ugclu_jax.saliency import balanced_saliency_mask
 from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
 
@@ -58,6 +66,13 @@ def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
         max_forget_loss=max_forget_loss))
   fisher = make_fisher_fn(apply_fn)
 
+  def request_cost(counts):
+    """One step and one gradient per target or remain step; a fused step takes two
+    gradients and, in ``hvp`` mode, ``order`` HVPs."""
+    return Cost(0.0, counts.target + counts.remain + counts.fused,
+                counts.target + counts.remain + 2 * counts.fused,
+                counts.fused * order if mode == "hvp" else 0)
+
   def saliency(state, ctx, threshold):
     access, b = ctx.access, ctx.batch_size
     target = stacked_batches(lambda s: access.target_batch(b, s, (*ctx.seed, 1)),
@@ -80,26 +95,16 @@ def ugclu(apply_fn, *, name: str = "ugclu", mode: str = "fast_slow",
     a_t = a_unlearn if kind == "unlearn" else a_learn
     hp = RequestHParams.create(learning_rate=lr, a_target=a_t, a_remain=a_remain,
                                beta=beta or lr, damping=damping, num_iterations=n)
-    target = lambda k: ctx.put(access.target_batch(b, k, (*ctx.seed, 3)))
+    target = lambda j: ctx.put(access.target_batch(b, j, (*ctx.seed, 3)))
     remain = lambda k: ctx.put(access.remain_batch(b, k, (*ctx.seed, 4)))
-
-    def body(ts, k):
-      if not has_remain:
-        ts, metrics = steps.target(ts, target(k), m, hp, 1)
-        return ts, metrics, Cost(0.0, 1, 1, 0)
-      if k % freq == 0 and mode != "fast_slow":
-        ts, metrics = steps.fused(ts, target(k // freq), remain(k), m, hp)
-        return ts, metrics, Cost(0.0, 1, 2, order if mode == "hvp" else 0)
-      cost, metrics = Cost(), {}
-      if k % freq == 0:
-        ts, metrics = steps.target(ts, target(k // freq), m, hp, 0)
-        cost = Cost(0.0, 1, 1, 0)
-      ts, remain_metrics = steps.remain(ts, remain(k), hp)
-      return ts, {**metrics, **remain_metrics}, cost.add(Cost(0.0, 1, 1, 0))
-
-    ts, cost = run_iterations(init_train_state(state.params, state.model_state, tx), body,
-                              ctx=ctx, name=name)
+    on_iteration = monitor(ctx=ctx, name=name)
+    ts, counts = run_request(steps, init_train_state(state.params, state.model_state, tx),
+                             mode=mode, num_iterations=n, forget_freq=freq,
+                             target_batch=target, remain_batch=remain, mask=m, hp=hp,
+                             has_remain=has_remain,
+                             on_step=lambda k, ts, metrics: on_iteration(k, metrics))
     params, model_state = finish(ts, ctx=ctx, name=name, slow_step_size=slow_step_size)
+    cost = request_cost(counts)
     if use_mask:
       cost = cost.add(Cost(0.0, 0, 2 * fisher_batches, 0))
     return MethodState(params, model_state, state.extra), cost

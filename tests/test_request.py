@@ -1,0 +1,210 @@
+"""run_request: the exact schedule of a request, and UG-CLU's runner method on top of it."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import ugclu_jax as ug
+from ugclu_jax import data as D
+from ugclu_jax import methods as MT
+from ugclu_jax.methods.base import make_fisher_fn, stacked_batches
+from ugclu_jax.methods.ugclu import ugclu
+from ugclu_jax.metrics import Cost
+from ugclu_jax.models import MLP, as_functional
+
+
+class _Recorder:
+  """Fake steps and batch callables that log every call, in order."""
+
+  def __init__(self):
+    self.log = []
+
+  def target_batch(self, j):
+    self.log.append(("draw T", j))
+    return f"T{j}"
+
+  def remain_batch(self, k):
+    self.log.append(("draw R", k))
+    return f"R{k}"
+
+  def steps(self):
+    def target(state, batch, mask, hp, advance):
+      self.log.append(("target", batch, mask, advance))
+      return state + advance, {"target_loss": 1.0}
+
+    def remain(state, batch, hp):
+      self.log.append(("remain", batch))
+      return state + 1, {"remain_loss": 2.0}
+
+    def fused(state, target_batch, remain_batch, mask, hp):
+      self.log.append(("fused", target_batch, remain_batch, mask))
+      return state + 1, {"target_loss": 1.0, "remain_loss": 2.0}
+
+    return ug.Steps(target=target, remain=remain, fused=fused)
+
+
+def _run(mode, *, n=11, f=5, has_remain=True):
+  rec, seen = _Recorder(), []
+  state, counts = ug.run_request(
+      rec.steps(), 0, mode=mode, num_iterations=n, forget_freq=f,
+      target_batch=rec.target_batch, remain_batch=rec.remain_batch, mask="M", hp=None,
+      has_remain=has_remain, on_step=lambda k, s, m: seen.append((k, s, sorted(m))))
+  return state, counts, rec.log, seen
+
+
+def test_fast_slow_schedule():
+  state, counts, log, seen = _run("fast_slow")
+  assert counts == ug.RequestCounts(target=3, remain=11, fused=0)
+  assert state == 11  # Every iteration advances once: the remain step.
+  expected = []
+  for k in range(11):
+    if k % 5 == 0:  # k = 0, 5, 10: target batches 0, 1, 2, masked, advance 0.
+      expected += [("draw T", k // 5), ("target", f"T{k // 5}", "M", 0)]
+    expected += [("draw R", k), ("remain", f"R{k}")]
+  assert log == expected
+  both, remain_only = ["remain_loss", "target_loss"], ["remain_loss"]
+  assert seen == [(k, k + 1, both if k % 5 == 0 else remain_only) for k in range(11)]
+
+
+@pytest.mark.parametrize("mode", ["hvp", "none"])
+def test_fused_schedule(mode):
+  state, counts, log, seen = _run(mode)
+  assert counts == ug.RequestCounts(target=0, remain=8, fused=3)
+  assert state == 11
+  expected = []
+  for k in range(11):
+    if k % 5 == 0:  # The target batch is drawn before the remain batch.
+      expected += [("draw T", k // 5), ("draw R", k), ("fused", f"T{k // 5}", f"R{k}", "M")]
+    else:
+      expected += [("draw R", k), ("remain", f"R{k}")]
+  assert log == expected
+  assert [k for k, _, _ in seen] == list(range(11))
+
+
+@pytest.mark.parametrize("mode", ug.steps.MODES)
+def test_without_remaining_data_every_iteration_is_a_target_step(mode):
+  state, counts, log, _ = _run(mode, has_remain=False)
+  assert counts == ug.RequestCounts(target=11, remain=0, fused=0)
+  assert state == 11
+  assert log == [e for k in range(11) for e in (("draw T", k), ("target", f"T{k}", "M", 1))]
+
+
+def test_frequency_one_and_empty_request():
+  _, counts, log, _ = _run("fast_slow", n=3, f=1)
+  assert counts == ug.RequestCounts(target=3, remain=3, fused=0)
+  assert [e[0] for e in log if not e[0].startswith("draw")] == ["target", "remain"] * 3
+  state, counts, log, seen = _run("hvp", n=0)
+  assert (state, counts, log, seen) == (0, ug.RequestCounts(), [], [])
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="mode"):
+    _run("newton")
+  with pytest.raises(ValueError, match="forget_freq"):
+    _run("fast_slow", f=0)
+
+
+# ---------------------------------------------------------------------------
+# UG-CLU's runner method is the library schedule: the same numbers, bit for bit,
+# as the inline loop methods/ugclu.py ran before it called run_request.
+
+B = 16
+N_UNLEARN, N_LEARN = 11, 4
+FISHER_BATCHES = 2
+
+
+@pytest.fixture(scope="module")
+def digits():
+  ds = D.load_dataset("digits")
+  x, y = ds.x_train, ds.y_train
+  apply_fn, params, model_state = as_functional(
+      MLP(in_features=64, num_classes=10, hidden=(16,), rngs=nnx.Rngs(0)))
+  requests = D.parse_stream("L:c0,1,2,3,4,5,6,7 U:c3", tasks=D.make_tasks(10, 2, None),
+                            num_classes=10)
+  store = D.store_add(D.store_init(120, 10), np.flatnonzero(y < 8), y,
+                      np.random.default_rng(0))
+  return dict(x=x, y=y, apply_fn=apply_fn, params=params, model_state=model_state,
+              requests=requests, store=store)
+
+
+def _inline_request(apply_fn, kind, state, ctx, *, mode, lr, a_t, clip, remain_clip,
+                    temperature, freq, use_mask):
+  """methods/ugclu.py's request as it was (commit ca6497a), with the library's steps."""
+  access, b, n = ctx.access, ctx.batch_size, ctx.num_iterations
+  tx = ug.build_optimizer(learning_rate=lr, momentum=0.9, weight_decay=5e-4,
+                          sync_period=freq + 1 if mode == "fast_slow" else 1)
+  steps = ug.make_steps(apply_fn, tx, kind=kind, mode=mode, clip_norm=clip,
+                        temperature=temperature, remain_clip_norm=remain_clip)
+  has_remain = access.remain_indices.size > 0
+  m = None
+  if use_mask and has_remain:
+    fisher = make_fisher_fn(apply_fn)
+    f_t = fisher(state.params, state.model_state, stacked_batches(
+        lambda s: access.target_batch(b, s, (*ctx.seed, 1)), FISHER_BATCHES))
+    f_r = fisher(state.params, state.model_state, stacked_batches(
+        lambda s: access.remain_batch(b, s, (*ctx.seed, 2)), FISHER_BATCHES))
+    m = ug.balanced_saliency_mask(f_t, f_r, threshold=1.0)
+  hp = ug.RequestHParams.create(learning_rate=lr, a_target=a_t, a_remain=1.0, beta=lr,
+                                damping=0.0, num_iterations=n)
+  target = lambda k: ctx.put(access.target_batch(b, k, (*ctx.seed, 3)))
+  remain = lambda k: ctx.put(access.remain_batch(b, k, (*ctx.seed, 4)))
+  ts, total = ug.init_train_state(state.params, state.model_state, tx), Cost()
+  for k in range(n):
+    if not has_remain:
+      ts, _ = steps.target(ts, target(k), m, hp, 1)
+      cost = Cost(0.0, 1, 1, 0)
+    elif k % freq == 0 and mode != "fast_slow":
+      ts, _ = steps.fused(ts, target(k // freq), remain(k), m, hp)
+      cost = Cost(0.0, 1, 2, 1 if mode == "hvp" else 0)
+    else:
+      cost = Cost()
+      if k % freq == 0:
+        ts, _ = steps.target(ts, target(k // freq), m, hp, 0)
+        cost = Cost(0.0, 1, 1, 0)
+      ts, _ = steps.remain(ts, remain(k), hp)
+      cost = cost.add(Cost(0.0, 1, 1, 0))
+    total = total.add(cost)
+  if m is not None:
+    total = total.add(Cost(0.0, 0, 2 * FISHER_BATCHES, 0))
+  return ug.sync(ts.params).slow, total
+
+
+@pytest.mark.parametrize("kind,mode,with_store", [
+    ("unlearn", "fast_slow", True), ("unlearn", "hvp", True), ("learn", "none", False)])
+def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
+  x, y = digits["x"], digits["y"]
+  store = digits["store"] if with_store else D.store_init(120, 10)
+  if kind == "unlearn":
+    idx = np.flatnonzero(y == 3)
+    store = D.store_purge(store, idx, y_train=y)
+    request, n = digits["requests"][1], N_UNLEARN
+  else:
+    idx = np.flatnonzero(y < 8)
+    request, n = digits["requests"][0], N_LEARN
+  ctx = MT.Context(D.DataAccess(x, y, store, idx), request, 1, n, B,
+                   MT.method_seed(0, 1, "ugclu"))
+  method = ugclu(digits["apply_fn"], mode=mode, fisher_batches=FISHER_BATCHES)
+  state = method.init(digits["params"], digits["model_state"])
+  new, cost = (method.unlearn if kind == "unlearn" else method.learn)(state, ctx)
+
+  unlearn = kind == "unlearn"
+  params, expected_cost = _inline_request(
+      digits["apply_fn"], kind, state, ctx, mode=mode, lr=0.01 if unlearn else 0.05,
+      a_t=25.0 if unlearn else 1.0, clip=7.0 if unlearn else 1.0,
+      remain_clip=None if unlearn else 1.0, temperature=0.5 if unlearn else 0.0,
+      freq=5 if unlearn else 1, use_mask=unlearn)
+  assert cost == expected_cost
+  jax.tree.map(np.testing.assert_array_equal, new.params, params)
+  if unlearn:  # Fisher draws, 3 target (or fused) steps and 11 iterations.
+    fused = mode != "fast_slow"
+    assert cost == Cost(0.0, 11 if fused else 14, 14 + 2 * FISHER_BATCHES, 3 if fused else 0)
+
+
+def test_finish_request_syncs_the_slow_weights():
+  params = {"w": np.ones(3, np.float32)}
+  fs = ug.FastSlowParams(fast={"w": np.full(3, 3.0, np.float32)}, slow=params)
+  state = ug.TrainState(fs, (), {"stats": np.zeros(1)}, np.int32(0))
+  out, model_state = ug.finish_request(state, slow_step_size=0.5)
+  np.testing.assert_array_equal(out["w"], np.full(3, 2.0, np.float32))
+  assert model_state is state.model_state
