@@ -7,6 +7,7 @@ class-balanced store of 200 of those samples, and plays the stream
 store the learned samples after a learn request).
 """
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -26,7 +27,7 @@ from ugclu_jax import runner
 from ugclu_jax.methods import baselines as BL
 from ugclu_jax.methods import learn_rules as LR
 from ugclu_jax.methods import unlearn_rules as UR
-from ugclu_jax.methods.rules import POSITIVE, Rule
+from ugclu_jax.methods.rules import rule_hparams
 from ugclu_jax.metrics import Cost
 from ugclu_jax.models import MLP, as_functional
 
@@ -38,6 +39,10 @@ STREAM = (("U:c3", 3, 60), ("U:c5", 5, 60), ("L:c8", 8, 20), ("L:c9", 9, 20),
           ("U:c8", 8, 20))
 PAIRS = ("er+ga", "ewc+scrub")
 NAMES = BL.BASELINE_NAMES + PAIRS
+# The run's settings every baseline takes: the config's train.* defaults.
+_T = C.TrainConfig()
+TRAIN = {"learn_lr": _T.learning_rate, "momentum": _T.momentum,
+         "weight_decay": _T.weight_decay, "clip_norm": _T.clip_norm}
 
 
 class _CompileCounter:
@@ -74,7 +79,7 @@ def setup():
   requests = D.parse_stream(tokens, tasks=D.make_tasks(10, 2, None), num_classes=10)
   old = np.flatnonzero(y < 8)
   store = D.store_init(STORE, 10)
-  naive = MT.baseline(apply_fn, "naive", num_train=y.size, num_classes=10)
+  naive = MT.baseline(apply_fn, "naive", num_train=y.size, num_classes=10, **TRAIN)
   ctx = MT.Context(D.DataAccess(x, y, store, old), requests[0], 0, 300, B, (0, 0, 0))
   state, _ = naive.learn(naive.init(params, model_state), ctx)
   store = D.store_add(store, old, y, np.random.default_rng(0))
@@ -97,7 +102,8 @@ def _host(tree):
 def _play(setup, name, **kwargs):
   """Plays STREAM; returns per-request states, costs, compile counts and accuracies."""
   x, y = setup["x"], setup["y"]
-  method = MT.baseline(setup["apply_fn"], name, num_train=y.size, num_classes=10, **kwargs)
+  method = MT.baseline(setup["apply_fn"], name, num_train=y.size, num_classes=10,
+                       **{**TRAIN, **kwargs})
   state = method.init(setup["state"].params, setup["state"].model_state)
   store = setup["store"]
   out = {"states": [], "costs": [], "compiles": [], "before": [], "after": [],
@@ -272,7 +278,7 @@ def test_diverging_ewc_stops_with_a_message_naming_ewc_lambda(setup, runs):
   x, y = setup["x"], setup["y"]
   state = runs("ewc")["states"][1]  # its Fisher comes from the learn requests' data
   method = MT.baseline(setup["apply_fn"], "ewc", num_train=y.size, num_classes=10,
-                       ewc_lambda=1e7, clip_norm=None)
+                       **{**TRAIN, "clip_norm": None}, ewc_lambda=1e7)
   idx = np.flatnonzero(y == 8)
   ctx = MT.Context(D.DataAccess(x, y, setup["store"], idx), setup["requests"][2], 2, 60, B,
                    MT.method_seed(0, 2, "ewc"))
@@ -287,7 +293,7 @@ def test_pairs_validate_and_take_the_learn_part_state(setup):
   assert "er+foo" not in MT.METHOD_NAMES and not MT.is_method_name("er+ga+ft")
   assert BL.split_method_name("ewc+scrub") == ("ewc", "scrub")
   apply_fn, state = setup["apply_fn"], setup["state"]
-  make = lambda name: MT.baseline(apply_fn, name, num_train=100, num_classes=10)
+  make = lambda name: MT.baseline(apply_fn, name, num_train=100, num_classes=10, **TRAIN)
   assert make("er+ga").init(state.params, state.model_state).extra == ()
   assert set(make("ewc+scrub").init(state.params, state.model_state).extra) == {
       "fisher", "anchor"}
@@ -307,59 +313,63 @@ def test_invalid_names_are_one_line_errors(setup, name, match):
   assert "\n" not in str(e.value)
   if name != "bogus":
     with pytest.raises(ValueError, match=match):
-      MT.baseline(setup["apply_fn"], name, num_train=100, num_classes=10)
+      MT.baseline(setup["apply_fn"], name, num_train=100, num_classes=10, **TRAIN)
   # The runner refuses the config with the same message, before any work.
   with pytest.raises(runner.RunError, match=match) as e:
     runner._validate(C.ExperimentConfig(methods=(name,)))
   assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"ga_lr": 0.0}, "ga_lr must be positive"),
-                                           ({"salun_fraction": 1.5}, "salun_fraction"),
-                                           ({"ewc_lambda": -1.0}, "ewc_lambda"),
-                                           ({"num_classes": 1}, "num_classes")])
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ga_lr": 0.0}, r"^baselines\.ga_lr=0\.0 must be > 0$"),
+    ({"salun_fraction": 1.5}, r"^baselines\.salun_fraction=1\.5 must be in \(0, 1\]$"),
+    ({"ewc_lambda": -1.0}, r"^baselines\.ewc_lambda=-1\.0 must be >= 0$"),
+    ({"ewc_lambda": math.nan}, r"^baselines\.ewc_lambda=nan must be finite$"),
+    ({"gamma": 1.0}, r"^unknown baselines hyperparameter 'gamma'; valid: ft_lr, "),
+    ({"num_classes": 1}, r"^num_classes=1 must be >= 2$"),
+    ({"learn_lr": -0.1}, r"^learn_lr=-0\.1 must be > 0$"),
+    ({"momentum": math.inf}, r"^momentum=inf must be finite$")])
 def test_bad_hyperparameters(setup, kwargs, match):
-  kwargs = {"num_train": 100, "num_classes": 10, **kwargs}
+  kwargs = {"num_train": 100, "num_classes": 10, **TRAIN, **kwargs}
   with pytest.raises(ValueError, match=match):
     MT.baseline(setup["apply_fn"], "ga", **kwargs)
 
 
 def test_check_hyperparameters_accepts_the_config_and_names_the_bad_value():
   MT.check_hyperparameters(**C.to_dict(C.BaselinesConfig()))
-  for kwargs, match in [({"scrub_lr": -1.0}, "scrub_lr must be positive, got -1.0"),
-                        ({"ewc_gamma": 2.0}, r"ewc_gamma must be in \[0, 1\]"),
-                        ({"ewc_fisher_samples": 2.5}, "ewc_fisher_samples must be an integer"),
-                        ({"ga_lr": "fast"}, "ga_lr must be a number"),
-                        ({"gamma": 1.0}, "unknown baseline hyperparameter 'gamma'")]:
-    with pytest.raises(ValueError, match=match):
+  for kwargs, match in [({"scrub_lr": -1.0}, r"baselines\.scrub_lr=-1\.0 must be > 0$"),
+                        ({"ewc_gamma": 2.0}, r"baselines\.ewc_gamma=2\.0 must be in \[0, 1\]"),
+                        ({"ewc_fisher_samples": 2.5}, "ewc_fisher_samples=2.5 must be an int"),
+                        ({"ga_lr": "fast"}, "ga_lr='fast' must be a number"),
+                        ({"gamma": 1.0}, "unknown baselines hyperparameter 'gamma'")]:
+    with pytest.raises(ValueError, match=match) as e:
       MT.check_hyperparameters(**kwargs)
+    assert "\n" not in str(e.value)
 
 
-def test_config_defaults_match_the_builder():
+def test_one_default_per_hyperparameter():
+  """BaselinesConfig holds each default; neither the builder nor a rule repeats one."""
   import inspect
-  signature = inspect.signature(MT.baseline).parameters
-  for field, value in C.to_dict(C.BaselinesConfig()).items():
-    assert signature[field].default == pytest.approx(value), field
+  fields = {f.name for f in dataclasses.fields(C.BaselinesConfig)}
+  for fn in (MT.baseline, *LR.LEARN_RULES.values(), *UR.UNLEARN_RULES.values()):
+    for key, p in inspect.signature(fn).parameters.items():
+      if key in fields or key in TRAIN:
+        assert p.default is p.empty, (fn.__name__, key)
+  assert C.BaselinesConfig is BL.BaselinesConfig  # The config holds the baselines' class.
 
 
-def test_every_rule_hyperparameter_is_a_keyword_of_the_builder():
-  # A rule's registry entry names exactly the keywords its factory takes, each
-  # one a keyword of baseline() with one kind across rules.
+def test_every_rule_hyperparameter_is_a_field_of_the_config():
+  # A rule's own hyperparameters are its keyword-only parameters, each a field
+  # of BaselinesConfig; every field is some rule's.
   import inspect
-  kinds = {}
+  fields = {f.name for f in dataclasses.fields(C.BaselinesConfig)}
+  used = set()
   for rule in (*LR.LEARN_RULES.values(), *UR.UNLEARN_RULES.values()):
-    params = inspect.signature(rule.build).parameters
+    params = inspect.signature(rule).parameters
     assert list(params)[0] == "setup"
-    assert {k for k, p in params.items() if p.kind == p.KEYWORD_ONLY} == set(rule.hparams)
-    for key, kind in rule.hparams.items():
-      assert kinds.setdefault(key, kind) == kind, key
-  builder = set(inspect.signature(MT.baseline).parameters)
-  shared = {"apply_fn", "name", "clip_norm", "num_train", "num_classes", "learn_lr",
-            "momentum", "weight_decay"}
-  assert builder == shared | set(kinds)
-  # check_hyperparameters knows every keyword the builder validates.
-  MT.check_hyperparameters(**{key: 2 if key == "num_classes" else 1
-                              for key in builder - {"apply_fn", "name", "clip_norm"}})
+    assert set(rule_hparams(rule)) <= fields, rule.__name__
+    used |= set(rule_hparams(rule))
+  assert used == fields
 
 
 def test_a_registered_rule_is_a_baseline(setup, monkeypatch):
@@ -373,11 +383,11 @@ def test_a_registered_rule_is_a_baseline(setup, monkeypatch):
       return state.params, state.model_state, Cost()
     return unlearn
 
-  monkeypatch.setitem(UR.UNLEARN_RULES, "keep", Rule(keep, {"ft_lr": POSITIVE}))
+  monkeypatch.setitem(UR.UNLEARN_RULES, "keep", keep)
   monkeypatch.setattr(BL, "BASELINE_NAMES", (*BL.BASELINE_NAMES, "keep"))
   x, y = setup["x"], setup["y"]
   method = MT.baseline(setup["apply_fn"], "ewc+keep", num_train=y.size, num_classes=10,
-                       ft_lr=0.5)
+                       **TRAIN, ft_lr=0.5)
   state = method.init(setup["state"].params, setup["state"].model_state)
   forget = np.flatnonzero(y == 3)
   store = D.store_purge(setup["store"], forget, y_train=y)
@@ -422,7 +432,7 @@ def test_ascent_bound_keeps_the_logit_scale(setup):
   scale = {}
   for bound in (0.0, 1.0):
     method = MT.baseline(setup["apply_fn"], "neggrad_plus", num_train=y.size, num_classes=10,
-                         neggrad_lr=0.05, neggrad_alpha=0.5, ascent_bound=bound)
+                         **TRAIN, neggrad_lr=0.05, neggrad_alpha=0.5, ascent_bound=bound)
     state = method.init(setup["state"].params, setup["state"].model_state)
     ctx = MT.Context(D.DataAccess(x, y, store, forget), request, 0, 200, B, (0, 0, 1))
     state, _ = method.unlearn(state, ctx)

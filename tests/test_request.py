@@ -184,7 +184,9 @@ def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
     request, n = digits["requests"][0], N_LEARN
   ctx = MT.Context(D.DataAccess(x, y, store, idx), request, 1, n, B,
                    MT.method_seed(0, 1, "ugclu"))
-  method = ugclu(digits["apply_fn"], mode=mode, fisher_batches=FISHER_BATCHES)
+  # The inline loop's settings: unbounded ascent (ascent_bound 0), momentum 0.9.
+  method = ugclu(digits["apply_fn"], mode=mode, fisher_batches=FISHER_BATCHES, ascent_bound=0.0,
+                 num_classes=10, learn_lr=0.05, momentum=0.9, weight_decay=5e-4, learn_clip=1.0)
   state = method.init(digits["params"], digits["model_state"])
   new, cost = (method.unlearn if kind == "unlearn" else method.learn)(state, ctx)
 

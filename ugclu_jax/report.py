@@ -33,8 +33,7 @@ from typing import Any
 
 import numpy as np
 
-ORACLE = "retrain"
-"""The method name of the retrain oracle."""
+from ugclu_jax.methods import ORACLE  # The retrain oracle's name (a light import: no JAX).
 
 UNLEARN_PREFIX = "U:"
 """Stream tokens starting with this prefix are unlearn requests."""

@@ -41,11 +41,9 @@ from ugclu_jax import methods as MT
 from ugclu_jax import mia
 from ugclu_jax import parallel as PL
 from ugclu_jax.checkpointing import CheckpointError, Checkpointer, DamagedError, read_meta
-from ugclu_jax.models import as_functional, get_model
-
-MODELS = ("mlp", "cnn", "resnet18")
-MODES = ("fast_slow", "hvp", "none")
-CURVATURES = ("hessian", "ggn")
+from ugclu_jax.models import MODELS, as_functional, get_model
+from ugclu_jax.seeds import seed_for
+from ugclu_jax.steps import CURVATURES, MODES
 
 
 class RunError(ValueError):
@@ -148,18 +146,13 @@ def _build_method(name, cfg: C.ExperimentConfig, apply_fn, params0, model_state0
                       learning_rate=t.learning_rate, momentum=t.momentum,
                       weight_decay=t.weight_decay, name=name)
   if name in MT.UGCLU_VARIANTS:
-    kwargs = dataclasses.asdict(cfg.ugclu)
-    kwargs.update(MT.UGCLU_VARIANTS[name])
-    bound = kwargs.pop("ascent_bound")
-    return MT.ugclu(apply_fn, name=name, learn_lr=t.learning_rate, momentum=t.momentum,
-                    weight_decay=t.weight_decay, learn_clip=clip,
-                    max_forget_loss=bound * math.log(num_classes) if bound > 0 else None,
-                    **kwargs)
+    return MT.ugclu(apply_fn, cfg.ugclu, name=name, num_classes=num_classes,
+                    learn_lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
+                    learn_clip=clip, **MT.UGCLU_VARIANTS[name])
   # A baseline or a CLU pair "X+Y" of baselines.
-  return MT.baseline(apply_fn, name, num_train=num_train, num_classes=num_classes,
-                     learn_lr=t.learning_rate, momentum=t.momentum,
-                     weight_decay=t.weight_decay, clip_norm=clip,
-                     **dataclasses.asdict(cfg.baselines))
+  return MT.baseline(apply_fn, name, cfg.baselines, num_train=num_train,
+                     num_classes=num_classes, learn_lr=t.learning_rate, momentum=t.momentum,
+                     weight_decay=t.weight_decay, clip_norm=clip)
 
 
 # ----------------------------------------------------------------------------
@@ -239,7 +232,7 @@ def forget_eval_sets(requests, y_train: np.ndarray, seed: int, max_eval: int) ->
   Re-derived from the dataset's labels, the stream and the seed (the run's own
   draws, :func:`~ugclu_jax.data.replay_stream`), so no artefact needs to keep them.
   """
-  return {r: E.subsample(idx, max_eval, [seed, r, 1])
+  return {r: E.subsample(idx, max_eval, seed_for((seed, r), "request.eval_forget"))
           for r, (idx, _) in enumerate(D.replay_stream(requests, y_train=y_train, seed=seed))
           if requests[r].kind == "unlearn"}
 
@@ -275,9 +268,9 @@ def _eval_sets(r, req, forget_evals, now_learned, learned_idx, test_pool, ds, ma
   test = test_pool[np.isin(ds.y_test[test_pool], learned_classes)]
   # For relapse: each earlier unlearned set, less its samples learned again since.
   unlearned = {j: s[~now_learned[s]] for j, s in forget_evals.items() if j < r}
-  return E.EvalSets(index=r, request=req.token, forget=forget_evals.get(r),
-                    remain=E.subsample(learned_idx, max_eval, [seed, r, 2]), test=test,
-                    test_labels=ds.y_test[test], learned_classes=learned_classes,
+  remain = E.subsample(learned_idx, max_eval, seed_for((seed, r), "request.eval_remain"))
+  return E.EvalSets(index=r, request=req.token, forget=forget_evals.get(r), remain=remain,
+                    test=test, test_labels=ds.y_test[test], learned_classes=learned_classes,
                     unlearned={j: s for j, s in unlearned.items() if s.size})
 
 
@@ -374,7 +367,7 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
   # class): at every request the test set is its learned classes, so the
   # accuracy matrix compares the same samples across requests.
   test_pool = D.per_class_subsample(ds.y_test, max(1, cfg.data.max_eval // num_classes),
-                                    [seed, 0x7E57])
+                                    seed_for(seed, "run.test_pool"))
 
   def model_outputs(state):
     def outputs(indices, test=False):
@@ -466,7 +459,8 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
       report = _report(header, history)
       if req.kind == "learn":
         new = idx[~learned[idx]]
-        store = D.store_add(store, new, y, np.random.default_rng([seed, r, 12]))
+        rng = np.random.default_rng(seed_for((seed, r), "request.store_reservoir"))
+        store = D.store_add(store, new, y, rng)
       learned = now_learned
       with errors.hold_signals():  # SIGINT and SIGTERM wait until the commit is on disk.
         ckpt.save(r + 1, _state_tree(states, store, learned),

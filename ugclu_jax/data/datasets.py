@@ -43,6 +43,8 @@ from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from ugclu_jax.seeds import seed_for
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 # sha256 of the decompressed files (identical to the upstream release).
@@ -146,7 +148,7 @@ def limit_train_per_class(ds: Dataset, max_per_class: int, seed: int) -> Dataset
 
   The test split is unchanged; kept samples stay in their original order.
   """
-  keep = per_class_subsample(ds.y_train, max_per_class, [seed, 0x5EED])
+  keep = per_class_subsample(ds.y_train, max_per_class, seed_for(seed, "run.train_subsample"))
   return ds._replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep])
 
 

@@ -30,6 +30,8 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from ugclu_jax.seeds import seed_for
+
 LEARN = "learn"
 UNLEARN = "unlearn"
 TASK = "task"
@@ -318,7 +320,7 @@ def apply_request(
 
 def request_rng(seed: int, position: int) -> np.random.Generator:
   """The generator of request ``position``'s random draw (``U:r``) in a run seeded ``seed``."""
-  return np.random.default_rng([seed, position, 11])
+  return np.random.default_rng(seed_for((seed, position), "request.random_unlearn"))
 
 
 def replay_stream(

@@ -1,10 +1,16 @@
-"""Runner methods: UG-CLU, its ablations, the oracle and the standard baselines."""
+"""Runner methods: UG-CLU, its ablations, the oracle and the standard baselines.
 
-from ugclu_jax.methods.base import (Context, Method, MethodState, NonFiniteError, method_seed)
-from ugclu_jax.methods.baselines import (BASELINE_NAMES, CL_BASELINES, UNLEARNING_BASELINES,
-                                         baseline, check_hyperparameters, split_method_name)
-from ugclu_jax.methods.retrain import retrain
-from ugclu_jax.methods.ugclu import ugclu
+The hyperparameter classes (:class:`UGCLUConfig`, :class:`BaselinesConfig`) and
+the names below import no JAX, so that the experiment config can hold them;
+the methods themselves load their modules on first use (PEP 562).
+"""
+
+import importlib
+import sys
+import types
+
+from ugclu_jax.methods.baselines_config import BaselinesConfig, check_hyperparameters
+from ugclu_jax.methods.ugclu_config import UGCLUConfig
 
 # UG-CLU's ablations (docs/method.md §11): overrides of the ugclu options.
 UGCLU_VARIANTS = {
@@ -15,6 +21,16 @@ UGCLU_VARIANTS = {
     "ugclu_noadapt": {"temperature": 0.0},
 }
 ORACLE = "retrain"
+
+_EXPORTS = {
+    "base": ("Context", "Method", "MethodState", "NonFiniteError", "max_forget_loss",
+             "method_seed"),
+    "baselines": ("BASELINE_NAMES", "CL_BASELINES", "UNLEARNING_BASELINES", "baseline",
+                  "split_method_name"),
+    "retrain": ("retrain",),
+    "ugclu": ("ugclu",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 def is_method_name(name) -> bool:
@@ -28,12 +44,13 @@ def is_method_name(name) -> bool:
 
 def check_method_name(name) -> None:
   """Raises a one-line ``ValueError`` naming what is wrong unless ``name`` is valid."""
-  if isinstance(name, str) and name in _SINGLE_NAMES:
+  from ugclu_jax.methods import baselines
+  if isinstance(name, str) and name in _single_names():
     return
   if isinstance(name, str) and "+" in name:
-    split_method_name(name)  # Names the invalid part.
+    baselines.split_method_name(name)  # Names the invalid part.
     return
-  raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHOD_NAMES)}, or a pair "
+  raise ValueError(f"unknown method {name!r}; valid: {', '.join(_method_names())}, or a pair "
                    f"X+Y of two baselines (X's learn with Y's unlearn)")
 
 
@@ -44,10 +61,43 @@ class _MethodNames(tuple):
     return is_method_name(name)
 
 
-_SINGLE_NAMES = frozenset((*UGCLU_VARIANTS, ORACLE, *BASELINE_NAMES))
-METHOD_NAMES = _MethodNames(sorted(_SINGLE_NAMES))
+def _single_names() -> frozenset:
+  from ugclu_jax.methods import baselines
+  return frozenset((*UGCLU_VARIANTS, ORACLE, *baselines.BASELINE_NAMES))
 
-__all__ = ("BASELINE_NAMES", "CL_BASELINES", "Context", "Method", "MethodState",
-           "NonFiniteError", "METHOD_NAMES", "ORACLE", "UGCLU_VARIANTS",
+
+def _method_names() -> _MethodNames:
+  return _MethodNames(sorted(_single_names()))
+
+
+class _Package(types.ModuleType):
+  """``methods.ugclu`` and ``methods.retrain`` stay functions once their modules load."""
+
+  def __setattr__(self, name, value):
+    if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name:
+      value = getattr(value, name)
+    super().__setattr__(name, value)
+
+
+def __getattr__(name):
+  if name == "METHOD_NAMES":
+    return _method_names()
+  module = _MODULE_OF.get(name)
+  if module is None:
+    raise AttributeError(f"module 'ugclu_jax.methods' has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"ugclu_jax.methods.{module}"), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
+
+
+__all__ = ("BASELINE_NAMES", "BaselinesConfig", "CL_BASELINES", "Context", "METHOD_NAMES",
+           "Method", "MethodState", "NonFiniteError", "ORACLE", "UGCLUConfig", "UGCLU_VARIANTS",
            "UNLEARNING_BASELINES", "baseline", "check_hyperparameters", "check_method_name",
-           "is_method_name", "method_seed", "retrain", "split_method_name", "ugclu")
+           "is_method_name", "max_forget_loss", "method_seed", "retrain", "split_method_name",
+           "ugclu")
+
+sys.modules[__name__].__class__ = _Package

@@ -7,6 +7,7 @@ current request's samples; enforced), and returns its new state and its cost.
 """
 
 import dataclasses
+import math
 import zlib
 from typing import Any, Callable, NamedTuple
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ugclu_jax import objectives
 from ugclu_jax.data import DataAccess, Request
+from ugclu_jax.hparams import COUNT, NON_NEGATIVE, POSITIVE, at_least, check_value
 from ugclu_jax.metrics import Cost
 from ugclu_jax.parallel import shard_batch
 from ugclu_jax.request import finish_request
@@ -90,6 +92,26 @@ class Method(NamedTuple):
 def method_seed(seed: int, index: int, name: str) -> tuple[int, ...]:
   """A seed sequence unique to (run seed, request, method), stable across runs."""
   return (int(seed), int(index), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+# The run's settings a method factory takes besides its hyperparameters: type and rule.
+_SETTINGS = {"num_train": (int, COUNT), "num_classes": (int, at_least(2)),
+             "learn_lr": (float, POSITIVE), "momentum": (float, NON_NEGATIVE),
+             "weight_decay": (float, NON_NEGATIVE)}
+
+
+def check_settings(**values) -> None:
+  """Raises a one-line ``ValueError`` (``key=value must ...``) for a run setting a method
+  factory takes (``num_train``, ``num_classes``, ``learn_lr``, ``momentum``, ``weight_decay``)
+  that is out of range; the config checks them as ``train.*``."""
+  for key, value in values.items():
+    check_value(key, value, *_SETTINGS[key])
+
+
+def max_forget_loss(ascent_bound: float, num_classes: int) -> float | None:
+  """:math:`\\ell_{max}` = ``ascent_bound * log(C)`` of the bounded ascent (None: unbounded,
+  for ``ascent_bound = 0``); see :func:`ugclu_jax.unlearn_loss`."""
+  return ascent_bound * math.log(num_classes) if ascent_bound > 0 else None
 
 
 def stacked_batches(draw: Callable[[int], Batch], n: int, mesh=None) -> Batch:

@@ -23,23 +23,25 @@ as traced arguments (:class:`~ugclu_jax.RequestHParams`), so requests of the
 same batch size never recompile. An empty store (a learn request before
 anything is stored) drops the store terms, which traces that phase once more.
 
-Adding a baseline: write its factory in the rule module and its entry in that
-module's registry (``LEARN_RULES`` or ``UNLEARN_RULES``: the factory and the
-kind of each hyperparameter), then give each new hyperparameter a keyword and
-default in :func:`baseline` and a field in
-:class:`ugclu_jax.config.BaselinesConfig`.
+Adding a baseline: write its factory in the rule module, with its own
+hyperparameters as keyword-only parameters without defaults, and its entry in
+that module's registry (``LEARN_RULES`` or ``UNLEARN_RULES``); each new
+hyperparameter is a field of
+:class:`~ugclu_jax.methods.baselines_config.BaselinesConfig`, its one default,
+range and doc line.
 """
 
-from typing import Optional
+from typing import Callable, Optional
 
-from ugclu_jax.methods.base import Context, Method, MethodState
+from ugclu_jax import hparams as H
+from ugclu_jax.methods.base import Context, Method, MethodState, check_settings
+from ugclu_jax.methods.baselines_config import BaselinesConfig, check_hyperparameters
 from ugclu_jax.methods.learn_rules import LEARN_RULES
-from ugclu_jax.methods.rules import (CLASSES, COUNT, NON_NEGATIVE, POSITIVE, Rule, Setup,
-                                     check_value)
+from ugclu_jax.methods.rules import Setup, rule_hparams
 from ugclu_jax.methods.unlearn_rules import UNLEARN_RULES, random_labels
 
-__all__ = ("BASELINE_NAMES", "CL_BASELINES", "UNLEARNING_BASELINES", "baseline",
-           "check_hyperparameters", "random_labels", "split_method_name")
+__all__ = ("BASELINE_NAMES", "BaselinesConfig", "CL_BASELINES", "UNLEARNING_BASELINES",
+           "baseline", "check_hyperparameters", "random_labels", "split_method_name")
 
 UNLEARNING_BASELINES = tuple(UNLEARN_RULES)
 CL_BASELINES = tuple(LEARN_RULES)
@@ -47,12 +49,6 @@ BASELINE_NAMES = UNLEARNING_BASELINES + CL_BASELINES
 # The rule a baseline lacks: the unlearning baselines learn as ER, the
 # continual-learning baselines unlearn as FT.
 _DEFAULT_LEARN_RULE, _DEFAULT_UNLEARN_RULE = "er", "ft"
-# The kinds of the keywords of baseline() that every rule shares (Setup's), and of
-# every rule's own.
-_SHARED = {"num_train": COUNT, "num_classes": CLASSES, "learn_lr": POSITIVE,
-           "momentum": NON_NEGATIVE, "weight_decay": NON_NEGATIVE}
-_KINDS = {**_SHARED, **{key: kind for rule in (*LEARN_RULES.values(), *UNLEARN_RULES.values())
-                        for key, kind in rule.hparams.items()}}
 
 
 def split_method_name(name: str) -> tuple[str, str]:
@@ -77,47 +73,24 @@ def split_method_name(name: str) -> tuple[str, str]:
   return parts[0], parts[1]
 
 
-def check_hyperparameters(**values) -> None:
-  """Raises a one-line ``ValueError`` for a baseline hyperparameter out of range.
-
-  Accepts any subset of the keyword arguments of :func:`baseline` after
-  ``name`` but ``clip_norm`` (e.g. ``**dataclasses.asdict(BaselinesConfig())``),
-  so a runner can refuse bad values before any work. The ranges are the kinds
-  the rule registries declare.
-  """
-  for key, value in values.items():
-    if key not in _KINDS:
-      raise ValueError(f"unknown baseline hyperparameter {key!r}")
-    check_value(key, value, _KINDS[key])
-
-
-def _build(rule: Rule, setup: Setup, values: dict):
+def _build(rule: Callable, setup: Setup, hp: BaselinesConfig):
   """The rule's learner or unlearner, given exactly its own hyperparameters."""
-  return rule.build(setup, **{key: values[key] for key in rule.hparams})
+  return rule(setup, **{key: getattr(hp, key) for key in rule_hparams(rule)})
 
 
-def baseline(apply_fn, name: str, *, num_train: int, num_classes: int,
-             learn_lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
-             ft_lr: float = 0.05, ga_lr: float = 0.03, ga_clip: float = 0.1,
-             neggrad_lr: float = 0.02, neggrad_alpha: float = 0.9, rl_lr: float = 0.003,
-             salun_lr: float = 0.007, salun_fraction: float = 0.2,
-             salun_mask_batches: int = 8, scrub_lr: float = 0.003,
-             scrub_temperature: float = 4.0, scrub_alpha: float = 0.001,
-             scrub_gamma: float = 0.99, scrub_max_fraction: float = 1 / 3,
-             der_alpha: float = 0.2, der_beta: float = 0.5, lwf_lambda: float = 1.0,
-             lwf_temperature: float = 2.0, ewc_lambda: float = 100.0, ewc_gamma: float = 1.0,
-             ewc_fisher_samples: int = 256, ascent_bound: float = 3.0,
-             clip_norm: Optional[float] = 1.0) -> Method:
+def baseline(apply_fn, name: str, hparams: BaselinesConfig = BaselinesConfig(), *,
+             num_train: int, num_classes: int, learn_lr: float, momentum: float,
+             weight_decay: float, clip_norm: Optional[float], **overrides) -> Method:
   """Builds a baseline, or a CLU pair ``"X+Y"`` of two baselines.
 
-  The keywords from ``ft_lr`` to ``ascent_bound`` are the rules' own
-  hyperparameters, documented (with their ranges) at the factory of the rule
-  that takes them; the reference values, and which defaults were retuned for
-  small data, are listed in :class:`ugclu_jax.config.BaselinesConfig`.
+  Each rule takes its own hyperparameters from ``hparams``; their defaults,
+  ranges, reference values and which defaults were retuned for small data are
+  in :class:`~ugclu_jax.methods.baselines_config.BaselinesConfig`.
 
   Args:
     apply_fn: ``apply_fn(params, model_state, x, *, train) -> (logits, state)``.
     name: a name of ``BASELINE_NAMES`` or ``"X+Y"`` with X and Y in it.
+    hparams: the baselines' hyperparameters.
     num_train: training-set size (DER++ records logits per training index).
     num_classes: number of classes.
     learn_lr: learning rate of learn requests (every learn rule).
@@ -125,6 +98,7 @@ def baseline(apply_fn, name: str, *, num_train: int, num_classes: int,
     weight_decay: coupled weight decay of every request.
     clip_norm: global-norm clip of every gradient step, learn and unlearn (GA
       keeps its own ``ga_clip``); None: off.
+    **overrides: fields of ``hparams`` to replace, e.g. ``ewc_lambda=5.0``.
 
   Returns:
     The :class:`Method`; its ``extra`` state is ``()`` except for DER++
@@ -132,19 +106,19 @@ def baseline(apply_fn, name: str, *, num_train: int, num_classes: int,
     (``{"fisher", "anchor"}``, parameter-shaped), and pairs with them as X.
 
   Raises:
-    ValueError: an unknown name or part, or a hyperparameter out of range.
+    ValueError: an unknown name or part, or a hyperparameter or setting out of
+      range, or an unknown one.
   """
-  # Every keyword but the model, the name and the clip: what the rules take, by name.
-  values = {key: value for key, value in locals().items()
-            if key not in ("apply_fn", "name", "clip_norm")}
   learn_part, unlearn_part = split_method_name(name)
-  check_hyperparameters(**values)
+  hp = H.replace(hparams, overrides)
+  check_settings(num_train=num_train, num_classes=num_classes, learn_lr=learn_lr,
+                 momentum=momentum, weight_decay=weight_decay)
   setup = Setup(apply_fn=apply_fn, name=name, num_train=num_train, num_classes=num_classes,
                 learn_lr=learn_lr, momentum=momentum, weight_decay=weight_decay,
                 clip_norm=clip_norm)
-  learner = _build(LEARN_RULES.get(learn_part, LEARN_RULES[_DEFAULT_LEARN_RULE]), setup, values)
+  learner = _build(LEARN_RULES.get(learn_part, LEARN_RULES[_DEFAULT_LEARN_RULE]), setup, hp)
   unlearner = _build(UNLEARN_RULES.get(unlearn_part, UNLEARN_RULES[_DEFAULT_UNLEARN_RULE]),
-                     setup, values)
+                     setup, hp)
 
   def init(params, model_state):
     return MethodState(params, model_state, learner.init(params, model_state))

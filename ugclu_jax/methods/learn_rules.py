@@ -1,14 +1,17 @@
 r"""The baselines' learn rules (the continual-learning side, docs/method.md §10), one factory each.
 
 A factory takes the run's :class:`~ugclu_jax.methods.rules.Setup` and its own
-hyperparameters (the keywords :data:`LEARN_RULES` lists, with their kinds) and
-returns a :class:`~ugclu_jax.methods.rules.Learner`: the learn request, plus
-the rule's extra state (its init, its purge before an unlearn request, its
-refresh after one). Every learn request starts a fresh SGD at
-``setup.learn_lr`` and takes one :func:`~ugclu_jax.steps.make_gradient_step`
-step per iteration on a batch of the request's new data :math:`D_L` (seed tag
-1) and, where the rule replays, batches of the store (tags 2 and 3). An empty
-store (a learn request before anything is stored) drops the store terms.
+hyperparameters as keyword-only parameters (fields of
+:class:`~ugclu_jax.methods.baselines_config.BaselinesConfig`, where their
+defaults and ranges are) and returns a :class:`~ugclu_jax.methods.rules.Learner`:
+the learn request, plus the rule's extra state (its init, its purge before an
+unlearn request, its refresh after one). Every learn request starts a fresh
+SGD at ``setup.learn_lr`` and takes one
+:func:`~ugclu_jax.steps.make_gradient_step` step per iteration on a batch of
+the request's new data :math:`D_L` (seed stream ``target_batches``) and, where
+the rule replays, batches of the store (``remain_batches``, and DER++'s
+``replay_batches``; :mod:`ugclu_jax.seeds`). An empty store (a learn request
+before anything is stored) drops the store terms.
 """
 
 import jax
@@ -18,10 +21,10 @@ import numpy as np
 from ugclu_jax import objectives
 from ugclu_jax.data import batch_indices
 from ugclu_jax.methods.base import Context, MethodState, make_fisher_fn
-from ugclu_jax.methods.rules import (COUNT, NON_NEGATIVE, POSITIVE, UNIT, Draw, Learner, Rule,
-                                     Setup, batch_ce, forward, has_remain, run_steps,
-                                     teacher_logits)
+from ugclu_jax.methods.rules import (Draw, Learner, Setup, batch_ce, forward, has_remain,
+                                     run_steps, teacher_logits)
 from ugclu_jax.metrics import Cost
+from ugclu_jax.seeds import seed_for
 from ugclu_jax.steps import make_gradient_step
 from ugclu_jax.types import Batch
 
@@ -53,7 +56,7 @@ def naive(setup: Setup) -> Learner:
   def learn(state: MethodState, ctx: Context):
     draw = Draw(ctx)
     params, model_state, cost = _learn(
-        setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k, 1))}, {}))
+        setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k))}, {}))
     return MethodState(params, model_state, state.extra), cost
 
   return Learner(learn=learn)
@@ -79,9 +82,9 @@ def er(setup: Setup) -> Learner:
     draw, replay = Draw(ctx), has_remain(ctx)
 
     def batches(k):
-      out = {"target": ctx.put(draw.target(k, 1))}
+      out = {"target": ctx.put(draw.target(k))}
       if replay:
-        out["remain"] = ctx.put(draw.remain(k, 2))
+        out["remain"] = ctx.put(draw.remain(k))
       return out, {}
 
     params, model_state, cost = _learn(setup, state, ctx, step, tx, batches)
@@ -153,11 +156,11 @@ def der_pp(setup: Setup, *, der_alpha: float, der_beta: float) -> Learner:
     aux = {"logits": state.extra["logits"]}
 
     def batches(k):
-      out = {"target": ctx.put(draw.target(k, 1))}
+      out = {"target": ctx.put(draw.target(k))}
       if not replay:
         return out, aux
-      b1, idx = draw.remain_with_indices(k, 2)
-      out["remain"], out["remain2"] = ctx.put(b1), ctx.put(draw.remain(k, 3))
+      b1, idx = draw.remain_with_indices(k)
+      out["remain"], out["remain2"] = ctx.put(b1), ctx.put(draw.remain(k, "replay_batches"))
       return out, {**aux, "indices": jnp.asarray(idx, jnp.int32)}
 
     params, model_state, cost = _learn(setup, state, ctx, step, tx, batches)
@@ -214,7 +217,7 @@ def lwf(setup: Setup, *, lwf_lambda: float, lwf_temperature: float) -> Learner:
       aux = {"teacher": {"params": state.params, "model_state": state.model_state},
              "old_classes": jnp.asarray(old)}
     params, model_state, cost = _learn(
-        setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k, 1))}, aux))
+        setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k))}, aux))
     return MethodState(params, model_state, state.extra), cost
 
   return Learner(learn=learn)
@@ -231,7 +234,7 @@ def ewc(setup: Setup, *, ewc_lambda: float, ewc_gamma: float,
   :math:`\theta^* \leftarrow \theta`; after an unlearn request :math:`F` is
   recomputed on the store and :math:`\theta^*` reset. :math:`F` is the
   empirical per-sample Fisher diagonal (:func:`ugclu_jax.fisher_diagonal` over
-  single-sample batches, seed tag 9). The extra state is ``{"fisher",
+  single-sample batches, seed stream ``ewc_fisher``). The extra state is ``{"fisher",
   "anchor"}``, parameter-shaped.
 
   Args:
@@ -261,7 +264,8 @@ def ewc(setup: Setup, *, ewc_lambda: float, ewc_gamma: float,
     if indices.size == 0:
       fisher = jax.tree.map(jnp.zeros_like, extra["fisher"])
       return {"fisher": fisher, "anchor": params}, 0
-    idx = batch_indices(indices, ewc_fisher_samples, 0, (*ctx.seed, 9))
+    idx = batch_indices(indices, ewc_fisher_samples, 0,
+                        seed_for(ctx.seed, "baseline.ewc_fisher"))
     singles = access.batch(idx)
     batches = Batch(*(jnp.asarray(a.reshape((a.shape[0], 1) + a.shape[1:])) for a in singles))
     new = fisher_fn(params, model_state, batches)
@@ -277,7 +281,7 @@ def ewc(setup: Setup, *, ewc_lambda: float, ewc_gamma: float,
   def learn(state: MethodState, ctx: Context):
     draw, aux = Draw(ctx), {"fisher": state.extra["fisher"], "anchor": state.extra["anchor"]}
     params, model_state, cost = _learn(
-        setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k, 1))}, aux),
+        setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k))}, aux),
         hint=hint)
     extra, grads = update(params, model_state, state.extra, ctx, target=True)
     return MethodState(params, model_state, extra), cost.add(Cost(0.0, 0, grads, 0))
@@ -289,12 +293,5 @@ def ewc(setup: Setup, *, ewc_lambda: float, ewc_gamma: float,
   return Learner(learn=learn, init=init, refresh=refresh)
 
 
-# The learn rules by name: the factory and the kind of each of its keywords.
-LEARN_RULES = {
-    "naive": Rule(naive, {}),
-    "er": Rule(er, {}),
-    "der_pp": Rule(der_pp, {"der_alpha": NON_NEGATIVE, "der_beta": NON_NEGATIVE}),
-    "lwf": Rule(lwf, {"lwf_lambda": NON_NEGATIVE, "lwf_temperature": POSITIVE}),
-    "ewc": Rule(ewc, {"ewc_lambda": NON_NEGATIVE, "ewc_gamma": UNIT,
-                      "ewc_fisher_samples": COUNT}),
-}
+# The learn rules by name (their keyword-only parameters: rules.rule_hparams).
+LEARN_RULES = {"naive": naive, "er": er, "der_pp": der_pp, "lwf": lwf, "ewc": ewc}

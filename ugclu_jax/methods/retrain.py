@@ -3,21 +3,24 @@
 from ugclu_jax.methods.base import Context, Method, MethodState, finish, run_iterations
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
+from ugclu_jax.seeds import seed_for
 from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
 
 
 def sgd_train(steps, tx, params, model_state, ctx: Context, *, learning_rate: float,
-              name: str, seed_tag: int = 0):
-  """``ctx.num_iterations`` plain SGD steps on the request's target samples.
+              name: str):
+  """``ctx.num_iterations`` plain SGD steps on the request's target samples (seed stream
+  ``oracle.target_batches``).
 
   Cross-entropy with a cosine learning rate over the request (the learn
   budget rule shared by every method). Returns ``(params, model_state, Cost)``.
   """
   hp = RequestHParams.create(learning_rate=learning_rate, a_target=1.0,
                              num_iterations=ctx.num_iterations)
+  seed = seed_for(ctx.seed, "oracle.target_batches")
 
   def body(ts, k):
-    batch = ctx.put(ctx.access.target_batch(ctx.batch_size, k, (*ctx.seed, seed_tag)))
+    batch = ctx.put(ctx.access.target_batch(ctx.batch_size, k, seed))
     ts, metrics = steps.target(ts, batch, None, hp, 1)
     return ts, metrics, Cost(0.0, 1, 1, 0)
 
@@ -27,8 +30,8 @@ def sgd_train(steps, tx, params, model_state, ctx: Context, *, learning_rate: fl
   return params, model_state, cost
 
 
-def retrain(apply_fn, *, init_params, init_model_state, learning_rate: float = 0.05,
-            momentum: float = 0.9, weight_decay: float = 5e-4, clip_norm: float | None = None,
+def retrain(apply_fn, *, init_params, init_model_state, learning_rate: float, momentum: float,
+            weight_decay: float, clip_norm: float | None = None,
             name: str = "retrain") -> Method:
   """The retrained oracle.
 

@@ -1,15 +1,15 @@
 """What the baselines' learn and unlearn rules share (:mod:`.learn_rules`, :mod:`.unlearn_rules`).
 
-A rule is a factory ``rule(setup, **hyperparameters)``: ``setup`` holds the
-run's settings (:class:`Setup`), the keywords are the rule's own
-hyperparameters. Each rule module keeps a registry, name -> :class:`Rule`,
-that pairs the factory with the kind (range) of each keyword it takes; the
-baseline builder passes every rule exactly its own keywords and validates
-them by their kinds.
+A rule is a factory ``rule(setup, *, <hyperparameters>)``: ``setup`` holds the
+run's settings (:class:`Setup`), the keyword-only parameters are the rule's own
+hyperparameters, each a field of
+:class:`~ugclu_jax.methods.baselines_config.BaselinesConfig` (its one default,
+range and doc line) and without a default here. Each rule module keeps a
+registry, name -> factory; the baseline builder passes every rule exactly its
+own keywords (:func:`rule_hparams`), from the checked dataclass.
 """
 
-import math
-import numbers
+import inspect
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -20,6 +20,7 @@ from ugclu_jax.data import batch_indices
 from ugclu_jax.methods.base import Context, MethodState, finish, run_iterations
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
+from ugclu_jax.seeds import seed_for
 from ugclu_jax.steps import RequestHParams, init_train_state
 from ugclu_jax.types import Batch, ModelState, Params
 
@@ -27,46 +28,10 @@ from ugclu_jax.types import Batch, ModelState, Params
 # Rules, their settings and their registries
 # ----------------------------------------------------------------------------
 
-# Kinds of hyperparameter values (every value is a finite real number).
-POSITIVE = "positive"          # > 0
-NON_NEGATIVE = "non_negative"  # >= 0
-UNIT = "unit"                  # in [0, 1]
-COUNT = "count"                # an integer > 0
-CLASSES = "classes"            # an integer >= 2
-
-_RANGES = {
-    POSITIVE: (lambda v: v > 0, "must be positive"),
-    NON_NEGATIVE: (lambda v: v >= 0, "must be >= 0"),
-    UNIT: (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    COUNT: (lambda v: v > 0, "must be positive"),
-    CLASSES: (lambda v: v >= 2, "must be >= 2"),
-}
-
-
-def check_value(key: str, value, kind: str) -> None:
-  """Raises a one-line ``ValueError`` unless ``value`` is a valid ``kind`` (e.g. ``POSITIVE``)."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise ValueError(f"{key} must be a number, got {value!r}")
-  if not math.isfinite(value):
-    raise ValueError(f"{key} must be finite, got {value}")
-  if kind in (COUNT, CLASSES) and int(value) != value:
-    raise ValueError(f"{key} must be an integer, got {value}")
-  valid, message = _RANGES[kind]
-  if not valid(value):
-    raise ValueError(f"{key} {message}, got {value}")
-
-
-class Rule(NamedTuple):
-  """A registry entry.
-
-  Attributes:
-    build: ``build(setup, **hparams)`` -> :class:`Learner` (learn rules) or
-      :data:`Unlearner` (unlearn rules).
-    hparams: name -> kind of each keyword ``build`` takes (the rule's own
-      hyperparameters, keywords of the baseline builder).
-  """
-  build: Callable
-  hparams: dict[str, str]
+def rule_hparams(rule: Callable) -> tuple[str, ...]:
+  """The hyperparameters a rule factory takes: its keyword-only parameters, in order."""
+  return tuple(name for name, p in inspect.signature(rule).parameters.items()
+               if p.kind == p.KEYWORD_ONLY)
 
 
 class Setup(NamedTuple):
@@ -140,20 +105,27 @@ Unlearner = Callable[[MethodState, Context], tuple[Params, ModelState, Cost]]
 # ----------------------------------------------------------------------------
 
 class Draw:
-  """Host-side batch draws of one request, each stream with its own seed tag."""
+  """Host-side batch draws of one request, each from its named seed stream (scope
+  ``baseline`` of :mod:`ugclu_jax.seeds`): by default ``target_batches`` and
+  ``remain_batches``."""
 
   def __init__(self, ctx: Context):
     self.ctx = ctx
 
-  def target(self, k: int, tag: int) -> Batch:
-    return self.ctx.access.target_batch(self.ctx.batch_size, k, (*self.ctx.seed, tag))
+  def seed(self, stream: str) -> tuple[int, ...]:
+    """The request's seed sequence of ``stream`` (e.g. ``"random_labels"``)."""
+    return seed_for(self.ctx.seed, f"baseline.{stream}")
 
-  def remain(self, k: int, tag: int) -> Batch:
-    return self.ctx.access.remain_batch(self.ctx.batch_size, k, (*self.ctx.seed, tag))
+  def target(self, k: int, stream: str = "target_batches") -> Batch:
+    return self.ctx.access.target_batch(self.ctx.batch_size, k, self.seed(stream))
 
-  def remain_with_indices(self, k: int, tag: int) -> tuple[Batch, np.ndarray]:
+  def remain(self, k: int, stream: str = "remain_batches") -> Batch:
+    return self.ctx.access.remain_batch(self.ctx.batch_size, k, self.seed(stream))
+
+  def remain_with_indices(self, k: int,
+                          stream: str = "remain_batches") -> tuple[Batch, np.ndarray]:
     access = self.ctx.access
-    idx = batch_indices(access.remain_indices, self.ctx.batch_size, k, (*self.ctx.seed, tag))
+    idx = batch_indices(access.remain_indices, self.ctx.batch_size, k, self.seed(stream))
     return access.batch(idx), idx
 
 

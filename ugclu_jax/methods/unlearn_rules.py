@@ -1,12 +1,14 @@
 r"""The baselines' unlearn rules (docs/method.md §10), one factory each.
 
 A factory takes the run's :class:`~ugclu_jax.methods.rules.Setup` and its own
-hyperparameters (the keywords :data:`UNLEARN_RULES` lists, with their kinds)
-and returns an :data:`~ugclu_jax.methods.rules.Unlearner`,
+hyperparameters as keyword-only parameters (fields of
+:class:`~ugclu_jax.methods.baselines_config.BaselinesConfig`, where their
+defaults and ranges are) and returns an :data:`~ugclu_jax.methods.rules.Unlearner`,
 ``(state, ctx) -> (params, model_state, Cost)``. Every unlearn request starts
 a fresh SGD at the rule's learning rate with a cosine over the request, and
-draws forget batches of :math:`D_U` (seed tag 1) and store batches of
-:math:`D_R` (tag 2); an empty store drops the store terms. Every step is under
+draws forget batches of :math:`D_U` (seed stream ``target_batches``) and store
+batches of :math:`D_R` (``remain_batches``; :mod:`ugclu_jax.seeds`); an empty
+store drops the store terms. Every step is under
 the shared global-norm clip ``setup.clip_norm`` (GA under its own): FT's
 unclipped steps (lr 0.05, momentum 0.9) left the CNN to die at the next learn
 request, and unclipped SCRUB max steps drove it to non-finite values within 50
@@ -22,11 +24,10 @@ import numpy as np
 
 from ugclu_jax import objectives
 from ugclu_jax.data import batch_indices
-from ugclu_jax.methods.base import (Context, MethodState, finish, run_iterations,
-                                    stacked_batches)
-from ugclu_jax.methods.rules import (COUNT, NON_NEGATIVE, POSITIVE, UNIT, Draw, Rule, Setup,
-                                     Unlearner, batch_ce, forward, has_remain, run_steps,
-                                     teacher_logits)
+from ugclu_jax.methods.base import (Context, MethodState, finish, max_forget_loss,
+                                    run_iterations, stacked_batches)
+from ugclu_jax.methods.rules import (Draw, Setup, Unlearner, batch_ce, forward, has_remain,
+                                     run_steps, teacher_logits)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.saliency import top_fraction_mask
 from ugclu_jax.steps import RequestHParams, init_train_state, make_gradient_step
@@ -51,11 +52,6 @@ def random_labels(labels: np.ndarray, num_classes: int, seed) -> np.ndarray:
     raise ValueError(f"labels must lie in [0, {num_classes})")
   offset = np.random.default_rng(seed).integers(1, num_classes, labels.shape)
   return ((labels + offset) % num_classes).astype(np.int32)
-
-
-def _max_forget_loss(ascent_bound: float, num_classes: int) -> Optional[float]:
-  """:math:`\\ell_{max}` = ``ascent_bound * log(C)`` of the bounded ascent (None: unbounded)."""
-  return ascent_bound * math.log(num_classes) if ascent_bound > 0 else None
 
 
 def _ascent_loss(logits, batch: Batch, max_loss: Optional[float]):
@@ -91,7 +87,7 @@ def ft(setup: Setup, *, ft_lr: float) -> Unlearner:
       return state.params, state.model_state, Cost()
     draw = Draw(ctx)
     return run_steps(state, ctx, step=step, tx=tx, learning_rate=ft_lr, name=setup.name,
-                     batches=lambda k: ({"remain": ctx.put(draw.remain(k, 2))}, ()))
+                     batches=lambda k: ({"remain": ctx.put(draw.remain(k))}, ()))
 
   return unlearn
 
@@ -110,7 +106,7 @@ def ga(setup: Setup, *, ga_lr: float, ga_clip: float, ascent_bound: float) -> Un
       ``ascent_bound * log(num_classes)`` (0: unbounded, as published).
   """
   tx = setup.optimizer(ga_lr)
-  max_loss = _max_forget_loss(ascent_bound, setup.num_classes)
+  max_loss = max_forget_loss(ascent_bound, setup.num_classes)
 
   def loss_fn(params, model_state, batches, aux):
     del aux
@@ -124,7 +120,7 @@ def ga(setup: Setup, *, ga_lr: float, ga_clip: float, ascent_bound: float) -> Un
   def unlearn(state: MethodState, ctx: Context):
     draw = Draw(ctx)
     return run_steps(state, ctx, step=step, tx=tx, learning_rate=ga_lr, name=setup.name,
-                     batches=lambda k: ({"target": ctx.put(draw.target(k, 1))}, ()))
+                     batches=lambda k: ({"target": ctx.put(draw.target(k))}, ()))
 
   return unlearn
 
@@ -145,7 +141,7 @@ def neggrad_plus(setup: Setup, *, neggrad_lr: float, neggrad_alpha: float,
     ascent_bound: as GA's.
   """
   tx = setup.optimizer(neggrad_lr)
-  max_loss = _max_forget_loss(ascent_bound, setup.num_classes)
+  max_loss = max_forget_loss(ascent_bound, setup.num_classes)
 
   def loss_fn(params, model_state, batches, aux):
     del aux
@@ -165,9 +161,9 @@ def neggrad_plus(setup: Setup, *, neggrad_lr: float, neggrad_alpha: float,
     draw, remain = Draw(ctx), has_remain(ctx)
 
     def batches(k):
-      out = {"target": ctx.put(draw.target(k, 1))}
+      out = {"target": ctx.put(draw.target(k))}
       if remain:
-        out["remain"] = ctx.put(draw.remain(k, 2))
+        out["remain"] = ctx.put(draw.remain(k))
       return out, ()
 
     return run_steps(state, ctx, step=step, tx=tx, learning_rate=neggrad_lr,
@@ -181,7 +177,7 @@ def _random_label_descent(setup: Setup, learning_rate: float,
   r"""RL's request: :math:`\mathrm{CE}(D_U, \tilde y) + \mathrm{CE}(D_R)`, optionally masked.
 
   One random label :math:`\tilde y_i \ne y_i` per forget sample, drawn
-  uniformly once per request (seed tag 5). ``saliency(state, ctx) -> (mask,
+  uniformly once per request (seed stream ``random_labels``). ``saliency(state, ctx) -> (mask,
   gradient evaluations)`` gives a 0/1 mask multiplying every update.
   """
   tx = setup.optimizer(learning_rate)
@@ -203,15 +199,16 @@ def _random_label_descent(setup: Setup, learning_rate: float,
   def unlearn(state: MethodState, ctx: Context):
     draw, remain, access = Draw(ctx), has_remain(ctx), ctx.access
     targets = access.target_indices
-    fake = random_labels(access.labels(targets), setup.num_classes, (*ctx.seed, 5))
+    fake = random_labels(access.labels(targets), setup.num_classes,
+                         draw.seed("random_labels"))
     mask, mask_grads = saliency(state, ctx) if saliency is not None else (None, 0)
 
     def batches(k):
-      idx = batch_indices(targets, ctx.batch_size, k, (*ctx.seed, 1))
+      idx = batch_indices(targets, ctx.batch_size, k, draw.seed("target_batches"))
       forget = access.batch(idx)
       out = {"target": ctx.put(forget._replace(y=fake[np.searchsorted(targets, idx)]))}
       if remain:
-        out["remain"] = ctx.put(draw.remain(k, 2))
+        out["remain"] = ctx.put(draw.remain(k))
       return out, ()
 
     params, model_state, cost = run_steps(state, ctx, step=step, tx=tx,
@@ -241,7 +238,7 @@ def salun(setup: Setup, *, salun_lr: float, salun_fraction: float,
 
   The mask keeps the global top ``salun_fraction`` of
   :math:`|\nabla_\theta \mathrm{CE}(D_U)|` (:func:`ugclu_jax.top_fraction_mask`),
-  the gradient summed over ``salun_mask_batches`` forget batches (seed tag 6)
+  the gradient summed over ``salun_mask_batches`` forget batches (seed stream ``salun_mask``)
   in evaluation mode at the request start; not UG-CLU's balanced mask.
 
   Args:
@@ -264,7 +261,8 @@ def salun(setup: Setup, *, salun_lr: float, salun_fraction: float,
 
   def saliency(state: MethodState, ctx: Context):
     draw = Draw(ctx)
-    batches = stacked_batches(lambda s: draw.target(s, 6), salun_mask_batches, ctx.mesh)
+    batches = stacked_batches(lambda s: draw.target(s, "salun_mask"), salun_mask_batches,
+                              ctx.mesh)
     return saliency_fn(state.params, state.model_state, batches), salun_mask_batches
 
   return _random_label_descent(setup, salun_lr, saliency)
@@ -323,11 +321,11 @@ def scrub(setup: Setup, *, scrub_lr: float, scrub_temperature: float, scrub_alph
     def body(ts, k):
       metrics, count = {}, 0
       if k < n_max:  # A max step does not end the iteration when a min step follows.
-        ts, metrics = max_step(ts, {"target": ctx.put(draw.target(k, 1))}, teacher, hp, None,
+        ts, metrics = max_step(ts, {"target": ctx.put(draw.target(k))}, teacher, hp, None,
                                0 if remain else 1)
         count += 1
       if remain:
-        ts, m = min_step(ts, {"remain": ctx.put(draw.remain(k, 2))}, teacher, hp, None, 1)
+        ts, m = min_step(ts, {"remain": ctx.put(draw.remain(k))}, teacher, hp, None, 1)
         metrics, count = {**metrics, **m}, count + 1
       return ts, metrics, Cost(0.0, count, count, 0)
 
@@ -340,16 +338,6 @@ def scrub(setup: Setup, *, scrub_lr: float, scrub_temperature: float, scrub_alph
   return unlearn
 
 
-# The unlearn rules by name: the factory and the kind of each of its keywords.
-UNLEARN_RULES = {
-    "ft": Rule(ft, {"ft_lr": POSITIVE}),
-    "ga": Rule(ga, {"ga_lr": POSITIVE, "ga_clip": POSITIVE, "ascent_bound": NON_NEGATIVE}),
-    "neggrad_plus": Rule(neggrad_plus, {"neggrad_lr": POSITIVE, "neggrad_alpha": UNIT,
-                                        "ascent_bound": NON_NEGATIVE}),
-    "rl": Rule(rl, {"rl_lr": POSITIVE}),
-    "salun": Rule(salun, {"salun_lr": POSITIVE, "salun_fraction": UNIT,
-                          "salun_mask_batches": COUNT}),
-    "scrub": Rule(scrub, {"scrub_lr": POSITIVE, "scrub_temperature": POSITIVE,
-                          "scrub_alpha": NON_NEGATIVE, "scrub_gamma": NON_NEGATIVE,
-                          "scrub_max_fraction": UNIT}),
-}
+# The unlearn rules by name (their keyword-only parameters: rules.rule_hparams).
+UNLEARN_RULES = {"ft": ft, "ga": ga, "neggrad_plus": neggrad_plus, "rl": rl, "salun": salun,
+                 "scrub": scrub}

@@ -1,6 +1,7 @@
 """Flax NNX models and their pure-function interface."""
 
 from ugclu_jax.models.cnn import SmallCNN
+from ugclu_jax.models.functional import MODELS
 from ugclu_jax.models.functional import ApplyFn
 from ugclu_jax.models.functional import as_functional
 from ugclu_jax.models.functional import count_params
@@ -13,6 +14,7 @@ __all__ = (
     "ApplyFn",
     "BasicBlock",
     "MLP",
+    "MODELS",
     "ResNet18",
     "SmallCNN",
     "as_functional",

@@ -169,6 +169,7 @@ _MODELS: Mapping[str, Callable[..., nnx.Module]] = types.MappingProxyType({
     "cnn": _build_cnn,
     "resnet18": _build_resnet18,
 })
+MODELS = tuple(_MODELS)  # The names get_model knows.
 
 
 def get_model(
