@@ -7,7 +7,7 @@ WORKDIR ?= runs/default
 TEST_WORKERS ?= 2
 CONFIG  ?= default
 
-.PHONY: setup test data run smoke bench stress clean
+.PHONY: setup test data run smoke bench stress format clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ STRESS_TABLE ?= experiments/stress.md
 stress: $(STAMP)
 	@bash scripts/get_data.sh
 	$(PY) experiments/stress.py --out runs/stress --table $(STRESS_TABLE) $(STRESS_ARGS)
+
+# The one style (pyproject.toml's [tool.ruff]); tests/test_style.py checks it.
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

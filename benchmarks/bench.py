@@ -67,37 +67,60 @@ QUICK_COMPILER_OPTIONS = {"mlp": _FAST_COMPILE, "cnn": _FAST_COMPILE}
 # (ratio key, numerator, denominator, meaning). Every key is a quotient of two
 # median times measured in the same run.
 RATIOS = (
-    ("grad", "grad", "grad",
-     "baseline: one jax.grad of the mean cross-entropy (1.0 by definition)"),
-    ("hvp_fwd_over_rev", "hvp_fwd_over_rev", "grad",
-     "Hessian-vector product by ugclu_jax.hvp (jax.jvp of jax.grad), in gradients"),
-    ("hvp_rev_over_rev", "hvp_rev_over_rev", "grad",
-     "Hessian-vector product by jax.grad of <jax.grad(L), v>, in gradients"),
-    ("ggn_vp", "ggn_vp", "grad",
-     "Gauss-Newton vector product by ugclu_jax.ggn_vp, in gradients"),
-    ("remain_step", "remain_step", "sgd_step",
-     "one remain step (a gradient + the fast_slow-wrapped SGD update), in plain SGD steps"),
-    ("fast_slow_iteration", "fast_slow_iteration", "sgd_step",
-     "one fast_slow unlearn iteration (target step + remain step), in plain SGD steps"),
-    ("hvp_fused_step", "hvp_fused_step", "sgd_step",
-     "one hvp-mode fused unlearn step (target grad + remain grad + HVP), in plain SGD steps"),
-    ("none_fused_step", "none_fused_step", "sgd_step",
-     "one none-mode fused unlearn step (target grad + remain grad), in plain SGD steps"),
+  ("grad", "grad", "grad", "baseline: one jax.grad of the mean cross-entropy (1.0 by definition)"),
+  (
+    "hvp_fwd_over_rev",
+    "hvp_fwd_over_rev",
+    "grad",
+    "Hessian-vector product by ugclu_jax.hvp (jax.jvp of jax.grad), in gradients",
+  ),
+  (
+    "hvp_rev_over_rev",
+    "hvp_rev_over_rev",
+    "grad",
+    "Hessian-vector product by jax.grad of <jax.grad(L), v>, in gradients",
+  ),
+  ("ggn_vp", "ggn_vp", "grad", "Gauss-Newton vector product by ugclu_jax.ggn_vp, in gradients"),
+  (
+    "remain_step",
+    "remain_step",
+    "sgd_step",
+    "one remain step (a gradient + the fast_slow-wrapped SGD update), in plain SGD steps",
+  ),
+  (
+    "fast_slow_iteration",
+    "fast_slow_iteration",
+    "sgd_step",
+    "one fast_slow unlearn iteration (target step + remain step), in plain SGD steps",
+  ),
+  (
+    "hvp_fused_step",
+    "hvp_fused_step",
+    "sgd_step",
+    "one hvp-mode fused unlearn step (target grad + remain grad + HVP), in plain SGD steps",
+  ),
+  (
+    "none_fused_step",
+    "none_fused_step",
+    "sgd_step",
+    "one none-mode fused unlearn step (target grad + remain grad), in plain SGD steps",
+  ),
 )
 COMPILE_RATIO = (
-    "compile_hvp_fused_over_remain",
-    "compile time of the hvp fused step / compile time of the remain step (informative)")
+  "compile_hvp_fused_over_remain",
+  "compile time of the hvp fused step / compile time of the remain step (informative)",
+)
 
 _DESCRIPTIONS = {
-    "grad": "gradient (jax.grad)",
-    "hvp_fwd_over_rev": "HVP forward-over-reverse",
-    "hvp_rev_over_rev": "HVP reverse-over-reverse",
-    "ggn_vp": "GGN-vector product",
-    "sgd_step": "plain SGD step (optax.sgd)",
-    "remain_step": "remain step (make_steps)",
-    "fast_slow_iteration": "fast_slow iteration (target+remain)",
-    "hvp_fused_step": "hvp-mode fused step",
-    "none_fused_step": "none-mode fused step",
+  "grad": "gradient (jax.grad)",
+  "hvp_fwd_over_rev": "HVP forward-over-reverse",
+  "hvp_rev_over_rev": "HVP reverse-over-reverse",
+  "ggn_vp": "GGN-vector product",
+  "sgd_step": "plain SGD step (optax.sgd)",
+  "remain_step": "remain step (make_steps)",
+  "fast_slow_iteration": "fast_slow iteration (target+remain)",
+  "hvp_fused_step": "hvp-mode fused step",
+  "none_fused_step": "none-mode fused step",
 }
 
 
@@ -110,13 +133,15 @@ class _Case(NamedTuple):
     compile_s: wall seconds spent tracing, lowering and compiling each of its
       programs, in call order.
   """
+
   name: str
   run: Callable[[], Any]
   compile_s: tuple[float, ...]
 
 
-def _aot_compile(jitted: Callable, *args, options: Optional[dict[str, Any]] = None
-                 ) -> tuple[Any, float]:
+def _aot_compile(
+  jitted: Callable, *args, options: Optional[dict[str, Any]] = None
+) -> tuple[Any, float]:
   """Traces, lowers and compiles ``jitted`` for ``args``; returns it and the seconds taken.
 
   ``options`` are XLA compiler options (e.g. ``{"xla_backend_optimization_level": 0}``).
@@ -126,16 +151,20 @@ def _aot_compile(jitted: Callable, *args, options: Optional[dict[str, Any]] = No
   return compiled, time.perf_counter() - start
 
 
-def _stateless_case(name: str, fn: Callable, *args,
-                    options: Optional[dict[str, Any]] = None) -> _Case:
+def _stateless_case(
+  name: str, fn: Callable, *args, options: Optional[dict[str, Any]] = None
+) -> _Case:
   """A case that calls the compiled ``fn(*args)`` with the same arguments every time."""
   compiled, seconds = _aot_compile(jax.jit(fn), *args, options=options)
   return _Case(name, lambda: compiled(*args), (seconds,))
 
 
-def _compile_steps(programs: Sequence[tuple[Callable, tuple]], state: Any, *,
-                   options: Optional[dict[str, Any]] = None
-                   ) -> tuple[list[tuple[Any, tuple]], tuple[float, ...]]:
+def _compile_steps(
+  programs: Sequence[tuple[Callable, tuple]],
+  state: Any,
+  *,
+  options: Optional[dict[str, Any]] = None,
+) -> tuple[list[tuple[Any, tuple]], tuple[float, ...]]:
   """Compiles steps ``step(state, *extra_args) -> (state, metrics)`` for ``state``.
 
   Args:
@@ -154,8 +183,9 @@ def _compile_steps(programs: Sequence[tuple[Callable, tuple]], state: Any, *,
   return compiled_steps, tuple(seconds)
 
 
-def _threaded_case(name: str, compiled_steps: Sequence[tuple[Any, tuple]], state: Any,
-                   compile_s: tuple[float, ...]) -> _Case:
+def _threaded_case(
+  name: str, compiled_steps: Sequence[tuple[Any, tuple]], state: Any, compile_s: tuple[float, ...]
+) -> _Case:
   """A case that threads a (donated) state through compiled steps in turn.
 
   Args:
@@ -189,8 +219,9 @@ def _seconds_per_call(run: Callable[[], Any], n: int) -> tuple[float, float]:
   return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
 
 
-def _random_batch(rng: np.random.Generator, batch_size: int,
-                  input_shape: tuple[int, ...]) -> ug.Batch:
+def _random_batch(
+  rng: np.random.Generator, batch_size: int, input_shape: tuple[int, ...]
+) -> ug.Batch:
   x = rng.standard_normal((batch_size, *input_shape), dtype=np.float32)
   y = rng.integers(0, NUM_CLASSES, size=(batch_size,), dtype=np.int32)
   mask = np.ones((batch_size,), np.float32)
@@ -202,6 +233,7 @@ def _random_like(rng: np.random.Generator, tree: Any, p: Optional[float] = None)
 
   Drawn with NumPy: no small XLA program is compiled per leaf shape.
   """
+
   def draw(x):
     if p is None:
       values = rng.standard_normal(x.shape, dtype=np.float32)
@@ -217,22 +249,25 @@ def _copy(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.device_put(np.array(x)), tree)
 
 
-def _init_model(model_name: str, input_shape: tuple[int, ...], seed: int,
-                options: Optional[dict[str, Any]]) -> nnx.Module:
+def _init_model(
+  model_name: str, input_shape: tuple[int, ...], seed: int, options: Optional[dict[str, Any]]
+) -> nnx.Module:
   """Initialises a model under one compiled program (eager initialisers compile one per layer)."""
-  build = functools.partial(get_model, model_name, num_classes=NUM_CLASSES,
-                            input_shape=input_shape)
+  build = functools.partial(get_model, model_name, num_classes=NUM_CLASSES, input_shape=input_shape)
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(seed))))
   state = jax.jit(lambda: nnx.state(build(rngs=nnx.Rngs(seed))), compiler_options=options)()
   return nnx.merge(graphdef, state)
 
 
-def _build_cases(model_name: str, batch_size: int, input_shape: tuple[int, ...],
-                 seed: int, options: Optional[dict[str, Any]]
-                 ) -> tuple[list[_Case], int]:
+def _build_cases(
+  model_name: str,
+  batch_size: int,
+  input_shape: tuple[int, ...],
+  seed: int,
+  options: Optional[dict[str, Any]],
+) -> tuple[list[_Case], int]:
   """Builds and compiles every case of one model; returns them and the parameter count."""
-  apply_fn, params, model_state = as_functional(
-      _init_model(model_name, input_shape, seed, options))
+  apply_fn, params, model_state = as_functional(_init_model(model_name, input_shape, seed, options))
   rng = np.random.default_rng(seed)
   target = _random_batch(rng, batch_size, input_shape)
   remain = _random_batch(rng, batch_size, input_shape)
@@ -272,11 +307,14 @@ def _build_cases(model_name: str, batch_size: int, input_shape: tuple[int, ...],
     return (optax.apply_updates(p, updates), opt_state, new_ms), value
 
   # A long request keeps the cosine factors near 1: every timed step does full work.
-  hp = ug.RequestHParams.create(learning_rate=LEARNING_RATE, a_target=1.0,
-                                num_iterations=10**6, beta=0.01)
+  hp = ug.RequestHParams.create(
+    learning_rate=LEARNING_RATE, a_target=1.0, num_iterations=10**6, beta=0.01
+  )
   tx = ug.build_optimizer(learning_rate=LEARNING_RATE)
-  steps = {mode: ug.make_steps(apply_fn, tx, kind="unlearn", mode=mode)
-           for mode in ("fast_slow", "hvp", "none")}
+  steps = {
+    mode: ug.make_steps(apply_fn, tx, kind="unlearn", mode=mode)
+    for mode in ("fast_slow", "hvp", "none")
+  }
 
   def fresh_state():
     # Copies: the steps donate their state, and the caller's trees stay valid.
@@ -285,35 +323,43 @@ def _build_cases(model_name: str, batch_size: int, input_shape: tuple[int, ...],
   sgd_params = _copy(params)
   opts = {"options": options}
   fs, hvp_mode, none_mode = steps["fast_slow"], steps["hvp"], steps["none"]
-  sgd_state = (sgd_params, jax.jit(sgd.init, compiler_options=options)(sgd_params),
-               _copy(model_state))
-  sgd_prog = _compile_steps([(jax.jit(sgd_step, donate_argnums=0), (remain,))], sgd_state,
-                            options=options)
+  sgd_state = (
+    sgd_params,
+    jax.jit(sgd.init, compiler_options=options)(sgd_params),
+    _copy(model_state),
+  )
+  sgd_prog = _compile_steps(
+    [(jax.jit(sgd_step, donate_argnums=0), (remain,))], sgd_state, options=options
+  )
   first = fresh_state()
-  fs_prog = _compile_steps([(fs.target, (target, saliency, hp)), (fs.remain, (remain, hp))],
-                           first, options=options)
-  hvp_prog = _compile_steps([(hvp_mode.fused, (target, remain, saliency, hp))], first,
-                            options=options)
-  none_prog = _compile_steps([(none_mode.fused, (target, remain, saliency, hp))], first,
-                             options=options)
+  fs_prog = _compile_steps(
+    [(fs.target, (target, saliency, hp)), (fs.remain, (remain, hp))], first, options=options
+  )
+  hvp_prog = _compile_steps(
+    [(hvp_mode.fused, (target, remain, saliency, hp))], first, options=options
+  )
+  none_prog = _compile_steps(
+    [(none_mode.fused, (target, remain, saliency, hp))], first, options=options
+  )
   (_, remain_compiled), (_, remain_s) = fs_prog
   cases = [
-      _stateless_case("grad", grad_fn, params, model_state, remain, **opts),
-      _stateless_case("hvp_fwd_over_rev", hvp_fwd_rev, params, model_state, remain, v, **opts),
-      _stateless_case("hvp_rev_over_rev", hvp_rev_rev, params, model_state, remain, v, **opts),
-      _stateless_case("ggn_vp", ggn, params, model_state, remain, v, **opts),
-      _threaded_case("sgd_step", sgd_prog[0], sgd_state, sgd_prog[1]),
-      _threaded_case("fast_slow_iteration", fs_prog[0], first, fs_prog[1]),
-      # The remain step alone reuses the fast_slow case's compiled remain step.
-      _threaded_case("remain_step", [remain_compiled], fresh_state(), (remain_s,)),
-      _threaded_case("hvp_fused_step", hvp_prog[0], fresh_state(), hvp_prog[1]),
-      _threaded_case("none_fused_step", none_prog[0], fresh_state(), none_prog[1]),
+    _stateless_case("grad", grad_fn, params, model_state, remain, **opts),
+    _stateless_case("hvp_fwd_over_rev", hvp_fwd_rev, params, model_state, remain, v, **opts),
+    _stateless_case("hvp_rev_over_rev", hvp_rev_rev, params, model_state, remain, v, **opts),
+    _stateless_case("ggn_vp", ggn, params, model_state, remain, v, **opts),
+    _threaded_case("sgd_step", sgd_prog[0], sgd_state, sgd_prog[1]),
+    _threaded_case("fast_slow_iteration", fs_prog[0], first, fs_prog[1]),
+    # The remain step alone reuses the fast_slow case's compiled remain step.
+    _threaded_case("remain_step", [remain_compiled], fresh_state(), (remain_s,)),
+    _threaded_case("hvp_fused_step", hvp_prog[0], fresh_state(), hvp_prog[1]),
+    _threaded_case("none_fused_step", none_prog[0], fresh_state(), none_prog[1]),
   ]
   return cases, count_params(params)
 
 
-def _measure(cases: Sequence[_Case], *, repeats: int, min_time: float,
-             max_calls: int) -> dict[str, dict[str, Any]]:
+def _measure(
+  cases: Sequence[_Case], *, repeats: int, min_time: float, max_calls: int
+) -> dict[str, dict[str, Any]]:
   """Warms up, calibrates and times the cases, interleaved; returns per-case statistics."""
   calls = {}
   for case in cases:
@@ -328,17 +374,31 @@ def _measure(cases: Sequence[_Case], *, repeats: int, min_time: float,
       w, c = _seconds_per_call(case.run, calls[case.name])
       wall[case.name].append(w)
       cpu[case.name].append(c)
-  return {name: {"median_ms": 1e3 * statistics.median(s),
-                 "min_ms": 1e3 * min(s), "max_ms": 1e3 * max(s),
-                 "cpu_median_ms": 1e3 * statistics.median(cpu[name]),
-                 "calls_per_repeat": calls[name], "repeats_ms": [1e3 * t for t in s],
-                 "repeats_cpu_ms": [1e3 * t for t in cpu[name]]}
-          for name, s in wall.items()}
+  return {
+    name: {
+      "median_ms": 1e3 * statistics.median(s),
+      "min_ms": 1e3 * min(s),
+      "max_ms": 1e3 * max(s),
+      "cpu_median_ms": 1e3 * statistics.median(cpu[name]),
+      "calls_per_repeat": calls[name],
+      "repeats_ms": [1e3 * t for t in s],
+      "repeats_cpu_ms": [1e3 * t for t in cpu[name]],
+    }
+    for name, s in wall.items()
+  }
 
 
-def bench_model(model_name: str, *, batch_size: int, input_shape: tuple[int, ...],
-                repeats: int, min_time: float, max_calls: int, seed: int,
-                compiler_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def bench_model(
+  model_name: str,
+  *,
+  batch_size: int,
+  input_shape: tuple[int, ...],
+  repeats: int,
+  min_time: float,
+  max_calls: int,
+  seed: int,
+  compiler_options: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
   """Benchmarks one model.
 
   Args:
@@ -362,20 +422,27 @@ def bench_model(model_name: str, *, batch_size: int, input_shape: tuple[int, ...
   cases, num_params = _build_cases(model_name, batch_size, input_shape, seed, compiler_options)
   compile_s = {case.name: sum(case.compile_s) for case in cases}
   compile_s["target_step"] = next(
-      case.compile_s[0] for case in cases if case.name == "fast_slow_iteration")
+    case.compile_s[0] for case in cases if case.name == "fast_slow_iteration"
+  )
   times = _measure(cases, repeats=repeats, min_time=min_time, max_calls=max_calls)
-  ratios = {key: times[num]["median_ms"] / times[den]["median_ms"]
-            for key, num, den, _ in RATIOS}
+  ratios = {key: times[num]["median_ms"] / times[den]["median_ms"] for key, num, den, _ in RATIOS}
   # Noise from other processes only adds time: on a busy machine the quotient of
   # the fastest repeats is a useful second estimate.
-  ratios_of_min = {key: times[num]["min_ms"] / times[den]["min_ms"]
-                   for key, num, den, _ in RATIOS}
-  ratios_cpu = {key: times[num]["cpu_median_ms"] / times[den]["cpu_median_ms"]
-                for key, num, den, _ in RATIOS}
+  ratios_of_min = {key: times[num]["min_ms"] / times[den]["min_ms"] for key, num, den, _ in RATIOS}
+  ratios_cpu = {
+    key: times[num]["cpu_median_ms"] / times[den]["cpu_median_ms"] for key, num, den, _ in RATIOS
+  }
   ratios[COMPILE_RATIO[0]] = compile_s["hvp_fused_step"] / compile_s["remain_step"]
-  return {"input_shape": list(input_shape), "num_params": num_params, "times": times,
-          "ratios": ratios, "ratios_of_min": ratios_of_min, "ratios_cpu": ratios_cpu,
-          "compile_s": compile_s, "compiler_options": dict(compiler_options or {})}
+  return {
+    "input_shape": list(input_shape),
+    "num_params": num_params,
+    "times": times,
+    "ratios": ratios,
+    "ratios_of_min": ratios_of_min,
+    "ratios_cpu": ratios_cpu,
+    "compile_s": compile_s,
+    "compiler_options": dict(compiler_options or {}),
+  }
 
 
 def _environment(batch_size: int) -> dict[str, Any]:
@@ -385,11 +452,19 @@ def _environment(batch_size: int) -> dict[str, Any]:
     except importlib.metadata.PackageNotFoundError:
       return None
 
-  return {"devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
-          "jax": jax.__version__, "jaxlib": version("jaxlib"), "flax": version("flax"),
-          "optax": version("optax"), "python": platform.python_version(),
-          "machine": platform.machine(), "cpu_count": os.cpu_count(), "batch": batch_size,
-          "load_average_start": _load_average()}
+  return {
+    "devices": [str(d) for d in jax.devices()],
+    "backend": jax.default_backend(),
+    "jax": jax.__version__,
+    "jaxlib": version("jaxlib"),
+    "flax": version("flax"),
+    "optax": version("optax"),
+    "python": platform.python_version(),
+    "machine": platform.machine(),
+    "cpu_count": os.cpu_count(),
+    "batch": batch_size,
+    "load_average_start": _load_average(),
+  }
 
 
 def _load_average() -> Optional[list[float]]:
@@ -403,33 +478,48 @@ def _load_average() -> Optional[list[float]]:
 def _format_table(results: dict[str, Any]) -> str:
   """The human-readable report: environment, one table per model, the meaning of each ratio."""
   env = results["environment"]
-  lines = [f"devices: {', '.join(env['devices'])}  (backend {env['backend']}, "
-           f"{env['cpu_count']} CPUs)",
-           f"jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, "
-           f"optax {env['optax']}; batch {env['batch']}, repeats {results['repeats']}; "
-           f"load average {env['load_average_start']} -> {env.get('load_average_end')}",
-           ""]
-  header = (f"{'quantity':<37} {'median ms':>10} {'min-max ms':>19} {'ratio':>7} "
-            f"{'of min':>7} {'of cpu':>7}  unit")
+  lines = [
+    f"devices: {', '.join(env['devices'])}  (backend {env['backend']}, {env['cpu_count']} CPUs)",
+    f"jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, "
+    f"optax {env['optax']}; batch {env['batch']}, repeats {results['repeats']}; "
+    f"load average {env['load_average_start']} -> {env.get('load_average_end')}",
+    "",
+  ]
+  header = (
+    f"{'quantity':<37} {'median ms':>10} {'min-max ms':>19} {'ratio':>7} "
+    f"{'of min':>7} {'of cpu':>7}  unit"
+  )
   for model_name, res in results["models"].items():
     rows = [(key, num, den) for key, num, den, _ in RATIOS]
-    rows.insert(next(i for i, r in enumerate(rows) if r[2] == "sgd_step"),
-                ("sgd_step", "sgd_step", "sgd_step"))
-    lines += [f"{model_name}: input {tuple(res['input_shape'])}, "
-              f"{res['num_params']:,} parameters", header, "-" * len(header)]
+    rows.insert(
+      next(i for i, r in enumerate(rows) if r[2] == "sgd_step"),
+      ("sgd_step", "sgd_step", "sgd_step"),
+    )
+    lines += [
+      f"{model_name}: input {tuple(res['input_shape'])}, {res['num_params']:,} parameters",
+      header,
+      "-" * len(header),
+    ]
     for key, num, den in rows:
       t = res["times"][num]
       ratio = res["ratios"].get(key, 1.0)
       of_min = res["ratios_of_min"].get(key, 1.0)
       of_cpu = res["ratios_cpu"].get(key, 1.0)
       spread = f"{t['min_ms']:.2f}-{t['max_ms']:.2f}"
-      lines.append(f"{_DESCRIPTIONS[num]:<37} {t['median_ms']:>10.2f} {spread:>19} "
-                   f"{ratio:>7.2f} {of_min:>7.2f} {of_cpu:>7.2f}  {den}")
+      lines.append(
+        f"{_DESCRIPTIONS[num]:<37} {t['median_ms']:>10.2f} {spread:>19} "
+        f"{ratio:>7.2f} {of_min:>7.2f} {of_cpu:>7.2f}  {den}"
+      )
     c = res["compile_s"]
-    lines += [f"compile: hvp fused step {c['hvp_fused_step']:.2f} s, remain step "
-              f"{c['remain_step']:.2f} s, ratio {res['ratios'][COMPILE_RATIO[0]]:.2f}", ""]
-  lines.append("ratio: median wall time / that of the unit; of min: fastest repeat / fastest "
-               "repeat of the unit; of cpu: median process CPU time / that of the unit:")
+    lines += [
+      f"compile: hvp fused step {c['hvp_fused_step']:.2f} s, remain step "
+      f"{c['remain_step']:.2f} s, ratio {res['ratios'][COMPILE_RATIO[0]]:.2f}",
+      "",
+    ]
+  lines.append(
+    "ratio: median wall time / that of the unit; of min: fastest repeat / fastest "
+    "repeat of the unit; of cpu: median process CPU time / that of the unit:"
+  )
   lines += [f"  {key}: {meaning}" for key, _, _, meaning in RATIOS]
   lines.append(f"  {COMPILE_RATIO[0]}: {COMPILE_RATIO[1]}")
   return "\n".join(lines)
@@ -437,24 +527,42 @@ def _format_table(results: dict[str, Any]) -> str:
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description="UG-CLU speed ratios (HVP vs gradient, UG-CLU steps vs SGD), one run.")
-  parser.add_argument("--models", default="mlp,cnn",
-                      help="comma-separated models among mlp, cnn, resnet18 (default: mlp,cnn)")
-  parser.add_argument("--batch", type=int, default=None,
-                      help="batch size (default 128; 8 with --quick)")
-  parser.add_argument("--repeats", type=int, default=None,
-                      help="timed repeats per function, median reported "
-                           "(default 7; 2 with --quick)")
-  parser.add_argument("--min-time", type=float, default=None,
-                      help="seconds per repeat per function (default 0.25; 0 with --quick)")
-  parser.add_argument("--max-calls", type=int, default=1000,
-                      help="at most this many calls per repeat (default 1000)")
+    description="UG-CLU speed ratios (HVP vs gradient, UG-CLU steps vs SGD), one run."
+  )
+  parser.add_argument(
+    "--models",
+    default="mlp,cnn",
+    help="comma-separated models among mlp, cnn, resnet18 (default: mlp,cnn)",
+  )
+  parser.add_argument(
+    "--batch", type=int, default=None, help="batch size (default 128; 8 with --quick)"
+  )
+  parser.add_argument(
+    "--repeats",
+    type=int,
+    default=None,
+    help="timed repeats per function, median reported (default 7; 2 with --quick)",
+  )
+  parser.add_argument(
+    "--min-time",
+    type=float,
+    default=None,
+    help="seconds per repeat per function (default 0.25; 0 with --quick)",
+  )
+  parser.add_argument(
+    "--max-calls", type=int, default=1000, help="at most this many calls per repeat (default 1000)"
+  )
   parser.add_argument("--seed", type=int, default=0, help="seed of models and data")
-  parser.add_argument("--out", default=os.path.join("runs", "bench.json"),
-                      help="JSON output path (default runs/bench.json)")
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny inputs and batch, few repeats, unoptimised XLA code: checks "
-                           "the harness, not speed")
+  parser.add_argument(
+    "--out",
+    default=os.path.join("runs", "bench.json"),
+    help="JSON output path (default runs/bench.json)",
+  )
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="tiny inputs and batch, few repeats, unoptimised XLA code: checks the harness, not speed",
+  )
   args = parser.parse_args(argv)
   args.models = [m.strip() for m in args.models.split(",") if m.strip()]
   unknown = [m for m in args.models if m not in INPUT_SHAPES]
@@ -486,18 +594,27 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   shapes = QUICK_INPUT_SHAPES if args.quick else INPUT_SHAPES
   fast_compile = args.quick and jax.default_backend() == "cpu"
   start = time.perf_counter()
-  results = {"environment": _environment(args.batch), "repeats": args.repeats,
-             "min_time_s": args.min_time, "quick": args.quick,
-             "ratio_meanings": {key: meaning for key, _, _, meaning in RATIOS},
-             "models": {}}
+  results = {
+    "environment": _environment(args.batch),
+    "repeats": args.repeats,
+    "min_time_s": args.min_time,
+    "quick": args.quick,
+    "ratio_meanings": {key: meaning for key, _, _, meaning in RATIOS},
+    "models": {},
+  }
   results["ratio_meanings"][COMPILE_RATIO[0]] = COMPILE_RATIO[1]
   for i, model_name in enumerate(args.models):
     print(f"[bench] {model_name}: compiling and timing ...", file=sys.stderr, flush=True)
     results["models"][model_name] = bench_model(
-        model_name, batch_size=args.batch, input_shape=shapes[model_name],
-        repeats=args.repeats, min_time=args.min_time, max_calls=args.max_calls,
-        seed=args.seed + i,
-        compiler_options=QUICK_COMPILER_OPTIONS.get(model_name) if fast_compile else None)
+      model_name,
+      batch_size=args.batch,
+      input_shape=shapes[model_name],
+      repeats=args.repeats,
+      min_time=args.min_time,
+      max_calls=args.max_calls,
+      seed=args.seed + i,
+      compiler_options=QUICK_COMPILER_OPTIONS.get(model_name) if fast_compile else None,
+    )
   results["wall_s"] = time.perf_counter() - start
   results["environment"]["load_average_end"] = _load_average()
   print(_format_table(results))

@@ -41,30 +41,55 @@ ORACLE = R.ORACLE
 def _args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", default="runs/stress", help="folder of the runs (default %(default)s)")
-  p.add_argument("--table", default=None,
-                 help="Markdown table to write (default: OUT/stress.md)")
+  p.add_argument("--table", default=None, help="Markdown table to write (default: OUT/stress.md)")
   p.add_argument("--config", default="default", help="base config (default %(default)s)")
   p.add_argument("--streams", type=int, default=20, help="number of streams (default %(default)s)")
-  p.add_argument("--seeds", type=int, default=3,
-                 help="seeds F..F+S-1 of every stream (default %(default)s)")
-  p.add_argument("--first-seed", type=int, default=10,
-                 help="F, the first seed; the defaults were chosen on seeds 0-1 and "
-                      "100-103, so the stress seeds start above them (default %(default)s)")
+  p.add_argument(
+    "--seeds", type=int, default=3, help="seeds F..F+S-1 of every stream (default %(default)s)"
+  )
+  p.add_argument(
+    "--first-seed",
+    type=int,
+    default=10,
+    help="F, the first seed; the defaults were chosen on seeds 0-1 and "
+    "100-103, so the stress seeds start above them (default %(default)s)",
+  )
   p.add_argument("--length", type=int, default=8, help="requests per stream (default %(default)s)")
-  p.add_argument("--stream-seed", type=int, default=0,
-                 help="draws another batch of streams (default %(default)s)")
+  p.add_argument(
+    "--stream-seed",
+    type=int,
+    default=0,
+    help="draws another batch of streams (default %(default)s)",
+  )
   p.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
-  p.add_argument("--max-train-per-class", type=int, default=None,
-                 help="data.max_train_per_class (default: the config's)")
-  p.add_argument("--learn-epochs", type=float, default=None,
-                 help="train.learn_epochs (default: the config's)")
-  p.add_argument("--unlearn-iterations", type=int, default=None,
-                 help="train.unlearn_iterations (default: the config's)")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="any other config override (repeatable)")
-  p.add_argument("--plots", action="store_true",
-                 help="also render each run's report.md and plots (the table reads only "
-                      "report.json; rendering costs seconds per run)")
+  p.add_argument(
+    "--max-train-per-class",
+    type=int,
+    default=None,
+    help="data.max_train_per_class (default: the config's)",
+  )
+  p.add_argument(
+    "--learn-epochs", type=float, default=None, help="train.learn_epochs (default: the config's)"
+  )
+  p.add_argument(
+    "--unlearn-iterations",
+    type=int,
+    default=None,
+    help="train.unlearn_iterations (default: the config's)",
+  )
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="any other config override (repeatable)",
+  )
+  p.add_argument(
+    "--plots",
+    action="store_true",
+    help="also render each run's report.md and plots (the table reads only "
+    "report.json; rendering costs seconds per run)",
+  )
   args = p.parse_args(argv)
   for key in ("streams", "seeds", "length"):
     if getattr(args, key) < 1:
@@ -87,8 +112,12 @@ def _overrides(args) -> list:
 
 def draw_streams(n: int, *, tasks, num_classes: int, length: int, stream_seed: int = 0) -> list:
   """The ``n`` streams of a stress run: stream ``i`` from ``default_rng([stream_seed, i])``."""
-  return [D.random_stream(np.random.default_rng([stream_seed, i]), tasks=tasks,
-                          num_classes=num_classes, length=length) for i in range(n)]
+  return [
+    D.random_stream(
+      np.random.default_rng([stream_seed, i]), tasks=tasks, num_classes=num_classes, length=length
+    )
+    for i in range(n)
+  ]
 
 
 def _finished(workdir: pathlib.Path, cfg) -> bool:
@@ -143,10 +172,12 @@ def stress_table(runs, *, command: str, wall_seconds: float, failed=()) -> str:
     worst_req = max(request_gaps, key=lambda x: x[0]) if request_gaps else None
     worst_ra = min(remain, key=lambda x: x[0]) if remain else None
     label = f"{m} (oracle)" if m == ORACLE else m
-    rows.append(f"| {label} | {len(mine)} | {len(collapsed)}/{len(mine)} "
-                f"({100 * len(collapsed) / max(len(mine), 1):.0f}%) | {_pct(mean_gap)} | "
-                f"{_pct(worst_run and worst_run[0])} | {_pct(worst_req and worst_req[0])} | "
-                f"{_pct(worst_ra and worst_ra[0])} |")
+    rows.append(
+      f"| {label} | {len(mine)} | {len(collapsed)}/{len(mine)} "
+      f"({100 * len(collapsed) / max(len(mine), 1):.0f}%) | {_pct(mean_gap)} | "
+      f"{_pct(worst_run and worst_run[0])} | {_pct(worst_req and worst_req[0])} | "
+      f"{_pct(worst_ra and worst_ra[0])} |"
+    )
 
     def at(item):
       _, r, q = item
@@ -169,33 +200,45 @@ def stress_table(runs, *, command: str, wall_seconds: float, failed=()) -> str:
   train = first.get("config", {}).get("train", {})
   every = [*runs, *failed]
   lines = [
-      "# Stress test: random streams x seeds", "",
-      f"- command: `{command}`",
-      f"- runs: {len(runs)} finished, {len(failed)} failed ({len({r['stream_id'] for r in every})} "
-      f"stream(s) x {len({r['seed'] for r in every})} seed(s)); dataset "
-      f"`{first.get('dataset', '?')}`, model "
-      f"`{train.get('model', '?')}`, {data.get('max_train_per_class')} training samples per "
-      f"class at most, {train.get('learn_epochs')} epochs per learn request (at least "
-      f"{train.get('min_learn_iterations', 0)} iterations), "
-      f"{train.get('unlearn_iterations')} iterations per unlearn request",
-      f"- wall time of this command: {wall_seconds:.0f} s; the runs took {sum(seconds):.0f} s "
-      f"in all, each timed when it ran ({len(seconds)} of {len(runs)} timed; a resumed run "
-      f"counts its last part)",
-      "",
-      "Collapsed: the share of runs with at least one request after which the model predicted "
-      "one class for most of the remaining test set or scored chance accuracy on it. Gap: "
-      "`avg_gap` to the oracle, the mean over a run's unlearn requests; mean and worst over "
-      "runs, and the worst single unlearn request. Worst RA: the lowest remaining accuracy "
-      "after any request of any run.", "",
-      "| method | runs | collapsed | mean gap | worst run gap | worst request gap | worst RA |",
-      "|---|---:|---:|---:|---:|---:|---:|",
-      *rows, "", "## Worst cases", "", *worst_lines, "", "## Collapses", ""]
+    "# Stress test: random streams x seeds",
+    "",
+    f"- command: `{command}`",
+    f"- runs: {len(runs)} finished, {len(failed)} failed ({len({r['stream_id'] for r in every})} "
+    f"stream(s) x {len({r['seed'] for r in every})} seed(s)); dataset "
+    f"`{first.get('dataset', '?')}`, model "
+    f"`{train.get('model', '?')}`, {data.get('max_train_per_class')} training samples per "
+    f"class at most, {train.get('learn_epochs')} epochs per learn request (at least "
+    f"{train.get('min_learn_iterations', 0)} iterations), "
+    f"{train.get('unlearn_iterations')} iterations per unlearn request",
+    f"- wall time of this command: {wall_seconds:.0f} s; the runs took {sum(seconds):.0f} s "
+    f"in all, each timed when it ran ({len(seconds)} of {len(runs)} timed; a resumed run "
+    f"counts its last part)",
+    "",
+    "Collapsed: the share of runs with at least one request after which the model predicted "
+    "one class for most of the remaining test set or scored chance accuracy on it. Gap: "
+    "`avg_gap` to the oracle, the mean over a run's unlearn requests; mean and worst over "
+    "runs, and the worst single unlearn request. Worst RA: the lowest remaining accuracy "
+    "after any request of any run.",
+    "",
+    "| method | runs | collapsed | mean gap | worst run gap | worst request gap | worst RA |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+    *rows,
+    "",
+    "## Worst cases",
+    "",
+    *worst_lines,
+    "",
+    "## Collapses",
+    "",
+  ]
   found = [(r, c) for r in runs for c in R.collapses(r["report"])]
   if not found:
     lines.append("None.")
   for r, c in found:
-    lines.append(f"- {c['method']}: s{r['stream_id']} seed {r['seed']} [{c['index']}] "
-                 f"`{c['request']}`: {c['reason']}")
+    lines.append(
+      f"- {c['method']}: s{r['stream_id']} seed {r['seed']} [{c['index']}] "
+      f"`{c['request']}`: {c['reason']}"
+    )
   if failed:
     lines += ["", "## Failed runs (a method diverged; not in the table)", ""]
     lines += [f"- s{f['stream_id']} seed {f['seed']}: {f['error']}" for f in failed]
@@ -212,18 +255,27 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   if not jax.config.jax_compilation_cache_dir:
     # As `python -m ugclu_jax run`: every run reuses the compiled steps of the others.
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "ugclu_jax", "xla"))
-  command = " ".join(shlex.quote(a) for a in ["python", "experiments/stress.py",
-                                               *(sys.argv[1:] if argv is None else argv)])
+    jax.config.update(
+      "jax_compilation_cache_dir",
+      os.path.join(os.path.expanduser("~"), ".cache", "ugclu_jax", "xla"),
+    )
+  command = " ".join(
+    shlex.quote(a)
+    for a in ["python", "experiments/stress.py", *(sys.argv[1:] if argv is None else argv)]
+  )
   try:
     base = C.apply_overrides(C.load_config(args.config), _overrides(args))
     base, ds, tasks, _, _ = runner.prepare(base, print)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  streams = draw_streams(args.streams, tasks=tasks, num_classes=ds.num_classes,
-                         length=args.length, stream_seed=args.stream_seed)
+  streams = draw_streams(
+    args.streams,
+    tasks=tasks,
+    num_classes=ds.num_classes,
+    length=args.length,
+    stream_seed=args.stream_seed,
+  )
   out = pathlib.Path(args.out)
   runs, failed = [], []
   total = args.streams * args.seeds
@@ -240,9 +292,14 @@ def main(argv=None) -> int:
         else:
           print(f"{label}: {stream}")
           t0 = time.perf_counter()
-          runner.run_experiment(cfg, workdir, resume=True, progress=False, render=args.plots,
-                                echo=lambda s: print("  " + s) if s.startswith("warning:")
-                                else None)
+          runner.run_experiment(
+            cfg,
+            workdir,
+            resume=True,
+            progress=False,
+            render=args.plots,
+            echo=lambda s: print("  " + s) if s.startswith("warning:") else None,
+          )
       except ValueError as e:
         print(f"error: {label}: {e}", file=sys.stderr)
         return 1
@@ -255,12 +312,14 @@ def main(argv=None) -> int:
         timing.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
       report = json.loads((workdir / "report.json").read_text())
       seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
-      runs.append({"stream_id": i, "seed": seed, "stream": stream, "report": report,
-                   "seconds": seconds})
+      runs.append(
+        {"stream_id": i, "seed": seed, "stream": stream, "report": report, "seconds": seconds}
+      )
   table = pathlib.Path(args.table) if args.table else out / "stress.md"
   table.parent.mkdir(parents=True, exist_ok=True)
-  table.write_text(stress_table(runs, command=command, failed=failed,
-                                wall_seconds=time.perf_counter() - start))
+  table.write_text(
+    stress_table(runs, command=command, failed=failed, wall_seconds=time.perf_counter() - start)
+  )
   print(f"wrote {table}")
   return 0
 

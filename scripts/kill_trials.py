@@ -37,8 +37,17 @@ from ugclu_jax.report import without_timings  # noqa: E402
 
 
 def _command(args, workdir, resume):
-  cmd = [sys.executable, "-m", "ugclu_jax", "run", "--config", args.config, "--workdir",
-         str(workdir), "--no-progress"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "ugclu_jax",
+    "run",
+    "--config",
+    args.config,
+    "--workdir",
+    str(workdir),
+    "--no-progress",
+  ]
   for item in args.set:
     cmd += ["--set", item]
   return cmd + (["--resume"] if resume else [])
@@ -54,8 +63,9 @@ def _steps(workdir):
 
 
 def _run_to_end(args, workdir, resume):
-  proc = subprocess.run(_command(args, workdir, resume), cwd=ROOT, capture_output=True,
-                        text=True, timeout=args.timeout)
+  proc = subprocess.run(
+    _command(args, workdir, resume), cwd=ROOT, capture_output=True, text=True, timeout=args.timeout
+  )
   return proc.returncode, proc.stderr.strip().splitlines()[-1:] or [""]
 
 
@@ -63,8 +73,13 @@ def _reference(args, workdir):
   """Runs the reference; returns ``(rc, last stderr line, wall s, (first, last) request s)``."""
   t0 = time.perf_counter()
   with tempfile.TemporaryFile("w+") as stderr:
-    proc = subprocess.Popen(_command(args, workdir, resume=False), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=stderr)
+    proc = subprocess.Popen(
+      _command(args, workdir, resume=False),
+      cwd=ROOT,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=stderr,
+    )
     first = last = None
     for line in proc.stdout:
       now = time.perf_counter() - t0
@@ -86,8 +101,13 @@ def trial(args, index, workdir, seconds, window):
   for k in range(kills):
     focused = rng.random() < args.focus
     delay = float(rng.uniform(0.0, window[1] - window[0] if focused else seconds))
-    proc = subprocess.Popen(_command(args, workdir, resume=k > 0), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+      _command(args, workdir, resume=k > 0),
+      cwd=ROOT,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+    )
     started = threading.Event()
 
     def drain(proc=proc, started=started):
@@ -115,9 +135,16 @@ def trial(args, index, workdir, seconds, window):
   same = rc == 0 and (workdir / "report.json").is_file() and _report(workdir) == args.expected
   if rc == 0 and not same and _report(workdir)["config"] != args.expected["config"]:
     last = ["the resolved config differs from the reference's: did the code change meanwhile?"]
-  return {"trial": index, "kills": kills, "at_s": " ".join(moments),
-          "step_at_kill": " ".join(map(str, steps_at_kill)), "skipped_ckpts": skipped,
-          "resume_rc": rc, "same_report": same, "error": "" if same else last[0]}
+  return {
+    "trial": index,
+    "kills": kills,
+    "at_s": " ".join(moments),
+    "step_at_kill": " ".join(map(str, steps_at_kill)),
+    "skipped_ckpts": skipped,
+    "resume_rc": rc,
+    "same_report": same,
+    "error": "" if same else last[0],
+  }
 
 
 def main(argv=None) -> int:
@@ -125,11 +152,17 @@ def main(argv=None) -> int:
   p.add_argument("--trials", type=int, default=20)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--config", default="smoke")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="config overrides, as for `python -m ugclu_jax run`")
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="config overrides, as for `python -m ugclu_jax run`",
+  )
   p.add_argument("--max-kills", type=int, default=2, help="kills per trial: 1 to this")
-  p.add_argument("--focus", type=float, default=0.8,
-                 help="probability that a kill falls in the request phase")
+  p.add_argument(
+    "--focus", type=float, default=0.8, help="probability that a kill falls in the request phase"
+  )
   p.add_argument("--root", default=None, help="folder for the workdirs (default: a temp dir)")
   p.add_argument("--timeout", type=float, default=900, help="seconds for one finishing run")
   args = p.parse_args(argv)
@@ -144,23 +177,30 @@ def main(argv=None) -> int:
     print(f"error: the reference run failed (exit {rc}): {last[0]}", file=sys.stderr)
     return 1
   args.expected = _report(root / "reference")
-  print(f"reference: {seconds:.1f}s in {root / 'reference'}, requests from {window[0]:.1f}s "
-        f"to {window[1]:.1f}s; a kill falls {window[1] - window[0]:.1f}s or less after the "
-        f"first log line (p={args.focus:g}), else in [0, {seconds:.1f}]s", flush=True)
+  print(
+    f"reference: {seconds:.1f}s in {root / 'reference'}, requests from {window[0]:.1f}s "
+    f"to {window[1]:.1f}s; a kill falls {window[1] - window[0]:.1f}s or less after the "
+    f"first log line (p={args.focus:g}), else in [0, {seconds:.1f}]s",
+    flush=True,
+  )
 
   rows = []
-  header = ("trial", "kills", "at_s", "step_at_kill", "skipped_ckpts", "resume_rc",
-            "same_report")
+  header = ("trial", "kills", "at_s", "step_at_kill", "skipped_ckpts", "resume_rc", "same_report")
   print("  ".join(f"{h:>14}" for h in header))
   for i in range(args.trials):
     row = trial(args, i, root / f"trial_{i:03d}", seconds, window)
     rows.append(row)
-    print("  ".join(f"{str(row[h]):>14}" for h in header)
-          + (f"  {row['error']}" if row["error"] else ""), flush=True)
+    print(
+      "  ".join(f"{str(row[h]):>14}" for h in header)
+      + (f"  {row['error']}" if row["error"] else ""),
+      flush=True,
+    )
   bad = [r for r in rows if not r["same_report"]]
   kills = sum(r["kills"] for r in rows)
-  print(f"{len(rows) - len(bad)}/{len(rows)} trials resumed to the reference report.json "
-        f"(without timings); {kills} kills; {time.perf_counter() - start:.0f}s in all")
+  print(
+    f"{len(rows) - len(bad)}/{len(rows)} trials resumed to the reference report.json "
+    f"(without timings); {kills} kills; {time.perf_counter() - start:.0f}s in all"
+  )
   return 1 if bad else 0
 
 

@@ -23,6 +23,7 @@ def x64():
 def compilation_cache(tmp_path_factory):
   """One persistent XLA cache for the session, shared with the CLI subprocesses."""
   import os
+
   path = str(tmp_path_factory.mktemp("jax_cache"))
   os.environ["JAX_COMPILATION_CACHE_DIR"] = path
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

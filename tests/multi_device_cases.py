@@ -66,11 +66,14 @@ def test_sharded_steps_match_one_device(mode):
   """Three UG-CLU unlearn iterations: the same parameters on 1 and 4 devices."""
   model = MLP(in_features=64, num_classes=10, hidden=(64,), rngs=nnx.Rngs(0))
   apply_fn, params, model_state = as_functional(model)
-  tx = build_optimizer(learning_rate=0.05, momentum=0.9, weight_decay=5e-4, sync_period=2 if mode == "fast_slow" else 1)
+  tx = build_optimizer(
+    learning_rate=0.05, momentum=0.9, weight_decay=5e-4, sync_period=2 if mode == "fast_slow" else 1
+  )
   steps = make_steps(apply_fn, tx, kind="unlearn", mode=mode, clip_norm=7.0, temperature=0.5)
   hp = RequestHParams.create(learning_rate=0.05, a_target=5.0, num_iterations=3)
-  mask = jax.tree.map(lambda p: (jnp.arange(p.size).reshape(p.shape) % 3 > 0).astype(p.dtype),
-                      params)
+  mask = jax.tree.map(
+    lambda p: (jnp.arange(p.size).reshape(p.shape) % 3 > 0).astype(p.dtype), params
+  )
   targets, remains = _digits_batches(3, 1), _digits_batches(3, 2)
 
   def play(mesh):
@@ -100,9 +103,11 @@ def test_sharded_steps_match_one_device(mode):
 def _smoke(stream, devices):
   cfg = C.load_config("smoke")
   return dataclasses.replace(
-      cfg, stream=stream, methods=("ugclu",),
-      train=dataclasses.replace(cfg.train, learn_epochs=1, unlearn_iterations=20,
-                                devices=devices))
+    cfg,
+    stream=stream,
+    methods=("ugclu",),
+    train=dataclasses.replace(cfg.train, learn_epochs=1, unlearn_iterations=20, devices=devices),
+  )
 
 
 class _Interrupt(Exception):
@@ -112,22 +117,26 @@ class _Interrupt(Exception):
 def test_runner_on_four_devices_resumes_and_matches_one(tmp_path):
   """Killed after request 0's checkpoint, resumed on four devices: the one-device report."""
   stream = "L:t0 U:c1 L:t1"
-  one = runner.run_experiment(_smoke(stream, 1), tmp_path / "one", progress=False,
-                              echo=lambda s: None)
+  one = runner.run_experiment(
+    _smoke(stream, 1), tmp_path / "one", progress=False, echo=lambda s: None
+  )
 
   def echo(line):
     if line.startswith("[1]"):
       raise _Interrupt
+
   with pytest.raises(_Interrupt):
     runner.run_experiment(_smoke(stream, 4), tmp_path / "four", progress=False, echo=echo)
   log = []
-  four = runner.run_experiment(_smoke(stream, 4), tmp_path / "four", resume=True,
-                               progress=False, echo=log.append)
+  four = runner.run_experiment(
+    _smoke(stream, 4), tmp_path / "four", resume=True, progress=False, echo=log.append
+  )
   assert log[0].startswith(f"resuming {tmp_path / 'four'} at request 1 of 3")
   assert [q["request"] for q in four["methods"]["ugclu"]["requests"]] == stream.split()
   for name in one["methods"]:
-    for a, b in zip(one["methods"][name]["requests"], four["methods"][name]["requests"],
-                    strict=True):
+    for a, b in zip(
+      one["methods"][name]["requests"], four["methods"][name]["requests"], strict=True
+    ):
       for key in ("forget_acc", "remain_acc", "test_acc"):
         if a["metrics"][key] is not None:
           assert abs(a["metrics"][key] - b["metrics"][key]) < 0.03, (name, a["request"], key)
@@ -135,11 +144,14 @@ def test_runner_on_four_devices_resumes_and_matches_one(tmp_path):
   assert four["methods"]["ugclu"]["requests"][1]["metrics"]["forget_acc"] < 0.3
 
 
-@pytest.mark.parametrize("devices, batch, match", [
+@pytest.mark.parametrize(
+  "devices, batch, match",
+  [
     (8, 32, r"train.devices=8: this machine has 4 local device\(s\)"),
     (3, 32, r"data.batch_size=32 does not split over train.devices=3"),
     (0, 30, r"data.batch_size=30 does not split over train.devices=4"),
-])
+  ],
+)
 def test_bad_device_counts_are_refused_before_any_work(tmp_path, devices, batch, match):
   cfg = _smoke("L:t0", devices)
   cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=batch))

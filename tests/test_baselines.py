@@ -35,14 +35,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 B = 32
 STORE = 200
 # (token, class, iterations); the pretrained model knows classes 0-7.
-STREAM = (("U:c3", 3, 60), ("U:c5", 5, 60), ("L:c8", 8, 20), ("L:c9", 9, 20),
-          ("U:c8", 8, 20))
+STREAM = (("U:c3", 3, 60), ("U:c5", 5, 60), ("L:c8", 8, 20), ("L:c9", 9, 20), ("U:c8", 8, 20))
 PAIRS = ("er+ga", "ewc+scrub")
 NAMES = BL.BASELINE_NAMES + PAIRS
 # The run's settings every baseline takes: the config's train.* defaults.
 _T = C.TrainConfig()
-TRAIN = {"learn_lr": _T.learning_rate, "momentum": _T.momentum,
-         "weight_decay": _T.weight_decay, "clip_norm": _T.clip_norm}
+TRAIN = {
+  "learn_lr": _T.learning_rate,
+  "momentum": _T.momentum,
+  "weight_decay": _T.weight_decay,
+  "clip_norm": _T.clip_norm,
+}
 
 
 class _CompileCounter:
@@ -85,8 +88,15 @@ def setup():
   store = D.store_add(store, old, y, np.random.default_rng(0))
   pred = np.asarray(predict(state.params, state.model_state))
   assert (pred[old] == y[old]).mean() > 0.97
-  return {"x": x, "y": y, "apply_fn": apply_fn, "state": state, "store": store,
-          "requests": requests[1:], "predict": predict}
+  return {
+    "x": x,
+    "y": y,
+    "apply_fn": apply_fn,
+    "state": state,
+    "store": store,
+    "requests": requests[1:],
+    "predict": predict,
+  }
 
 
 def _accuracy(setup, state, classes) -> float:
@@ -102,19 +112,26 @@ def _host(tree):
 def _play(setup, name, **kwargs):
   """Plays STREAM; returns per-request states, costs, compile counts and accuracies."""
   x, y = setup["x"], setup["y"]
-  method = MT.baseline(setup["apply_fn"], name, num_train=y.size, num_classes=10,
-                       **{**TRAIN, **kwargs})
+  method = MT.baseline(
+    setup["apply_fn"], name, num_train=y.size, num_classes=10, **{**TRAIN, **kwargs}
+  )
   state = method.init(setup["state"].params, setup["state"].model_state)
   store = setup["store"]
-  out = {"states": [], "costs": [], "compiles": [], "before": [], "after": [],
-         "inputs": [], "input_copies": []}
+  out = {
+    "states": [],
+    "costs": [],
+    "compiles": [],
+    "before": [],
+    "after": [],
+    "inputs": [],
+    "input_copies": [],
+  }
   for r, ((token, cls, n), request) in enumerate(zip(STREAM, setup["requests"])):
     assert request.token == token
     idx = np.flatnonzero(y == cls)
     if request.kind == "unlearn":
       store = D.store_purge(store, idx, y_train=y)
-    ctx = MT.Context(D.DataAccess(x, y, store, idx), request, r, n, B,
-                     MT.method_seed(0, r, name))
+    ctx = MT.Context(D.DataAccess(x, y, store, idx), request, r, n, B, MT.method_seed(0, r, name))
     run = method.unlearn if request.kind == "unlearn" else method.learn
     out["before"].append(_accuracy(setup, state, [cls]))
     out["inputs"].append(state)
@@ -145,6 +162,7 @@ def runs(setup):
 
 
 # --- Every baseline ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_recompilation_between_requests(runs, name):
@@ -183,24 +201,26 @@ def test_inputs_untouched(runs, name):
     for a, b in zip(jax.tree.leaves(given), jax.tree.leaves(copy)):
       assert not (isinstance(a, jax.Array) and a.is_deleted())
       np.testing.assert_array_equal(np.asarray(a), b)
-    assert not all(np.array_equal(np.asarray(a), b) for a, b in
-                   zip(jax.tree.leaves(new.params), jax.tree.leaves(copy.params)))
+    assert not all(
+      np.array_equal(np.asarray(a), b)
+      for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(copy.params))
+    )
 
 
 # Per-request (steps, gradient evaluations), hand-counted from the rules: ER
 # learn = 2 batches a step; SalUn adds 8 mask batches; SCRUB takes
 # ceil(n / 3) max steps; EWC adds 256 single-sample gradients per Fisher.
 _COSTS = {
-    "ft": [(60, 60), (60, 60), (20, 40), (20, 40), (20, 20)],
-    "ga": [(60, 60), (60, 60), (20, 40), (20, 40), (20, 20)],
-    "neggrad_plus": [(60, 120), (60, 120), (20, 40), (20, 40), (20, 40)],
-    "rl": [(60, 120), (60, 120), (20, 40), (20, 40), (20, 40)],
-    "salun": [(60, 128), (60, 128), (20, 40), (20, 40), (20, 48)],
-    "scrub": [(80, 80), (80, 80), (20, 40), (20, 40), (27, 27)],
-    "naive": [(60, 60), (60, 60), (20, 20), (20, 20), (20, 20)],
-    "der_pp": [(60, 60), (60, 60), (20, 60), (20, 60), (20, 20)],
-    "ewc": [(60, 316), (60, 316), (20, 276), (20, 276), (20, 276)],
-    "ewc+scrub": [(80, 336), (80, 336), (20, 276), (20, 276), (27, 283)],
+  "ft": [(60, 60), (60, 60), (20, 40), (20, 40), (20, 20)],
+  "ga": [(60, 60), (60, 60), (20, 40), (20, 40), (20, 20)],
+  "neggrad_plus": [(60, 120), (60, 120), (20, 40), (20, 40), (20, 40)],
+  "rl": [(60, 120), (60, 120), (20, 40), (20, 40), (20, 40)],
+  "salun": [(60, 128), (60, 128), (20, 40), (20, 40), (20, 48)],
+  "scrub": [(80, 80), (80, 80), (20, 40), (20, 40), (27, 27)],
+  "naive": [(60, 60), (60, 60), (20, 20), (20, 20), (20, 20)],
+  "der_pp": [(60, 60), (60, 60), (20, 60), (20, 60), (20, 20)],
+  "ewc": [(60, 316), (60, 316), (20, 276), (20, 276), (20, 276)],
+  "ewc+scrub": [(80, 336), (80, 336), (20, 276), (20, 276), (27, 283)],
 }
 
 
@@ -213,13 +233,16 @@ def test_costs_are_counted(runs, name):
 
 # --- Method-specific contracts ----------------------------------------------------------------
 
+
 def test_salun_updates_only_the_masked_fifth(setup):
   # Without weight decay, an update can move only the coordinates the mask keeps
   # (momentum carries masked updates only), so at most 20 % of the weights change.
   run = _play(setup, "salun", weight_decay=0.0)
   before, after = run["inputs"][0].params, run["states"][0].params
-  changed = sum(int(np.sum(np.asarray(a) != np.asarray(b)))
-                for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+  changed = sum(
+    int(np.sum(np.asarray(a) != np.asarray(b)))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))
+  )
   total = sum(a.size for a in jax.tree.leaves(before))
   assert 0.05 * total < changed <= math.floor(0.2 * total), (changed, total)
   assert run["after"][0] < 0.5
@@ -269,24 +292,39 @@ def test_ewc_state_after_learn_and_unlearn(runs):
     assert all(float(f.min()) >= 0 for f in leaves) and sum(float(f.sum()) for f in leaves) > 0
   # Online accumulation on learn requests: F <- F + F(D_L) (gamma = 1) only grows.
   f_u5, f_l8 = run["states"][1].extra["fisher"], run["states"][2].extra["fisher"]
-  assert all(np.all(np.asarray(b) >= np.asarray(a))
-             for a, b in zip(jax.tree.leaves(f_u5), jax.tree.leaves(f_l8)))
+  assert all(
+    np.all(np.asarray(b) >= np.asarray(a))
+    for a, b in zip(jax.tree.leaves(f_u5), jax.tree.leaves(f_l8))
+  )
 
 
 def test_diverging_ewc_stops_with_a_message_naming_ewc_lambda(setup, runs):
   """Unclipped SGD on the penalty diverges when ewc_lambda * max(F) * lr is large: a clear stop."""
   x, y = setup["x"], setup["y"]
   state = runs("ewc")["states"][1]  # its Fisher comes from the learn requests' data
-  method = MT.baseline(setup["apply_fn"], "ewc", num_train=y.size, num_classes=10,
-                       **{**TRAIN, "clip_norm": None}, ewc_lambda=1e7)
+  method = MT.baseline(
+    setup["apply_fn"],
+    "ewc",
+    num_train=y.size,
+    num_classes=10,
+    **{**TRAIN, "clip_norm": None},
+    ewc_lambda=1e7,
+  )
   idx = np.flatnonzero(y == 8)
-  ctx = MT.Context(D.DataAccess(x, y, setup["store"], idx), setup["requests"][2], 2, 60, B,
-                   MT.method_seed(0, 2, "ewc"))
+  ctx = MT.Context(
+    D.DataAccess(x, y, setup["store"], idx),
+    setup["requests"][2],
+    2,
+    60,
+    B,
+    MT.method_seed(0, 2, "ewc"),
+  )
   with pytest.raises(MT.NonFiniteError, match=r"'ewc'.*'L:c8'.*lower ewc_lambda \(1e\+07\)"):
     method.learn(state, ctx)
 
 
 # --- Names, pairs, validation -----------------------------------------------------------------
+
 
 def test_pairs_validate_and_take_the_learn_part_state(setup):
   assert "er+ga" in MT.METHOD_NAMES and MT.is_method_name("ewc+scrub")
@@ -295,18 +333,24 @@ def test_pairs_validate_and_take_the_learn_part_state(setup):
   apply_fn, state = setup["apply_fn"], setup["state"]
   make = lambda name: MT.baseline(apply_fn, name, num_train=100, num_classes=10, **TRAIN)
   assert make("er+ga").init(state.params, state.model_state).extra == ()
-  assert set(make("ewc+scrub").init(state.params, state.model_state).extra) == {
-      "fisher", "anchor"}
-  assert make("der_pp+salun").init(state.params, state.model_state).extra[
-      "logits"].shape == (100, 10)
+  assert set(make("ewc+scrub").init(state.params, state.model_state).extra) == {"fisher", "anchor"}
+  assert make("der_pp+salun").init(state.params, state.model_state).extra["logits"].shape == (
+    100,
+    10,
+  )
   cfg = C.ExperimentConfig(methods=("er+ga", "ugclu", "der_pp"))
   runner._validate(cfg)
 
 
-@pytest.mark.parametrize("name, match", [("er+foo", "'foo' is not a baseline"),
-                                         ("ugclu+ga", "'ugclu' is not a baseline"),
-                                         ("er+ga+ft", "exactly two parts"),
-                                         ("bogus", "unknown method 'bogus'")])
+@pytest.mark.parametrize(
+  "name, match",
+  [
+    ("er+foo", "'foo' is not a baseline"),
+    ("ugclu+ga", "'ugclu' is not a baseline"),
+    ("er+ga+ft", "exactly two parts"),
+    ("bogus", "unknown method 'bogus'"),
+  ],
+)
 def test_invalid_names_are_one_line_errors(setup, name, match):
   with pytest.raises(ValueError, match=match) as e:
     MT.check_method_name(name)
@@ -320,7 +364,9 @@ def test_invalid_names_are_one_line_errors(setup, name, match):
   assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     ({"ga_lr": 0.0}, r"^baselines\.ga_lr=0\.0 must be > 0$"),
     ({"salun_fraction": 1.5}, r"^baselines\.salun_fraction=1\.5 must be in \(0, 1\]$"),
     ({"ewc_lambda": -1.0}, r"^baselines\.ewc_lambda=-1\.0 must be >= 0$"),
@@ -328,7 +374,9 @@ def test_invalid_names_are_one_line_errors(setup, name, match):
     ({"gamma": 1.0}, r"^unknown baselines hyperparameter 'gamma'; valid: ft_lr, "),
     ({"num_classes": 1}, r"^num_classes=1 must be >= 2$"),
     ({"learn_lr": -0.1}, r"^learn_lr=-0\.1 must be > 0$"),
-    ({"momentum": math.inf}, r"^momentum=inf must be finite$")])
+    ({"momentum": math.inf}, r"^momentum=inf must be finite$"),
+  ],
+)
 def test_bad_hyperparameters(setup, kwargs, match):
   kwargs = {"num_train": 100, "num_classes": 10, **TRAIN, **kwargs}
   with pytest.raises(ValueError, match=match):
@@ -337,11 +385,13 @@ def test_bad_hyperparameters(setup, kwargs, match):
 
 def test_check_hyperparameters_accepts_the_config_and_names_the_bad_value():
   MT.check_hyperparameters(**C.to_dict(C.BaselinesConfig()))
-  for kwargs, match in [({"scrub_lr": -1.0}, r"baselines\.scrub_lr=-1\.0 must be > 0$"),
-                        ({"ewc_gamma": 2.0}, r"baselines\.ewc_gamma=2\.0 must be in \[0, 1\]"),
-                        ({"ewc_fisher_samples": 2.5}, "ewc_fisher_samples=2.5 must be an int"),
-                        ({"ga_lr": "fast"}, "ga_lr='fast' must be a number"),
-                        ({"gamma": 1.0}, "unknown baselines hyperparameter 'gamma'")]:
+  for kwargs, match in [
+    ({"scrub_lr": -1.0}, r"baselines\.scrub_lr=-1\.0 must be > 0$"),
+    ({"ewc_gamma": 2.0}, r"baselines\.ewc_gamma=2\.0 must be in \[0, 1\]"),
+    ({"ewc_fisher_samples": 2.5}, "ewc_fisher_samples=2.5 must be an int"),
+    ({"ga_lr": "fast"}, "ga_lr='fast' must be a number"),
+    ({"gamma": 1.0}, "unknown baselines hyperparameter 'gamma'"),
+  ]:
     with pytest.raises(ValueError, match=match) as e:
       MT.check_hyperparameters(**kwargs)
     assert "\n" not in str(e.value)
@@ -350,6 +400,7 @@ def test_check_hyperparameters_accepts_the_config_and_names_the_bad_value():
 def test_one_default_per_hyperparameter():
   """BaselinesConfig holds each default; neither the builder nor a rule repeats one."""
   import inspect
+
   fields = {f.name for f in dataclasses.fields(C.BaselinesConfig)}
   for fn in (MT.baseline, *LR.LEARN_RULES.values(), *UR.UNLEARN_RULES.values()):
     for key, p in inspect.signature(fn).parameters.items():
@@ -362,6 +413,7 @@ def test_every_rule_hyperparameter_is_a_field_of_the_config():
   # A rule's own hyperparameters are its keyword-only parameters, each a field
   # of BaselinesConfig; every field is some rule's.
   import inspect
+
   fields = {f.name for f in dataclasses.fields(C.BaselinesConfig)}
   used = set()
   for rule in (*LR.LEARN_RULES.values(), *UR.UNLEARN_RULES.values()):
@@ -381,13 +433,15 @@ def test_a_registered_rule_is_a_baseline(setup, monkeypatch):
     def unlearn(state, ctx):
       calls.append((rule_setup.name, ft_lr, ctx.index))
       return state.params, state.model_state, Cost()
+
     return unlearn
 
   monkeypatch.setitem(UR.UNLEARN_RULES, "keep", keep)
   monkeypatch.setattr(BL, "BASELINE_NAMES", (*BL.BASELINE_NAMES, "keep"))
   x, y = setup["x"], setup["y"]
-  method = MT.baseline(setup["apply_fn"], "ewc+keep", num_train=y.size, num_classes=10,
-                       **TRAIN, ft_lr=0.5)
+  method = MT.baseline(
+    setup["apply_fn"], "ewc+keep", num_train=y.size, num_classes=10, **TRAIN, ft_lr=0.5
+  )
   state = method.init(setup["state"].params, setup["state"].model_state)
   forget = np.flatnonzero(y == 3)
   store = D.store_purge(setup["store"], forget, y_train=y)
@@ -401,13 +455,29 @@ def test_a_registered_rule_is_a_baseline(setup, monkeypatch):
 
 # --- Through the CLI --------------------------------------------------------------------------
 
+
 def test_cli_runs_baselines_and_pairs(tmp_path):
   # Every baseline and a pair, with a small budget, in one smoke run.
   methods = ",".join((*BL.BASELINE_NAMES, "er+ga"))
-  cmd = [sys.executable, "-m", "ugclu_jax", "run", "--config", "smoke", "--workdir",
-         str(tmp_path / "run"), "--no-progress", "--set", f"methods={methods}",
-         "--set", "stream=L:t0 L:t1 U:c1 L:t2 U:r0.1", "--set", "train.learn_epochs=1",
-         "--set", "train.unlearn_iterations=20"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "ugclu_jax",
+    "run",
+    "--config",
+    "smoke",
+    "--workdir",
+    str(tmp_path / "run"),
+    "--no-progress",
+    "--set",
+    f"methods={methods}",
+    "--set",
+    "stream=L:t0 L:t1 U:c1 L:t2 U:r0.1",
+    "--set",
+    "train.learn_epochs=1",
+    "--set",
+    "train.unlearn_iterations=20",
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -431,13 +501,22 @@ def test_ascent_bound_keeps_the_logit_scale(setup):
   store = D.store_purge(setup["store"], forget, y_train=y)
   scale = {}
   for bound in (0.0, 1.0):
-    method = MT.baseline(setup["apply_fn"], "neggrad_plus", num_train=y.size, num_classes=10,
-                         **TRAIN, neggrad_lr=0.05, neggrad_alpha=0.5, ascent_bound=bound)
+    method = MT.baseline(
+      setup["apply_fn"],
+      "neggrad_plus",
+      num_train=y.size,
+      num_classes=10,
+      **TRAIN,
+      neggrad_lr=0.05,
+      neggrad_alpha=0.5,
+      ascent_bound=bound,
+    )
     state = method.init(setup["state"].params, setup["state"].model_state)
     ctx = MT.Context(D.DataAccess(x, y, store, forget), request, 0, 200, B, (0, 0, 1))
     state, _ = method.unlearn(state, ctx)
-    logits, _ = setup["apply_fn"](state.params, state.model_state,
-                                  jnp.asarray(D.to_float(x)), train=False)
+    logits, _ = setup["apply_fn"](
+      state.params, state.model_state, jnp.asarray(D.to_float(x)), train=False
+    )
     scale[bound] = float(jnp.max(jnp.abs(logits)))
     assert _accuracy(setup, state, [3]) < 0.05  # Both forget the class.
   assert scale[1.0] < 0.5 * scale[0.0], scale

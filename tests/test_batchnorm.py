@@ -11,7 +11,6 @@ from ugclu_jax.models import as_functional
 
 
 class _BNNet(nnx.Module):
-
   def __init__(self, *, rngs):
     self.dense = nnx.Linear(16, 12, rngs=rngs)
     self.bn = nnx.BatchNorm(12, momentum=0.9, rngs=rngs)
@@ -24,8 +23,9 @@ class _BNNet(nnx.Module):
 
 def _batch(seed):
   kx, ky = jax.random.split(jax.random.key(seed))
-  return ug.Batch(jax.random.normal(kx, (8, 4, 4, 1)) + seed,
-                  jax.random.randint(ky, (8,), 0, 4), jnp.ones(8))
+  return ug.Batch(
+    jax.random.normal(kx, (8, 4, 4, 1)) + seed, jax.random.randint(ky, (8,), 0, 4), jnp.ones(8)
+  )
 
 
 def _leaves(tree):

@@ -10,11 +10,28 @@ import pytest
 _BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
 # The ratios the README documents; a missing or renamed key is a broken harness.
-_RATIO_KEYS = {"grad", "hvp_fwd_over_rev", "hvp_rev_over_rev", "ggn_vp", "remain_step",
-               "fast_slow_iteration", "hvp_fused_step", "none_fused_step",
-               "compile_hvp_fused_over_remain"}
-_TIMED = {"grad", "hvp_fwd_over_rev", "hvp_rev_over_rev", "ggn_vp", "sgd_step", "remain_step",
-          "fast_slow_iteration", "hvp_fused_step", "none_fused_step"}
+_RATIO_KEYS = {
+  "grad",
+  "hvp_fwd_over_rev",
+  "hvp_rev_over_rev",
+  "ggn_vp",
+  "remain_step",
+  "fast_slow_iteration",
+  "hvp_fused_step",
+  "none_fused_step",
+  "compile_hvp_fused_over_remain",
+}
+_TIMED = {
+  "grad",
+  "hvp_fwd_over_rev",
+  "hvp_rev_over_rev",
+  "ggn_vp",
+  "sgd_step",
+  "remain_step",
+  "fast_slow_iteration",
+  "hvp_fused_step",
+  "none_fused_step",
+}
 
 
 def _load_bench():
@@ -62,16 +79,20 @@ def test_times_and_compile_times_are_consistent(quick_run):
     assert t["calls_per_repeat"] >= 1, name
   # Each ratio is the quotient of the medians it names.
   assert res["ratios"]["hvp_fwd_over_rev"] == pytest.approx(
-      res["times"]["hvp_fwd_over_rev"]["median_ms"] / res["times"]["grad"]["median_ms"])
+    res["times"]["hvp_fwd_over_rev"]["median_ms"] / res["times"]["grad"]["median_ms"]
+  )
   assert res["ratios"]["none_fused_step"] == pytest.approx(
-      res["times"]["none_fused_step"]["median_ms"] / res["times"]["sgd_step"]["median_ms"])
+    res["times"]["none_fused_step"]["median_ms"] / res["times"]["sgd_step"]["median_ms"]
+  )
   compile_s = res["compile_s"]
   assert all(s > 0 and math.isfinite(s) for s in compile_s.values())
   # The remain step is compiled once, inside the fast_slow iteration.
   assert compile_s["fast_slow_iteration"] == pytest.approx(
-      compile_s["target_step"] + compile_s["remain_step"])
+    compile_s["target_step"] + compile_s["remain_step"]
+  )
   assert res["ratios"]["compile_hvp_fused_over_remain"] == pytest.approx(
-      compile_s["hvp_fused_step"] / compile_s["remain_step"])
+    compile_s["hvp_fused_step"] / compile_s["remain_step"]
+  )
   assert res["num_params"] > 0
   assert isinstance(res["compiler_options"], dict)
   env = written["environment"]
@@ -81,8 +102,9 @@ def test_times_and_compile_times_are_consistent(quick_run):
   assert json.loads(json.dumps(returned)) == written
 
 
-@pytest.mark.parametrize("argv", [["--models", "vgg"], ["--models", ""], ["--batch", "0"],
-                                  ["--repeats", "0"]])
+@pytest.mark.parametrize(
+  "argv", [["--models", "vgg"], ["--models", ""], ["--batch", "0"], ["--repeats", "0"]]
+)
 def test_bad_arguments_exit_before_any_work(bench, argv, tmp_path):
   out = tmp_path / "bench.json"
   with pytest.raises(SystemExit):

@@ -14,8 +14,14 @@ import pytest
 from ugclu_jax import config as C
 from ugclu_jax import report as R
 from ugclu_jax import runner
-from ugclu_jax.checkpointing import (INTEGRITY, CheckpointError, Checkpointer, DamagedError,
-                                     content_hash, read_meta)
+from ugclu_jax.checkpointing import (
+  INTEGRITY,
+  CheckpointError,
+  Checkpointer,
+  DamagedError,
+  content_hash,
+  read_meta,
+)
 
 # The smoke config with a smaller budget (as tests/test_runner.py).
 FAST = ["train.learn_epochs=2", "train.unlearn_iterations=40"]
@@ -24,8 +30,10 @@ FAST = ["train.learn_epochs=2", "train.unlearn_iterations=40"]
 def _tree(step):
   rng = np.random.default_rng(step)
   # Random bits do not compress: Orbax stores them raw, where a bit can be flipped.
-  return {"w": rng.integers(0, 2**32, size=(64, 32), dtype=np.uint32),
-          "b": (np.arange(7, dtype=np.int64) + step, np.zeros(3, bool))}
+  return {
+    "w": rng.integers(0, 2**32, size=(64, 32), dtype=np.uint32),
+    "b": (np.arange(7, dtype=np.int64) + step, np.zeros(3, bool)),
+  }
 
 
 def _saved(root, steps=(1, 2)):
@@ -50,9 +58,9 @@ def flip_bit_in(step_dir, array: np.ndarray, window: int = 16) -> None:
   flipped = 0
   for path in _data_files(step_dir):  # Small values may sit in two index files: flip each.
     data = bytearray(pathlib.Path(path).read_bytes())
-    where = {bytes(data[i:i + window]): i for i in range(len(data) - window + 1)}
+    where = {bytes(data[i : i + window]): i for i in range(len(data) - window + 1)}
     for start in range(0, len(raw) - window + 1, 4):
-      at = where.get(raw[start:start + window])
+      at = where.get(raw[start : start + window])
       if at is not None:
         data[at + window // 2] ^= 0x10
         pathlib.Path(path).write_bytes(bytes(data))
@@ -81,9 +89,11 @@ def flip_param_bit(ckpt_dir, step: int, template) -> str:
       path.write_bytes(bytes(data))
       after, _ = ckpt.read_unverified(step, template)
       if after is not None:
-        changed = [jax.tree_util.keystr(k) for (k, a), b in zip(
-            jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after))
-            if not np.array_equal(a, b)]
+        changed = [
+          jax.tree_util.keystr(k)
+          for (k, a), b in zip(jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after))
+          if not np.array_equal(a, b)
+        ]
         # A method's state is (params, model_state, extra): index 0 is its parameters.
         if len(changed) == 1 and re.match(r"\['methods'\]\['\w+'\]\[0\]", changed[0]):
           return changed[0]
@@ -117,16 +127,19 @@ def _truncate_meta(step_dir):
   os.truncate(path, os.path.getsize(path) // 2)
 
 
-DAMAGES = {"truncated array file": _truncate_array_file,
-           "deleted array files": _delete_array_files,
-           "missing manifest": _delete_manifest,
-           "missing metadata": _delete_meta,
-           "truncated metadata": _truncate_meta}
+DAMAGES = {
+  "truncated array file": _truncate_array_file,
+  "deleted array files": _delete_array_files,
+  "missing manifest": _delete_manifest,
+  "missing metadata": _delete_meta,
+  "truncated metadata": _truncate_meta,
+}
 
 
 # ----------------------------------------------------------------------------
 # The module, on small trees
 # ----------------------------------------------------------------------------
+
 
 def test_content_hash_covers_bytes_dtype_shape_keys_and_meta():
   flat = {"00000": np.arange(6, dtype=np.float32), "00001": np.ones(2, np.int64)}
@@ -135,11 +148,11 @@ def test_content_hash_covers_bytes_dtype_shape_keys_and_meta():
   flipped = flat["00000"].copy()
   flipped.view(np.uint32)[3] ^= 1
   variants = [
-      ({**flat, "00000": flipped}, {"a": 1}),
-      ({**flat, "00000": flat["00000"].astype(np.float64)}, {"a": 1}),
-      ({**flat, "00000": flat["00000"].reshape(2, 3)}, {"a": 1}),
-      ({"00000": flat["00000"], "00002": flat["00001"]}, {"a": 1}),
-      (flat, {"a": 2}),
+    ({**flat, "00000": flipped}, {"a": 1}),
+    ({**flat, "00000": flat["00000"].astype(np.float64)}, {"a": 1}),
+    ({**flat, "00000": flat["00000"].reshape(2, 3)}, {"a": 1}),
+    ({"00000": flat["00000"], "00002": flat["00001"]}, {"a": 1}),
+    (flat, {"a": 2}),
   ]
   hashes = {content_hash(f, m) for f, m in variants}
   assert base not in hashes and len(hashes) == len(variants)
@@ -207,6 +220,7 @@ def test_only_incomplete_steps_count_as_none(tmp_path):
 # The runner: resume from the newest good checkpoint to the same report
 # ----------------------------------------------------------------------------
 
+
 def _cfg():
   return C.apply_overrides(C.load_config("smoke"), FAST)
 
@@ -246,14 +260,12 @@ def partial(tmp_path_factory):
 
 def _resume(workdir):
   lines = []
-  report = runner.run_experiment(_cfg(), workdir, resume=True, progress=False,
-                                 echo=lines.append)
+  report = runner.run_experiment(_cfg(), workdir, resume=True, progress=False, echo=lines.append)
   return R.without_timings(report), lines
 
 
 @pytest.mark.parametrize("damage", ["bit flip in a parameter", *DAMAGES, "missing hash"])
-def test_damaged_latest_checkpoint_resumes_from_the_previous(damage, reference, partial,
-                                                             tmp_path):
+def test_damaged_latest_checkpoint_resumes_from_the_previous(damage, reference, partial, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(partial, workdir)
   step_dir = workdir / "checkpoints" / "7"
@@ -279,14 +291,25 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous(damage, reference, 
 
 def test_bit_flip_in_the_only_checkpoint_is_refused(reference, tmp_path, capsys):
   from ugclu_jax import cli
+
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
   with Checkpointer(workdir / "checkpoints") as ckpt:
     assert ckpt.steps() == [8]
   flip_param_bit(workdir / "checkpoints", 8, _template())
   before = (workdir / "report.json").read_bytes()
-  code = cli.main(["run", "--config", "smoke", "--workdir", str(workdir), "--resume",
-                   "--no-progress", *[a for kv in FAST for a in ("--set", kv)]])
+  code = cli.main(
+    [
+      "run",
+      "--config",
+      "smoke",
+      "--workdir",
+      str(workdir),
+      "--resume",
+      "--no-progress",
+      *[a for kv in FAST for a in ("--set", kv)],
+    ]
+  )
   err = capsys.readouterr().err.strip()
   assert code == 4 and len(err.splitlines()) == 1, (code, err)  # errors.ENVIRONMENT
   assert "no intact checkpoint" in err and "Traceback" not in err

@@ -24,8 +24,15 @@ from ugclu_jax import runner
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A small smoke run: three requests, both methods (UG-CLU and the oracle).
-TINY = ["--set", "stream=L:t0 L:t1 U:t0", "--set", "train.learn_epochs=1",
-        "--set", "train.unlearn_iterations=10", "--no-progress"]
+TINY = [
+  "--set",
+  "stream=L:t0 L:t1 U:t0",
+  "--set",
+  "train.learn_epochs=1",
+  "--set",
+  "train.unlearn_iterations=10",
+  "--no-progress",
+]
 
 
 def _run_args(workdir, *extra):
@@ -44,8 +51,11 @@ def _one_line(err):
 
 def _snapshot(folder: pathlib.Path) -> dict:
   """Every file under ``folder`` and a hash of its bytes."""
-  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(folder.rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in sorted(folder.rglob("*"))
+    if p.is_file()
+  }
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +80,13 @@ except SystemExit as e:
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["report", "--help"],
-                                  ["audit", "--help"]])
+@pytest.mark.parametrize(
+  "argv", [["--help"], ["run", "--help"], ["report", "--help"], ["audit", "--help"]]
+)
 def test_help_returns_without_importing_jax(argv):
-  proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
-                        cwd=ROOT, timeout=60)
+  proc = subprocess.run(
+    [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=ROOT, timeout=60
+  )
   assert proc.stdout.strip().endswith("EXIT 0 JAX False"), proc.stdout + proc.stderr
   assert "exit codes:" in proc.stdout and "130" in proc.stdout and "143" in proc.stdout
 
@@ -93,7 +105,7 @@ def test_run_help_examples_are_valid_streams():
 
 def test_exit_codes_are_documented_in_the_readme():
   readme = (ROOT / "README.md").read_text()
-  section = readme[readme.index("## Guarantees"):]
+  section = readme[readme.index("## Guarantees") :]
   for code in (0, 1, 2, 3, 4, 130, 143):
     assert re.search(rf"^\| {code} \|", section, re.M), code
 
@@ -110,19 +122,28 @@ assert not missing, missing
 assert not hasattr(ugclu_jax, "no_such_name")
 print("ok")
 """
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        cwd=ROOT, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  proc = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
 # --- Configs ship inside the package ----------------------------------------------------------
 
+
 def test_configs_are_found_after_a_non_editable_install(tmp_path):
   """Only what setuptools packages (pyproject's package discovery) is copied, outside the tree."""
   import setuptools
+
   tomllib = pytest.importorskip("tomllib")
-  find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-      "packages"]["find"]
+  find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"][
+    "find"
+  ]
   site = tmp_path / "site"
   packages = setuptools.find_packages(str(ROOT), include=find["include"])
   assert "ugclu_jax.configs" in packages
@@ -132,22 +153,30 @@ def test_configs_are_found_after_a_non_editable_install(tmp_path):
     target.mkdir(parents=True)
     for file in source.glob("*.py"):
       shutil.copy(file, target)
-  code = ("import ugclu_jax; from ugclu_jax import config as C; "
-          "print(ugclu_jax.__file__); print(C.load_config('smoke').name, "
-          "C.load_config('default').name, C.available_configs())")
+  code = (
+    "import ugclu_jax; from ugclu_jax import config as C; "
+    "print(ugclu_jax.__file__); print(C.load_config('smoke').name, "
+    "C.load_config('default').name, C.available_configs())"
+  )
   # -S: no site-packages, so no editable install of the source tree either.
-  proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
-                        cwd=tmp_path, timeout=60, env={"PYTHONPATH": str(site)})
+  proc = subprocess.run(
+    [sys.executable, "-S", "-c", code],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    timeout=60,
+    env={"PYTHONPATH": str(site)},
+  )
   assert proc.returncode == 0, proc.stderr
   where, names = proc.stdout.splitlines()
   assert where.startswith(str(site))
   assert names == "smoke default ['default', 'smoke']"
   # experiments/configs still names them (and a path to a file there still loads).
-  assert C.load_config(str(ROOT / "experiments" / "configs" / "smoke.py")) == C.load_config(
-      "smoke")
+  assert C.load_config(str(ROOT / "experiments" / "configs" / "smoke.py")) == C.load_config("smoke")
 
 
 # --- One run per workdir ----------------------------------------------------------------------
+
 
 def test_stale_lock_file_does_not_block(finished):
   assert (finished / "report.json").is_file()
@@ -209,6 +238,7 @@ def test_resume_of_a_finished_run_only_rerenders(finished, tmp_path, capsys):
 
 # --- One-line errors, exit codes, run.log -----------------------------------------------------
 
+
 def test_os_errors_name_the_path_and_the_cause(finished, tmp_path, capsys):
   # The workdir is a file.
   file = tmp_path / "a_file"
@@ -254,10 +284,25 @@ def test_full_disk_is_one_line_and_reaches_run_log(tmp_path, capsys, monkeypatch
 
 def test_divergence_exits_3_and_reaches_run_log(tmp_path, capsys):
   workdir = tmp_path / "diverged"
-  code, _, err = _main(capsys, "run", "--config", "smoke", "--workdir", str(workdir),
-                       "--no-progress", "--set", "methods=ewc", "--set", "stream=L:t0 L:t1",
-                       "--set", "baselines.ewc_lambda=1e7", "--set", "train.learn_epochs=1",
-                       "--set", "train.clip_norm=0")
+  code, _, err = _main(
+    capsys,
+    "run",
+    "--config",
+    "smoke",
+    "--workdir",
+    str(workdir),
+    "--no-progress",
+    "--set",
+    "methods=ewc",
+    "--set",
+    "stream=L:t0 L:t1",
+    "--set",
+    "baselines.ewc_lambda=1e7",
+    "--set",
+    "train.learn_epochs=1",
+    "--set",
+    "train.clip_norm=0",
+  )
   assert code == errors.TRAINING, err
   _one_line(err)
   assert err.startswith("error:") and "ewc_lambda" in err
@@ -270,8 +315,16 @@ def test_config_errors_are_one_line(tmp_path, capsys):
   code, _, err = _main(capsys, "run", "--config", str(broken), "--workdir", str(tmp_path / "w"))
   assert code == errors.USAGE and "get_config() failed: KeyError" in err, err
   _one_line(err)
-  code, _, err = _main(capsys, "run", "--config", "smoke", "--workdir", str(tmp_path / "w"),
-                       "--set", "seed=99999999999999999999999")
+  code, _, err = _main(
+    capsys,
+    "run",
+    "--config",
+    "smoke",
+    "--workdir",
+    str(tmp_path / "w"),
+    "--set",
+    "seed=99999999999999999999999",
+  )
   assert code == errors.USAGE and "seed" in err, err
   _one_line(err)
   assert not (tmp_path / "w").exists()
@@ -294,10 +347,17 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint(tmp_path, capsys, monk
 
 # --- Signals ----------------------------------------------------------------------------------
 
+
 def _start(workdir):
   cmd = [sys.executable, "-m", "ugclu_jax", *_run_args(workdir)]
-  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return subprocess.Popen(
+    cmd,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    cwd=ROOT,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
 
 
 def _wait_for(proc, pattern):

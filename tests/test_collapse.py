@@ -29,8 +29,10 @@ def _reason(pred, labels, k, **kw):
 def test_constant_predictor_on_a_balanced_set_is_flagged_for_both_reasons():
   labels = np.repeat([0, 1, 2, 3], 5)
   reason = _reason(np.full(20, 3), labels, 4)
-  assert reason == ("predicts class 3 for 100% of the remaining test set (25% of its labels); "
-                    "remaining test accuracy 25.0% is at chance level (1/4 = 25.0%)")
+  assert reason == (
+    "predicts class 3 for 100% of the remaining test set (25% of its labels); "
+    "remaining test accuracy 25.0% is at chance level (1/4 = 25.0%)"
+  )
 
 
 def test_perfect_model_is_not_flagged():
@@ -41,11 +43,12 @@ def test_perfect_model_is_not_flagged():
 def test_majority_threshold_boundary():
   # 10 samples, 5 of class 0 and 5 of class 1; the top predicted class takes 8 or 9.
   labels = np.repeat([0, 1], 5)
-  eight = np.array([0] * 5 + [0, 0, 0, 1, 1])      # p = 0.8: not above 0.8
-  nine = np.array([0] * 5 + [0, 0, 0, 0, 1])       # p = 0.9 > max(0.8, 0.5 + 0.1)
+  eight = np.array([0] * 5 + [0, 0, 0, 1, 1])  # p = 0.8: not above 0.8
+  nine = np.array([0] * 5 + [0, 0, 0, 0, 1])  # p = 0.9 > max(0.8, 0.5 + 0.1)
   assert _reason(eight, labels, 2, chance_margin=0.0) is None
   assert _reason(nine, labels, 2, chance_margin=0.0).startswith(
-      "predicts class 0 for 90% of the remaining test set (50% of its labels)")
+    "predicts class 0 for 90% of the remaining test set (50% of its labels)"
+  )
 
 
 def test_mostly_one_class_set_compares_with_the_label_share():
@@ -62,13 +65,14 @@ def test_mostly_one_class_set_compares_with_the_label_share():
 def test_chance_threshold_boundary():
   # K = 4: chance 25 %; with chance_margin 0.05 accuracy <= 30 % is flagged.
   labels = np.repeat([0, 1, 2, 3], 5)
-  pred = np.roll(labels, 5)                         # every prediction wrong, spread evenly
+  pred = np.roll(labels, 5)  # every prediction wrong, spread evenly
   at = pred.copy()
-  at[:6] = labels[:6]                               # 6/20 = 30 % right
+  at[:6] = labels[:6]  # 6/20 = 30 % right
   above = pred.copy()
-  above[:7] = labels[:7]                            # 7/20 = 35 % right
-  assert _reason(at, labels, 4) == ("remaining test accuracy 30.0% is at chance level "
-                                    "(1/4 = 25.0%)")
+  above[:7] = labels[:7]  # 7/20 = 35 % right
+  assert _reason(at, labels, 4) == (
+    "remaining test accuracy 30.0% is at chance level (1/4 = 25.0%)"
+  )
   assert _reason(above, labels, 4) is None
   assert _reason(at, labels, 4, chance_margin=0.0) is None
 
@@ -116,6 +120,7 @@ def digits_models():
     def step(p, _):
       g = jax.grad(loss)(p)
       return jax.tree.map(lambda a, b: a - 0.5 * b, p, g), None
+
     return jax.lax.scan(step, p, None, length=300)[0]
 
   return ds, apply_fn, mstate, train(params)
@@ -142,7 +147,8 @@ def test_detector_fires_on_a_planted_constant_model(digits_models):
   bias = np.zeros(10, np.float32)
   bias[3] = 1e3
   constant = jax.tree_util.tree_map_with_path(
-      lambda p, a: jnp.asarray(bias) if p == path else a, trained)
+    lambda p, a: jnp.asarray(bias) if p == path else a, trained
+  )
   pred, labels = _predictions(ds, apply_fn, constant, mstate, [0, 1, 2, 3])
   assert (pred == 3).all()
   reason = E.collapse_reason(pred, labels, num_learned_classes=4)
@@ -165,22 +171,43 @@ def test_detector_is_quiet_on_a_trained_model(digits_models):
 
 def _report(seed, collapsed):
   def req(i, token, reason):
-    return {"index": i, "request": token, "seconds": 1.0,
-            "metrics": {"forget_acc": None, "remain_acc": 0.9, "test_acc": 0.9,
-                        "mia_efficacy": None, "avg_gap": None},
-            "acc_per_task": [0.9], "collapsed": reason}
-  return {"config": {"name": "t", "seed": seed}, "stream": ["L:t0", "U:c1"],
-          "methods": {"ugclu": {"requests": [req(0, "L:t0", None), req(1, "U:c1", None)]},
-                      "naive": {"requests": [req(0, "L:t0", None),
-                                             req(1, "U:c1", collapsed)]},
-                      "retrain": {"requests": [req(0, "L:t0", None),
-                                               req(1, "U:c1", None)]}}}
+    return {
+      "index": i,
+      "request": token,
+      "seconds": 1.0,
+      "metrics": {
+        "forget_acc": None,
+        "remain_acc": 0.9,
+        "test_acc": 0.9,
+        "mia_efficacy": None,
+        "avg_gap": None,
+      },
+      "acc_per_task": [0.9],
+      "collapsed": reason,
+    }
+
+  return {
+    "config": {"name": "t", "seed": seed},
+    "stream": ["L:t0", "U:c1"],
+    "methods": {
+      "ugclu": {"requests": [req(0, "L:t0", None), req(1, "U:c1", None)]},
+      "naive": {"requests": [req(0, "L:t0", None), req(1, "U:c1", collapsed)]},
+      "retrain": {"requests": [req(0, "L:t0", None), req(1, "U:c1", None)]},
+    },
+  }
 
 
 def test_markdown_lists_collapsed_models():
   rep = _report(0, "predicts class 0 for 97% of the remaining test set (50% of its labels)")
-  assert R.collapses(rep) == [{"method": "naive", "index": 1, "request": "U:c1", "seed": 0,
-                               "reason": rep["methods"]["naive"]["requests"][1]["collapsed"]}]
+  assert R.collapses(rep) == [
+    {
+      "method": "naive",
+      "index": 1,
+      "request": "U:c1",
+      "seed": 0,
+      "reason": rep["methods"]["naive"]["requests"][1]["collapsed"],
+    }
+  ]
   md = R.markdown(rep)
   assert "## Collapsed models" in md
   assert "| naive | 1 `U:c1` | 0 | predicts class 0 for 97%" in md
@@ -198,8 +225,9 @@ def test_markdown_lists_collapsed_models():
 def test_aggregate_keeps_each_seeds_collapse():
   agg = R.aggregate([_report(0, None), _report(1, "chance")])
   assert agg["methods"]["naive"]["requests"][1]["collapsed_per_seed"] == [None, "chance"]
-  assert R.collapses(agg) == [{"method": "naive", "index": 1, "request": "U:c1", "seed": 1,
-                               "reason": "chance"}]
+  assert R.collapses(agg) == [
+    {"method": "naive", "index": 1, "request": "U:c1", "seed": 1, "reason": "chance"}
+  ]
   assert "| naive | 1 `U:c1` | 1 | chance |" in R.markdown(agg)
 
 
@@ -210,8 +238,10 @@ def test_aggregate_keeps_each_seeds_collapse():
 
 def test_runner_flags_a_constant_model_and_goes_on(tmp_path):
   # Plain fine-tuning on one class alone makes a constant predictor of it.
-  cfg = C.apply_overrides(C.load_config("smoke"), [
-      "stream=L:t0 L:c5", "methods=naive", "train.learn_epochs=8", "data.max_eval=500"])
+  cfg = C.apply_overrides(
+    C.load_config("smoke"),
+    ["stream=L:t0 L:c5", "methods=naive", "train.learn_epochs=8", "data.max_eval=500"],
+  )
   lines = []
   runner.run_experiment(cfg, tmp_path, progress=False, echo=lines.append)
   report = json.loads((tmp_path / "report.json").read_text())
@@ -223,16 +253,25 @@ def test_runner_flags_a_constant_model_and_goes_on(tmp_path):
   assert f"warning: [1] L:c5 naive collapsed: {reason}" in lines
   assert f"warning: [1] L:c5 naive collapsed: {reason}" in (tmp_path / "run.log").read_text()
   assert "## Collapsed models" in (tmp_path / "report.md").read_text()
-  assert "| naive | 1 `L:c5` | 0 | predicts class 5 for 100%" in (
-      tmp_path / "report.md").read_text()
+  assert (
+    "| naive | 1 `L:c5` | 0 | predicts class 5 for 100%" in (tmp_path / "report.md").read_text()
+  )
 
 
 def test_small_learn_requests_get_the_minimum_budget(tmp_path):
   # One class of ~145 digits is 3 iterations at 1 epoch of batch 64: the minimum
   # raises a learn request, and the oracle's retraining, to 25.
-  cfg = C.apply_overrides(C.load_config("smoke"), [
-      "stream=L:c0,1 L:c2 U:r0.2", "methods=ft", "train.learn_epochs=1",
-      "train.min_learn_iterations=25", "train.unlearn_iterations=7", "data.max_eval=200"])
+  cfg = C.apply_overrides(
+    C.load_config("smoke"),
+    [
+      "stream=L:c0,1 L:c2 U:r0.2",
+      "methods=ft",
+      "train.learn_epochs=1",
+      "train.min_learn_iterations=25",
+      "train.unlearn_iterations=7",
+      "data.max_eval=200",
+    ],
+  )
   runner.run_experiment(cfg, tmp_path, progress=False, render=False, echo=lambda s: None)
   report = json.loads((tmp_path / "report.json").read_text())
   steps = lambda m: [q["metrics"]["steps"] for q in report["methods"][m]["requests"]]

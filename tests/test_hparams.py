@@ -25,8 +25,11 @@ HPARAMS = (MT.UGCLUConfig, MT.BaselinesConfig)
 def _ranged_fields(cls):
   """``(name, type, rules)`` of each field with value rules."""
   hints = typing.get_type_hints(cls)
-  return [(f.name, H.unwrap_optional(hints[f.name])[0], f.metadata["rules"])
-          for f in dataclasses.fields(cls) if f.metadata.get("rules")]
+  return [
+    (f.name, H.unwrap_optional(hints[f.name])[0], f.metadata["rules"])
+    for f in dataclasses.fields(cls)
+    if f.metadata.get("rules")
+  ]
 
 
 def _refused(cls, name, value, problem):
@@ -87,6 +90,7 @@ def apply_fn():
   from flax import nnx
 
   from ugclu_jax.models import MLP, as_functional
+
   return as_functional(MLP(in_features=4, num_classes=3, hidden=(8,), rngs=nnx.Rngs(0)))[0]
 
 
@@ -115,8 +119,10 @@ def test_baseline_overrides_are_checked_by_the_dataclass(apply_fn):
 
 
 def test_config_import_stays_light():
-  code = ("import sys, ugclu_jax.config; "
-          "print(sorted(m for m in ('jax', 'flax', 'numpy', 'optax') if m in sys.modules))")
+  code = (
+    "import sys, ugclu_jax.config; "
+    "print(sorted(m for m in ('jax', 'flax', 'numpy', 'optax') if m in sys.modules))"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]", out
 
@@ -124,13 +130,25 @@ def test_config_import_stays_light():
 # --- Seed streams ------------------------------------------------------------------------------
 
 # The integers each stream was seeded with before it had a name: every result stays the same.
-TAGS = {"run.train_subsample": 0x5EED, "run.test_pool": 0x7E57, "request.eval_forget": 1,
-        "request.eval_remain": 2, "request.random_unlearn": 11, "request.store_reservoir": 12,
-        "ugclu.fisher_target": 1, "ugclu.fisher_remain": 2, "ugclu.target_batches": 3,
-        "ugclu.remain_batches": 4, "baseline.target_batches": 1,
-        "baseline.remain_batches": 2, "baseline.replay_batches": 3,
-        "baseline.random_labels": 5, "baseline.salun_mask": 6, "baseline.ewc_fisher": 9,
-        "oracle.target_batches": 0}
+TAGS = {
+  "run.train_subsample": 0x5EED,
+  "run.test_pool": 0x7E57,
+  "request.eval_forget": 1,
+  "request.eval_remain": 2,
+  "request.random_unlearn": 11,
+  "request.store_reservoir": 12,
+  "ugclu.fisher_target": 1,
+  "ugclu.fisher_remain": 2,
+  "ugclu.target_batches": 3,
+  "ugclu.remain_batches": 4,
+  "baseline.target_batches": 1,
+  "baseline.remain_batches": 2,
+  "baseline.replay_batches": 3,
+  "baseline.random_labels": 5,
+  "baseline.salun_mask": 6,
+  "baseline.ewc_fisher": 9,
+  "oracle.target_batches": 0,
+}
 
 
 def test_seed_streams_are_distinct_named_integers():

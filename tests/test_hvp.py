@@ -17,13 +17,13 @@ from ugclu_jax.models import MLP, SmallCNN, as_functional
 
 def _data(key, shape, n=6, classes=3, dtype=jnp.float32):
   kx, ky = jax.random.split(key)
-  return (jax.random.normal(kx, (n, *shape), dtype),
-          jax.random.randint(ky, (n,), 0, classes))
+  return (jax.random.normal(kx, (n, *shape), dtype), jax.random.randint(ky, (n,), 0, classes))
 
 
 def _mlp_problem(dtype):
-  model = MLP(in_features=6, num_classes=3, hidden=(5,), rngs=nnx.Rngs(0),
-              param_dtype=dtype, dtype=dtype)
+  model = MLP(
+    in_features=6, num_classes=3, hidden=(5,), rngs=nnx.Rngs(0), param_dtype=dtype, dtype=dtype
+  )
   apply_fn, params, state = as_functional(model)
   x, y = _data(jax.random.key(1), (3, 2, 1), dtype=dtype)
 
@@ -33,8 +33,9 @@ def _mlp_problem(dtype):
   def loss_fn(p):
     return ug.cross_entropy(logits=logits_fn(p), labels=y)
 
-  v = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape, dtype), params,
-                   _keys_like(params, jax.random.key(2)))
+  v = jax.tree.map(
+    lambda p, k: jax.random.normal(k, p.shape, dtype), params, _keys_like(params, jax.random.key(2))
+  )
   return loss_fn, logits_fn, params, v
 
 
@@ -49,7 +50,6 @@ def _rel_err(a, b):
 
 
 class HvpTest(chex.TestCase, parameterized.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_hvp_equals_dense_hessian_float64(self):
     with jax.enable_x64(True):
@@ -63,24 +63,35 @@ class HvpTest(chex.TestCase, parameterized.TestCase):
 
   def test_hvp_matches_finite_differences_on_cnn(self):
     with jax.enable_x64(True):
-      model = SmallCNN(num_classes=4, input_size=(12, 12), rngs=nnx.Rngs(0),
-                       param_dtype=jnp.float64, dtype=jnp.float64)
+      model = SmallCNN(
+        num_classes=4,
+        input_size=(12, 12),
+        rngs=nnx.Rngs(0),
+        param_dtype=jnp.float64,
+        dtype=jnp.float64,
+      )
       apply_fn, params, state = as_functional(model)
       x, y = _data(jax.random.key(3), (12, 12, 1), n=4, classes=4, dtype=jnp.float64)
 
       def loss_fn(p):
         return ug.cross_entropy(logits=apply_fn(p, state, x, train=True)[0], labels=y)
 
-      v = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape, p.dtype), params,
-                       _keys_like(params, jax.random.key(4)))
+      v = jax.tree.map(
+        lambda p, k: jax.random.normal(k, p.shape, p.dtype),
+        params,
+        _keys_like(params, jax.random.key(4)),
+      )
       # A unit direction and a small step: the perturbation must not cross ReLU kinks.
       norm = optax.tree.norm(v)
       v = jax.tree.map(lambda t: t / norm, v)
       hv = jax.jit(functools.partial(ug.hvp, loss_fn))(params, v)
       eps = 1e-6
       g = jax.jit(jax.grad(loss_fn))
-      fd = jax.tree.map(lambda a, b: (a - b) / (2 * eps),
-                        g(optax_add(params, v, eps)), g(optax_add(params, v, -eps)))
+      fd = jax.tree.map(
+        lambda a, b: (a - b) / (2 * eps),
+        g(optax_add(params, v, eps)),
+        g(optax_add(params, v, -eps)),
+      )
       self.assertLess(_rel_err(hv, fd), 1e-5)
 
   def test_ggn_vp_equals_dense_jt_h_j(self):
@@ -88,7 +99,7 @@ class HvpTest(chex.TestCase, parameterized.TestCase):
       _, logits_fn, params, v = _mlp_problem(jnp.float64)
       gv = ug.ggn_vp(logits_fn, params, v)
       flat, unravel = ravel_pytree(params)
-      jac = jax.jacrev(lambda f: logits_fn(unravel(f)))(flat)      # [B, C, P]
+      jac = jax.jacrev(lambda f: logits_fn(unravel(f)))(flat)  # [B, C, P]
       p = jax.nn.softmax(logits_fn(params))
       h_out = jax.vmap(lambda q: jnp.diag(q) - jnp.outer(q, q))(p)  # [B, C, C]
       b = p.shape[0]
@@ -125,7 +136,6 @@ def optax_add(tree, v, scale):
 
 
 class CompensateTest(chex.TestCase, parameterized.TestCase):
-
   def _quadratic(self, n=6, seed=0):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(n, n)))
@@ -142,8 +152,9 @@ class CompensateTest(chex.TestCase, parameterized.TestCase):
       out = self.variant(lambda d, beta: ug.compensate(d, hvp_fn, beta=beta))(d, 0.3)
       np.testing.assert_allclose(out["x"], d["x"] - 0.3 * a @ d["x"], rtol=1e-12)
       damped = ug.compensate(d, hvp_fn, beta=0.3, damping=0.1)
-      np.testing.assert_allclose(damped["x"], d["x"] - 0.3 * (a @ d["x"] + 0.1 * d["x"]),
-                                 rtol=1e-12)
+      np.testing.assert_allclose(
+        damped["x"], d["x"] - 0.3 * (a @ d["x"] + 0.1 * d["x"]), rtol=1e-12
+      )
 
   def test_order_one_through_real_hvp(self):
     with jax.enable_x64(True):
@@ -161,8 +172,7 @@ class CompensateTest(chex.TestCase, parameterized.TestCase):
       target = np.linalg.solve(np.asarray(a) + delta * np.eye(6), np.asarray(d["x"]))
       errors = []
       for order in (2, 10, 50, 400):
-        out = jax.jit(lambda d: ug.compensate(d, hvp_fn, beta=0.2, order=order,
-                                              damping=delta))(d)
+        out = jax.jit(lambda d: ug.compensate(d, hvp_fn, beta=0.2, order=order, damping=delta))(d)
         errors.append(np.linalg.norm(out["x"] - target) / np.linalg.norm(target))
       self.assertTrue(all(e1 > e2 for e1, e2 in zip(errors, errors[1:])), errors)
       self.assertLess(errors[-1], 1e-10)
@@ -175,8 +185,9 @@ class CompensateTest(chex.TestCase, parameterized.TestCase):
       m = np.eye(6) - b * np.asarray(a)
       dd = np.asarray(d["x"])
       expected = b * (dd + m @ dd + m @ m @ dd)
-      np.testing.assert_allclose(ug.compensate(d, hvp_fn, beta=b, order=2)["x"], expected,
-                                 rtol=1e-12)
+      np.testing.assert_allclose(
+        ug.compensate(d, hvp_fn, beta=b, order=2)["x"], expected, rtol=1e-12
+      )
 
   def test_keeps_dtype(self):
     d = {"x": jnp.ones(3, jnp.bfloat16)}

@@ -14,9 +14,22 @@ def _script():
 
 
 def test_two_kill_trials_resume_to_the_reference_report(tmp_path, capsys):
-  code = _script().main(["--trials", "2", "--seed", "1", "--config", "smoke",
-                         "--set", "train.learn_epochs=2", "--set", "train.unlearn_iterations=40",
-                         "--root", str(tmp_path)])
+  code = _script().main(
+    [
+      "--trials",
+      "2",
+      "--seed",
+      "1",
+      "--config",
+      "smoke",
+      "--set",
+      "train.learn_epochs=2",
+      "--set",
+      "train.unlearn_iterations=40",
+      "--root",
+      str(tmp_path),
+    ]
+  )
   out = capsys.readouterr().out
   assert code == 0, out
   assert "2/2 trials resumed to the reference report.json" in out, out

@@ -40,8 +40,9 @@ def test_softmax_entropy_uniform_is_log_c_and_peaked_is_small():
 def test_confidence_hand_values():
   conf = metrics.confidence(LOGITS, LABELS)
   z = math.exp(2) + math.exp(1) + 1
-  np.testing.assert_allclose(conf, [math.exp(2) / z, 1 / 3, math.exp(5) / (math.exp(5) + 2)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    conf, [math.exp(2) / z, 1 / 3, math.exp(5) / (math.exp(5) + 2)], rtol=1e-6
+  )
 
 
 def test_per_example_outputs_reject_bad_shapes():
@@ -94,8 +95,9 @@ def test_accumulator_empty_and_all_padding_compute_nan():
 
 
 def test_average_accumulator_and_merge_type_check():
-  avg = metrics.Average.from_model_output(values=jnp.array([1.0, 2.0, 9.0]),
-                                          mask=jnp.array([1.0, 1.0, 0.0]))
+  avg = metrics.Average.from_model_output(
+    values=jnp.array([1.0, 2.0, 9.0]), mask=jnp.array([1.0, 1.0, 0.0])
+  )
   np.testing.assert_allclose(avg.compute(), 1.5)
   with pytest.raises(ValueError, match="cannot merge"):
     avg.merge(metrics.Accuracy.empty())
@@ -183,11 +185,11 @@ def test_divergences_undefined_and_bad_input():
 
 # Stream L:t0 L:t1 L:t2 U:t1 L:t1 (task 1 learned again). None where a task is not learned.
 ROWS = [
-    [0.90],
-    [0.92, 0.80],
-    [0.60, 0.75, 0.95],
-    [0.62, None, 0.93],
-    [0.60, 0.85, 0.90],
+  [0.90],
+  [0.92, 0.80],
+  [0.60, 0.75, 0.95],
+  [0.62, None, 0.93],
+  [0.60, 0.85, 0.90],
 ]
 
 
@@ -284,20 +286,29 @@ def test_cost_record():
 
 def _record(index, token, row, *, fa=None, unlearned=None, gap=E.OracleGap(), steps=0):
   return E.RequestRecord(
-      index=index, request=token, cost=metrics.Cost(0.12345, steps, 2 * steps, 0),
-      forget_acc=fa, remain_acc=0.9, test_acc=0.8, mia_efficacy=None if fa is None else 0.5,
-      acc_per_task=tuple(row), unlearned_acc=unlearned or {}, collapsed=None, gap=gap)
+    index=index,
+    request=token,
+    cost=metrics.Cost(0.12345, steps, 2 * steps, 0),
+    forget_acc=fa,
+    remain_acc=0.9,
+    test_acc=0.8,
+    mia_efficacy=None if fa is None else 0.5,
+    acc_per_task=tuple(row),
+    unlearned_acc=unlearned or {},
+    collapsed=None,
+    gap=gap,
+  )
 
 
 # Tasks t0, t1, t2. r2 unlearns part of t0 (FA 0.10), r4 some random samples (FA 0.50);
 # unlearned_acc holds FA now on each earlier unlearned set, as the runner measures it.
 HISTORY = [
-    _record(0, "L:t0", [0.90, None, None], steps=5),
-    _record(1, "L:t1", [0.92, 0.80, None]),
-    _record(2, "U:c1", [0.60, 0.75, None], fa=0.10, gap=E.OracleGap(0.05, 0.01, 0.02)),
-    _record(3, "L:t2", [0.62, 0.70, 0.95], unlearned={2: 0.25}),
-    _record(4, "U:r0.1", [0.55, 0.72, 0.90], fa=0.50, unlearned={2: 0.30}),
-    _record(5, "L:t2", [0.50, 0.70, 0.88], unlearned={2: 0.40, 4: 0.45}),
+  _record(0, "L:t0", [0.90, None, None], steps=5),
+  _record(1, "L:t1", [0.92, 0.80, None]),
+  _record(2, "U:c1", [0.60, 0.75, None], fa=0.10, gap=E.OracleGap(0.05, 0.01, 0.02)),
+  _record(3, "L:t2", [0.62, 0.70, 0.95], unlearned={2: 0.25}),
+  _record(4, "U:r0.1", [0.55, 0.72, 0.90], fa=0.50, unlearned={2: 0.30}),
+  _record(5, "L:t2", [0.50, 0.70, 0.88], unlearned={2: 0.40, 4: 0.45}),
 ]
 
 
@@ -313,8 +324,9 @@ def test_report_entries_from_a_hand_built_history():
   got = lambda key: [q["metrics"][key] for q in entries]
   approx = lambda values: [None if v is None else pytest.approx(v) for v in values]
   np.testing.assert_array_equal(
-      np.isnan(metrics.accuracy_matrix([q["acc_per_task"] for q in entries])),
-      np.isnan(metrics.accuracy_matrix([q.acc_per_task for q in HISTORY])))
+    np.isnan(metrics.accuracy_matrix([q["acc_per_task"] for q in entries])),
+    np.isnan(metrics.accuracy_matrix([q.acc_per_task for q in HISTORY])),
+  )
   assert got("avg_acc") == approx([0.90, 0.86, 0.675, 2.27 / 3, 2.17 / 3, 2.08 / 3])
   # Forgetting: max over the earlier rows of the span minus now, over tasks learned before r.
   #   r1: t0 0.90 - 0.92;  r2: t0 0.92 - 0.60, t1 0.80 - 0.75;  r3: 0.30, 0.10;
@@ -329,12 +341,28 @@ def test_report_entries_from_a_hand_built_history():
   assert entries[2]["metrics"]["avg_gap"] == 0.05 and entries[2]["metrics"]["kl_div"] == 0.02
   assert entries[0]["metrics"]["avg_gap"] is None
   assert entries[0] == {
-      "index": 0, "request": "L:t0", "seconds": 0.123, "acc_per_task": [0.90, None, None],
-      "collapsed": None, "metrics": {
-          "forget_acc": None, "remain_acc": 0.9, "test_acc": 0.8, "mia_efficacy": None,
-          "avg_gap": None, "js_div": None, "kl_div": None, "avg_acc": 0.90,
-          "forgetting": None, "bwt": None, "relapse": None, "steps": 5, "grad_evals": 10,
-          "hvp_evals": 0}}
+    "index": 0,
+    "request": "L:t0",
+    "seconds": 0.123,
+    "acc_per_task": [0.90, None, None],
+    "collapsed": None,
+    "metrics": {
+      "forget_acc": None,
+      "remain_acc": 0.9,
+      "test_acc": 0.8,
+      "mia_efficacy": None,
+      "avg_gap": None,
+      "js_div": None,
+      "kl_div": None,
+      "avg_acc": 0.90,
+      "forgetting": None,
+      "bwt": None,
+      "relapse": None,
+      "steps": 5,
+      "grad_evals": 10,
+      "hvp_evals": 0,
+    },
+  }
 
 
 def test_records_round_trip_through_json_without_per_sample_outputs():
@@ -346,8 +374,14 @@ def test_records_round_trip_through_json_without_per_sample_outputs():
 
 def test_oracle_comparison_is_a_second_pass_in_any_order():
   probs = np.array([[0.5, 0.5], [1.0, 0.0]])
-  oracle = HISTORY[2]._replace(forget_acc=0.0, remain_acc=0.95, test_acc=0.85,
-                               mia_efficacy=0.6, forget_probs=probs, gap=E.OracleGap())
+  oracle = HISTORY[2]._replace(
+    forget_acc=0.0,
+    remain_acc=0.95,
+    test_acc=0.85,
+    mia_efficacy=0.6,
+    forget_probs=probs,
+    gap=E.OracleGap(),
+  )
   model = HISTORY[2]._replace(forget_acc=0.2, forget_probs=probs[::-1], gap=E.OracleGap())
   first = E.compare_to_oracle({"m": model, "retrain": oracle}, "retrain")
   second = E.compare_to_oracle({"retrain": oracle, "m": model}, "retrain")
@@ -361,4 +395,3 @@ def test_oracle_comparison_is_a_second_pass_in_any_order():
   assert E.compare_to_oracle({"m": model}, "retrain")["m"].gap == E.OracleGap()
   learn = HISTORY[1]
   assert E.compare_to_oracle({"m": learn, "retrain": learn}, "retrain")["m"].gap == E.OracleGap()
-

@@ -22,7 +22,7 @@ def _mlp_apply(params, x):
 def _padded_batches(x, y):
   """Fixed-shape batches of _BATCH rows, the last one padded (mask 0)."""
   for i in range(0, x.shape[0], _BATCH):
-    xb, yb = x[i:i + _BATCH], y[i:i + _BATCH]
+    xb, yb = x[i : i + _BATCH], y[i : i + _BATCH]
     pad = _BATCH - xb.shape[0]
     mask = np.concatenate([np.ones(xb.shape[0]), np.zeros(pad)]).astype(np.float32)
     yield np.pad(xb, ((0, pad), (0, 0))), np.pad(yb, (0, pad)), mask
@@ -43,8 +43,12 @@ def digits_features():
   x_mem, y_mem = x[:n_members], y[:n_members]
 
   k1, k2 = jax.random.split(jax.random.key(0))
-  params = {"w1": jax.random.normal(k1, (64, 256)) / 8, "b1": jnp.zeros(256),
-            "w2": jax.random.normal(k2, (256, 10)) / 16, "b2": jnp.zeros(10)}
+  params = {
+    "w1": jax.random.normal(k1, (64, 256)) / 8,
+    "b1": jnp.zeros(256),
+    "w2": jax.random.normal(k2, (256, 10)) / 16,
+    "b2": jnp.zeros(10),
+  }
   opt = optax.adam(1e-2)
 
   def loss(p):
@@ -57,6 +61,7 @@ def digits_features():
       p, s = carry
       u, s = opt.update(jax.grad(loss)(p), s, p)
       return (optax.apply_updates(p, u), s), None
+
     (p, _), _ = jax.lax.scan(body, (p, opt.init(p)), None, length=300)
     return p
 
@@ -64,8 +69,9 @@ def digits_features():
   train_acc = float(jnp.mean(jnp.argmax(_mlp_apply(params, x_mem), -1) == y_mem))
   assert train_acc == 1.0  # The premise of the test: the model has memorised its members.
 
-  feats = jax.jit(lambda xb, yb, mb: mia.mia_features(logits=_mlp_apply(params, xb), labels=yb,
-                                                      mask=mb))
+  feats = jax.jit(
+    lambda xb, yb, mb: mia.mia_features(logits=_mlp_apply(params, xb), labels=yb, mask=mb)
+  )
   members = mia.collect_features(feats(*b) for b in _padded_batches(x_mem, y_mem))
   unseen = mia.collect_features(feats(*b) for b in _padded_batches(x[n_members:], y[n_members:]))
   assert members.entropy.shape == (600,) and unseen.entropy.shape == (1197,)
@@ -102,26 +108,34 @@ def test_separable_features_give_exact_shares(variant):
   rem = np.full(50, member_value)
   tst = np.full(40, non_member_value)
   forget = np.array([member_value] * 3 + [non_member_value])
-  got = mia.mia_efficacy(remain_features=rem, test_features=tst, forget_features=forget,
-                         variant=variant)
+  got = mia.mia_efficacy(
+    remain_features=rem, test_features=tst, forget_features=forget, variant=variant
+  )
   assert got == pytest.approx(0.25)
   # [N, 1] columns and MIAFeatures are accepted alike.
   feats = lambda v: mia.MIAFeatures(entropy=v, confidence=v, mask=np.ones_like(v))
-  assert mia.mia_efficacy(remain_features=feats(rem), test_features=tst[:, None],
-                          forget_features=feats(forget), variant=variant) == pytest.approx(0.25)
+  assert mia.mia_efficacy(
+    remain_features=feats(rem),
+    test_features=tst[:, None],
+    forget_features=feats(forget),
+    variant=variant,
+  ) == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("variant,margin", [("entropy_logreg", 0.08), ("confidence_svc", 0.03)])
-def test_unseen_data_is_judged_non_member_more_than_training_data(digits_features, variant,
-                                                                   margin):
+def test_unseen_data_is_judged_non_member_more_than_training_data(digits_features, variant, margin):
   members, unseen = digits_features
   # The attack is fitted on 300 members vs 300 unseen samples; it is then applied to the other
   # 300 members and to the other 897 unseen samples. Test accuracy on digits stays high (about
   # 96 %), so most unseen samples look like members to an entropy or confidence attack; only
   # the uncertain ones are flagged, hence small but systematic margins (measured about 0.15 for
   # entropy and 0.07 for confidence, with members at 0.00-0.04).
-  common = dict(remain_features=_take(members, slice(0, 300)),
-                test_features=_take(unseen, slice(0, 300)), variant=variant, seed=0)
+  common = dict(
+    remain_features=_take(members, slice(0, 300)),
+    test_features=_take(unseen, slice(0, 300)),
+    variant=variant,
+    seed=0,
+  )
   on_unseen = mia.mia_efficacy(forget_features=_take(unseen, slice(300, None)), **common)
   on_members = mia.mia_efficacy(forget_features=_take(members, slice(300, None)), **common)
   assert 0.0 <= on_members < on_unseen <= 1.0
@@ -131,8 +145,13 @@ def test_unseen_data_is_judged_non_member_more_than_training_data(digits_feature
 @pytest.mark.parametrize("variant", mia.MIA_VARIANTS)
 def test_deterministic_for_a_seed(digits_features, variant):
   members, unseen = digits_features
-  kwargs = dict(remain_features=members, test_features=_take(unseen, slice(0, 600)),
-                forget_features=_take(unseen, slice(600, None)), variant=variant, max_samples=40)
+  kwargs = dict(
+    remain_features=members,
+    test_features=_take(unseen, slice(0, 600)),
+    forget_features=_take(unseen, slice(600, None)),
+    variant=variant,
+    max_samples=40,
+  )
   first = mia.mia_efficacy(seed=3, **kwargs)
   assert mia.mia_efficacy(seed=3, **kwargs) == first
   # With a 40-per-class subsample the seed picks different fitting sets.

@@ -25,9 +25,7 @@ _RESNET18_CIFAR10_PARAMS = 11_173_962
 # On this CPU, XLA's LLVM optimisation passes dominate the test time (a random
 # initialiser compiles ~10x faster without them, ResNet-18's HVP ~3x). The tests
 # check semantics, not generated-code speed, so they compile unoptimised.
-_jit = functools.partial(
-    jax.jit, compiler_options={"xla_backend_optimization_level": 0}
-)
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _init(make):
@@ -45,8 +43,8 @@ def _xent(logits, labels):
 def _vdot(a, b):
   """Tree inner product, accumulated on the host in float64."""
   return sum(
-      np.vdot(np.asarray(x, np.float64), np.asarray(y, np.float64))
-      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    np.vdot(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
   )
 
 
@@ -55,14 +53,14 @@ def _all_finite(tree):
 
 
 def _random_like(tree, rng):
-  return jax.tree.map(
-      lambda a: jnp.asarray(rng.standard_normal(a.shape, dtype=a.dtype)), tree)
+  return jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape, dtype=a.dtype)), tree)
 
 
 @pytest.fixture(scope="module")
 def resnet():
-  model = _init(lambda rngs: get_model(
-      "resnet18", num_classes=10, input_shape=(32, 32, 3), rngs=rngs))
+  model = _init(
+    lambda rngs: get_model("resnet18", num_classes=10, input_shape=(32, 32, 3), rngs=rngs)
+  )
   apply_fn, params, stats = as_functional(model)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
   return apply_fn, params, stats, x
@@ -89,8 +87,7 @@ def resnet_hvp(resnet):
 
 @pytest.fixture(scope="module")
 def cnn():
-  model = _init(lambda rngs: get_model(
-      "cnn", num_classes=10, input_shape=(28, 28, 1), rngs=rngs))
+  model = _init(lambda rngs: get_model("cnn", num_classes=10, input_shape=(28, 28, 1), rngs=rngs))
   return model, *as_functional(model)
 
 
@@ -98,11 +95,11 @@ def cnn():
 
 
 def test_mlp_output_shape_and_default_float32():
-  model = _init(lambda rngs: get_model(
-      "mlp", num_classes=10, input_shape=(8, 8, 1), rngs=rngs))
+  model = _init(lambda rngs: get_model("mlp", num_classes=10, input_shape=(8, 8, 1), rngs=rngs))
   apply_fn, params, state = as_functional(model)
   logits, new_state = _jit(apply_fn, static_argnames="train")(
-      params, state, jnp.ones((3, 8, 8, 1)), train=True)
+    params, state, jnp.ones((3, 8, 8, 1)), train=True
+  )
   assert logits.shape == (3, 10) and logits.dtype == jnp.float32
   assert state == {} and new_state == {}
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
@@ -113,16 +110,18 @@ def test_mlp_output_shape_and_default_float32():
 def test_cnn_output_shape_28x28_and_8x8(cnn):
   _, apply_fn, params, state = cnn
   logits, _ = _jit(apply_fn, static_argnames="train")(
-      params, state, jnp.ones((2, 28, 28, 1)), train=False)
+    params, state, jnp.ones((2, 28, 28, 1)), train=False
+  )
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
   assert state == {}
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
-  small = nnx.eval_shape(lambda: get_model(
-      "cnn", num_classes=3, input_shape=(8, 8, 2), rngs=nnx.Rngs(1)))
+  small = nnx.eval_shape(
+    lambda: get_model("cnn", num_classes=3, input_shape=(8, 8, 2), rngs=nnx.Rngs(1))
+  )
   apply_small, params_small, state_small = as_functional(small)
   out = jax.eval_shape(
-      lambda p: apply_small(p, state_small, jnp.ones((4, 8, 8, 2)), train=True)[0],
-      params_small)
+    lambda p: apply_small(p, state_small, jnp.ones((4, 8, 8, 2)), train=True)[0], params_small
+  )
   assert out.shape == (4, 3)
   assert params_small["dense"]["kernel"].shape == (2 * 2 * 64, 128)
 
@@ -145,10 +144,10 @@ def test_count_params_hand_computed(cnn):
   assert count_params(as_functional(mlp)[1]) == (4 * 5 + 5) + (5 * 3 + 3)
   _, _, params, _ = cnn
   expected = (
-      (9 * 1 * 32 + 32)  # conv1
-      + (9 * 32 * 64 + 64)  # conv2
-      + (7 * 7 * 64 * 128 + 128)  # dense on the 7x7x64 map
-      + (128 * 10 + 10)  # head
+    (9 * 1 * 32 + 32)  # conv1
+    + (9 * 32 * 64 + 64)  # conv2
+    + (7 * 7 * 64 * 128 + 128)  # dense on the 7x7x64 map
+    + (128 * 10 + 10)  # head
   )
   assert count_params(params) == expected
 
@@ -178,22 +177,34 @@ def test_resnet18_train_mode_updates_batch_stats(resnet, resnet_hvp):
   _, _, ((grads, new_stats), _), _ = resnet_hvp
   del apply_fn, grads
   assert jax.tree.structure(new_stats) == jax.tree.structure(stats)
-  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
-                         new_stats, stats)
+  changed = jax.tree.map(
+    lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), new_stats, stats
+  )
   assert all(jax.tree.leaves(changed))
   # Stem batch norm: running = 0.9 running + 0.1 batch (biased variance).
-  stem = np.asarray(_jit(functools.partial(
-      jax.lax.conv_general_dilated, window_strides=(1, 1),
-      padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-  ))(x, params["conv1"]["kernel"]), np.float64)
+  stem = np.asarray(
+    _jit(
+      functools.partial(
+        jax.lax.conv_general_dilated,
+        window_strides=(1, 1),
+        padding=((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
+    )(x, params["conv1"]["kernel"]),
+    np.float64,
+  )
   np.testing.assert_allclose(
-      new_stats["bn1"]["mean"],
-      0.9 * stats["bn1"]["mean"] + 0.1 * stem.mean(axis=(0, 1, 2)),
-      rtol=1e-4, atol=1e-6)
+    new_stats["bn1"]["mean"],
+    0.9 * stats["bn1"]["mean"] + 0.1 * stem.mean(axis=(0, 1, 2)),
+    rtol=1e-4,
+    atol=1e-6,
+  )
   np.testing.assert_allclose(
-      new_stats["bn1"]["var"],
-      0.9 * stats["bn1"]["var"] + 0.1 * stem.var(axis=(0, 1, 2)),
-      rtol=1e-4, atol=1e-6)
+    new_stats["bn1"]["var"],
+    0.9 * stats["bn1"]["var"] + 0.1 * stem.var(axis=(0, 1, 2)),
+    rtol=1e-4,
+    atol=1e-6,
+  )
 
 
 def test_resnet18_eval_mode_uses_running_stats(resnet):
@@ -201,9 +212,11 @@ def test_resnet18_eval_mode_uses_running_stats(resnet):
   # Running statistics away from their (0, 1) initial values.
   rng = np.random.default_rng(3)
   stats = {
-      **stats,
-      "bn1": {"mean": jnp.asarray(0.1 * rng.standard_normal(64), jnp.float32),
-              "var": jnp.asarray(rng.uniform(0.5, 1.5, 64), jnp.float32)},
+    **stats,
+    "bn1": {
+      "mean": jnp.asarray(0.1 * rng.standard_normal(64), jnp.float32),
+      "var": jnp.asarray(rng.uniform(0.5, 1.5, 64), jnp.float32),
+    },
   }
   evaluate = _jit(functools.partial(apply_fn, train=False))
   logits, same_stats = evaluate(params, stats, x)
@@ -253,9 +266,11 @@ def test_eval_returns_the_given_state_and_train_leaves_it_untouched():
 
 def test_cnn_grad_and_hvp_match_finite_differences(x64):
   del x64
-  model = _init(lambda rngs: get_model(
-      "cnn", num_classes=3, input_shape=(8, 8, 1), rngs=rngs,
-      param_dtype=jnp.float64))
+  model = _init(
+    lambda rngs: get_model(
+      "cnn", num_classes=3, input_shape=(8, 8, 1), rngs=rngs, param_dtype=jnp.float64
+    )
+  )
   apply_fn, params, state = as_functional(model)
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((4, 8, 8, 1)))
@@ -376,15 +391,19 @@ def test_mlp_float64_under_x64(x64):
   assert hv.dtype == jnp.float64
   np.testing.assert_allclose(hv, expected, rtol=1e-10, atol=1e-12)
   # get_model passes the dtype through as well.
-  abstract = nnx.eval_shape(lambda: get_model(
-      "mlp", num_classes=2, input_shape=(2, 2, 1), rngs=nnx.Rngs(0),
-      param_dtype=jnp.float64))
+  abstract = nnx.eval_shape(
+    lambda: get_model(
+      "mlp", num_classes=2, input_shape=(2, 2, 1), rngs=nnx.Rngs(0), param_dtype=jnp.float64
+    )
+  )
   assert {p.dtype for p in jax.tree.leaves(nnx.state(abstract, nnx.Param))} == {
-      jnp.dtype(jnp.float64)}
+    jnp.dtype(jnp.float64)
+  }
 
 
 def test_cnn_pool_matches_nnx_max_pool():
   from ugclu_jax.models.cnn import _max_pool_2x2
+
   for shape in [(2, 28, 28, 3), (2, 7, 7, 4), (1, 9, 6, 2)]:
     x = jax.random.normal(jax.random.key(0), shape)
     expected = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))

@@ -19,13 +19,14 @@ def _hand_ce():
 
 
 class ObjectivesTest(chex.TestCase, parameterized.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_cross_entropy_reductions(self):
     ce = _hand_ce()
     mask = jnp.array([1.0, 0.0, 1.0])
-    f = self.variant(lambda r, m: ug.cross_entropy(logits=LOGITS, labels=LABELS, mask=m,
-                                                   reduction=r), static_argnums=0)
+    f = self.variant(
+      lambda r, m: ug.cross_entropy(logits=LOGITS, labels=LABELS, mask=m, reduction=r),
+      static_argnums=0,
+    )
     np.testing.assert_allclose(f("none", None), ce, rtol=1e-6)
     np.testing.assert_allclose(f("sum", None), ce.sum(), rtol=1e-6)
     np.testing.assert_allclose(f("mean", mask), (ce[0] + ce[2]) / 2, rtol=1e-6)
@@ -34,18 +35,22 @@ class ObjectivesTest(chex.TestCase, parameterized.TestCase):
   def test_kl_to_one_hot_reference_is_cross_entropy(self):
     onehot = jax.nn.one_hot(LABELS, 3)
     np.testing.assert_allclose(
-        ug.kl_to_reference(logits=LOGITS, reference_probs=onehot, reduction="none"),
-        _hand_ce(), rtol=1e-6)
+      ug.kl_to_reference(logits=LOGITS, reference_probs=onehot, reduction="none"),
+      _hand_ce(),
+      rtol=1e-6,
+    )
 
   def test_kl_to_itself_is_zero_and_hand_value(self):
     p = jax.nn.softmax(LOGITS)
     np.testing.assert_allclose(
-        ug.kl_to_reference(logits=LOGITS, reference_probs=p, reduction="none"), 0, atol=1e-6)
+      ug.kl_to_reference(logits=LOGITS, reference_probs=p, reduction="none"), 0, atol=1e-6
+    )
     ref = jnp.array([[0.5, 0.5, 0.0]])
     logits = jnp.log(jnp.array([[0.25, 0.25, 0.5]]))
     # KL = 0.5 log(0.5/0.25) * 2 = log 2
-    np.testing.assert_allclose(ug.kl_to_reference(logits=logits, reference_probs=ref),
-                               np.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(
+      ug.kl_to_reference(logits=logits, reference_probs=ref), np.log(2.0), rtol=1e-6
+    )
 
   def test_bad_inputs(self):
     with self.assertRaisesRegex(ValueError, "reduction"):
@@ -88,12 +93,14 @@ class ObjectivesTest(chex.TestCase, parameterized.TestCase):
 
   def test_adaptive_weights_pass_no_gradient(self):
     g = jax.grad(lambda l: jnp.sum(ug.adaptive_weights(l, temperature=0.5) * 3.0))(
-        jnp.array([0.5, 1.0, 2.0]))
+      jnp.array([0.5, 1.0, 2.0])
+    )
     np.testing.assert_array_equal(g, 0.0)
 
   def test_adaptive_weights_mask(self):
-    w = ug.adaptive_weights(jnp.array([1.0, 4.0, 0.01]), temperature=0.5,
-                            mask=jnp.array([1.0, 1.0, 0.0]))
+    w = ug.adaptive_weights(
+      jnp.array([1.0, 4.0, 0.01]), temperature=0.5, mask=jnp.array([1.0, 1.0, 0.0])
+    )
     np.testing.assert_allclose(w, [2 / 3, 1 / 3, 0.0], rtol=1e-6)
 
   def test_unlearn_loss_is_weighted_ascent(self):
@@ -104,10 +111,10 @@ class ObjectivesTest(chex.TestCase, parameterized.TestCase):
     np.testing.assert_allclose(value, -(w * ce).sum(), rtol=1e-6)
     # Its gradient is -sum_i w_i grad l_i with w held fixed.
     g = jax.grad(lambda z: ug.unlearn_loss(logits=z, labels=LABELS, temperature=0.5))(LOGITS)
-    g_ce = jax.jacrev(lambda z: ug.cross_entropy(logits=z, labels=LABELS, reduction="none"))(
-        LOGITS)
-    np.testing.assert_allclose(g, -jnp.einsum("i,ijk->jk", jnp.asarray(w, jnp.float32), g_ce),
-                               rtol=1e-5, atol=1e-7)
+    g_ce = jax.jacrev(lambda z: ug.cross_entropy(logits=z, labels=LABELS, reduction="none"))(LOGITS)
+    np.testing.assert_allclose(
+      g, -jnp.einsum("i,ijk->jk", jnp.asarray(w, jnp.float32), g_ce), rtol=1e-5, atol=1e-7
+    )
 
   def test_bounded_ascent_stops_pushing_forgotten_samples(self):
     ce = _hand_ce()
@@ -118,8 +125,9 @@ class ObjectivesTest(chex.TestCase, parameterized.TestCase):
     w = c / c.sum()  # Normalised over the samples still pushed.
     value = ug.unlearn_loss(logits=LOGITS, labels=LABELS, temperature=0.5, max_loss=bound)
     np.testing.assert_allclose(value, -(w * ce).sum(), rtol=1e-6)
-    g = jax.grad(lambda z: ug.unlearn_loss(logits=z, labels=LABELS, temperature=0.5,
-                                           max_loss=bound))(LOGITS)
+    g = jax.grad(
+      lambda z: ug.unlearn_loss(logits=z, labels=LABELS, temperature=0.5, max_loss=bound)
+    )(LOGITS)
     np.testing.assert_array_equal(np.asarray(g)[~below], 0.0)
     self.assertTrue(np.all(np.abs(np.asarray(g)[below]).sum(-1) > 0))
     # Every sample past the bound: no push at all.
@@ -134,8 +142,7 @@ class ObjectivesTest(chex.TestCase, parameterized.TestCase):
   def test_learn_and_preserve_default_to_mean_ce(self):
     ce = _hand_ce()
     np.testing.assert_allclose(ug.learn_loss(logits=LOGITS, labels=LABELS), ce.mean(), rtol=1e-6)
-    np.testing.assert_allclose(ug.preserve_loss(logits=LOGITS, labels=LABELS), ce.mean(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(ug.preserve_loss(logits=LOGITS, labels=LABELS), ce.mean(), rtol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_distillation_loss_hand_values(self):
@@ -148,29 +155,36 @@ class ObjectivesTest(chex.TestCase, parameterized.TestCase):
       p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
       return np.sum(p * np.log(p / q), -1)
 
-    f = self.variant(lambda s, t, m, c: ug.distillation_loss(
-        logits=s, teacher_logits=t, temperature=2.0, mask=m, classes=c))
+    f = self.variant(
+      lambda s, t, m, c: ug.distillation_loss(
+        logits=s, teacher_logits=t, temperature=2.0, mask=m, classes=c
+      )
+    )
     per_row = kl(s, t, 2.0)
     np.testing.assert_allclose(f(s, t, None, None), per_row.mean(), rtol=1e-5)
     # Row 0 alone by hand: p = softmax([0, 1, 0]), q = softmax([0.5, 0, -0.5]).
     p = np.exp([0.0, 1.0, 0.0]) / np.exp([0.0, 1.0, 0.0]).sum()
     q = np.exp([0.5, 0.0, -0.5]) / np.exp([0.5, 0.0, -0.5]).sum()
-    np.testing.assert_allclose(f(s, t, jnp.array([1.0, 0.0]), None), np.sum(p * np.log(p / q)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      f(s, t, jnp.array([1.0, 0.0]), None), np.sum(p * np.log(p / q)), rtol=1e-5
+    )
     # Restricted to classes 0 and 2: both softmaxes over those two only.
     classes = jnp.array([1.0, 0.0, 1.0])
-    np.testing.assert_allclose(f(s, t, None, classes),
-                               kl(s[:, [0, 2]], t[:, [0, 2]], 2.0).mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+      f(s, t, None, classes), kl(s[:, [0, 2]], t[:, [0, 2]], 2.0).mean(), rtol=1e-5
+    )
     p2, q2 = np.array([0.5, 0.5]), np.exp([0.5, -0.5]) / np.exp([0.5, -0.5]).sum()
-    np.testing.assert_allclose(f(s, t, jnp.array([1.0, 0.0]), classes),
-                               np.sum(p2 * np.log(p2 / q2)), rtol=1e-5)
+    np.testing.assert_allclose(
+      f(s, t, jnp.array([1.0, 0.0]), classes), np.sum(p2 * np.log(p2 / q2)), rtol=1e-5
+    )
 
   def test_distillation_loss_zero_at_teacher_and_no_teacher_gradient(self):
     s = jnp.array([[1.0, 0.0, -1.0]])
     t = jnp.array([[0.0, 2.0, 0.0]])
     # Zero when the student is the teacher (float32 rounding of the two log-softmaxes).
-    self.assertLess(abs(float(ug.distillation_loss(logits=t, teacher_logits=t,
-                                                   temperature=4.0))), 1e-6)
+    self.assertLess(
+      abs(float(ug.distillation_loss(logits=t, teacher_logits=t, temperature=4.0))), 1e-6
+    )
     g = jax.grad(lambda z: ug.distillation_loss(logits=s, teacher_logits=z, temperature=2.0))(t)
     np.testing.assert_array_equal(g, 0.0)
     # The student's gradient is (q - p) / (T |B|).
@@ -194,5 +208,6 @@ class ObjectivesTest(chex.TestCase, parameterized.TestCase):
     zero = jax.grad(ug.ewc_penalty)(anchor, anchor, fisher)
     self.assertTrue(all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(zero)))
     # A zero Fisher: no penalty however far from the anchor.
-    self.assertEqual(float(ug.ewc_penalty(params, anchor, jax.tree.map(jnp.zeros_like, fisher))),
-                     0.0)
+    self.assertEqual(
+      float(ug.ewc_penalty(params, anchor, jax.tree.map(jnp.zeros_like, fisher))), 0.0
+    )

@@ -33,9 +33,11 @@ def finished(tmp_path_factory):
 def forgotten():
   """Every sample the smoke stream unlearns, re-derived (classes 1, 5, 6, 7 and a U:r0.1 draw)."""
   cfg, ds, _, requests, _ = runner.prepare(_cfg())
-  sets = [idx for r, (idx, _) in enumerate(D.replay_stream(requests, y_train=ds.y_train,
-                                                           seed=cfg.seed))
-          if requests[r].kind == "unlearn"]
+  sets = [
+    idx
+    for r, (idx, _) in enumerate(D.replay_stream(requests, y_train=ds.y_train, seed=cfg.seed))
+    if requests[r].kind == "unlearn"
+  ]
   out = np.unique(np.concatenate(sets))
   assert np.isin([1, 5, 6, 7], ds.y_train[out]).all()
   return out
@@ -68,8 +70,10 @@ def test_metadata_holds_no_forgotten_index_nor_per_sample_record(finished, forgo
     unlearn = {s - 1 for s in UNLEARN_STEPS}
     assert all(isinstance(q["forget_acc"], float) == (q["index"] in unlearn) for q in records)
     for q in records:
-      assert all(int(j) in unlearn and int(j) < q["index"] and isinstance(v, float)
-                 for j, v in q["unlearned_acc"].items())
+      assert all(
+        int(j) in unlearn and int(j) < q["index"] and isinstance(v, float)
+        for j, v in q["unlearned_acc"].items()
+      )
   assert A.scan_json(meta, forgotten, "meta") == []
   # The scan is not blind: the old format's forget_sets would be found.
   planted = {**meta, "history": {"forget_sets": {"3": forgotten[:5].tolist()}}}
@@ -108,22 +112,28 @@ def test_audit_finds_planted_leftovers(finished, forgotten, tmp_path, capsys):
   class1 = forgotten[ds.y_train[forgotten] == 1][:10]
   store = state["store"]
   indices = store.indices.copy()
-  indices[:class1.size] = class1
-  tree = runner._state_tree({n: tuple(s) for n, s in state["methods"].items()},
-                            store._replace(indices=indices), state["learned"])
-  meta = dict(state["meta"], cursor=7,
-              history={"forget_sets": {"3": class1.tolist()}, "forget_correct": {}})
+  indices[: class1.size] = class1
+  tree = runner._state_tree(
+    {n: tuple(s) for n, s in state["methods"].items()},
+    store._replace(indices=indices),
+    state["learned"],
+  )
+  meta = dict(
+    state["meta"], cursor=7, history={"forget_sets": {"3": class1.tolist()}, "forget_correct": {}}
+  )
   with Checkpointer(tmp_path / "plant") as ckpt:
     ckpt.save(7, tree, meta)
   shutil.move(tmp_path / "plant" / "7", workdir / "checkpoints" / "7")
   with open(workdir / "run.log", "a") as f:
     f.write(f"forgot {', '.join(map(str, class1[:4]))}\n")
   findings = A.audit(workdir)
-  expected = ["checkpoint 7: older than unlearn request [7] U:t3",
-              "checkpoint 7: the store holds 10 forgotten sample(s)",
-              "checkpoint 7 metadata: holds history.forget_sets",
-              "checkpoint 7 metadata: holds history.forget_correct",
-              "run.log: lists 4 forgotten sample index(es)"]
+  expected = [
+    "checkpoint 7: older than unlearn request [7] U:t3",
+    "checkpoint 7: the store holds 10 forgotten sample(s)",
+    "checkpoint 7 metadata: holds history.forget_sets",
+    "checkpoint 7 metadata: holds history.forget_correct",
+    "run.log: lists 4 forgotten sample index(es)",
+  ]
   for line in expected:
     assert any(f.startswith(line) for f in findings), (line, findings)
   assert not any(f.startswith("checkpoint 8") for f in findings), findings

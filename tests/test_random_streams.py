@@ -12,8 +12,9 @@ DRAWS = 50
 
 
 def _draw(seed, length=8, **kw):
-  return D.random_stream(np.random.default_rng(seed), tasks=TASKS, num_classes=10,
-                         length=length, **kw)
+  return D.random_stream(
+    np.random.default_rng(seed), tasks=TASKS, num_classes=10, length=length, **kw
+  )
 
 
 def _kind(request):
@@ -26,8 +27,8 @@ def _properties(stream) -> set:
   """What a stream covers, replayed on per-class states (0 none, 1 partly, 2 fully learned)."""
   requests = D.parse_stream(stream, tasks=TASKS, num_classes=10)
   state = np.zeros(10, int)
-  gone = np.zeros(10, bool)          # learned once, then wholly unlearned
-  by_random_task = set()             # tasks partly unlearned by U:r@t
+  gone = np.zeros(10, bool)  # learned once, then wholly unlearned
+  by_random_task = set()  # tasks partly unlearned by U:r@t
   out, prev = set(), None
   for q in requests:
     out.add(_kind(q))
@@ -64,9 +65,19 @@ def test_draws_are_valid_and_cover_the_grammar():
     assert stream.startswith("L:")
     for prop in _properties(stream):
       covered[prop] = covered.get(prop, 0) + 1
-  wanted = {"L:t", "L:c", "U:t", "U:c", "U:r", "U:r@t", "learn after unlearn",
-            "relearn an unlearned task", "U:r twice in a row", "U:c after U:r on its class",
-            "U:t after U:r@t"}
+  wanted = {
+    "L:t",
+    "L:c",
+    "U:t",
+    "U:c",
+    "U:r",
+    "U:r@t",
+    "learn after unlearn",
+    "relearn an unlearned task",
+    "U:r twice in a row",
+    "U:c after U:r on its class",
+    "U:t after U:r@t",
+  }
   assert wanted <= set(covered), sorted(wanted - set(covered))
   # Not by a single lucky draw: each property in at least two streams.
   assert min(covered[p] for p in wanted) >= 2, covered
@@ -87,28 +98,36 @@ def test_same_seed_same_stream_and_seeds_differ():
 def test_learn_class_lists_hold_two_classes_unless_asked():
   tokens = [t for s in range(DRAWS) for t in _draw(s).split() if t.startswith("L:c")]
   assert tokens and all(len(t[3:].split(",")) == 2 for t in tokens)
-  tokens = [t for s in range(DRAWS) for t in _draw(s, single_class_learn=True).split()
-            if t.startswith("L:c")]
+  tokens = [
+    t
+    for s in range(DRAWS)
+    for t in _draw(s, single_class_learn=True).split()
+    if t.startswith("L:c")
+  ]
   assert any(len(t[3:].split(",")) == 1 for t in tokens)
 
 
 def test_fractions_and_tasks_follow_the_arguments():
   tasks = D.make_tasks(6, 3, (5, 4, 3, 2, 1, 0))
   for seed in range(20):
-    stream = D.random_stream(np.random.default_rng(seed), tasks=tasks, num_classes=6,
-                             length=6, fractions=(0.25,))
+    stream = D.random_stream(
+      np.random.default_rng(seed), tasks=tasks, num_classes=6, length=6, fractions=(0.25,)
+    )
     D.parse_stream(stream, tasks=tasks, num_classes=6)
     for fraction in re.findall(r"U:r([0-9.]+)", stream):
       assert fraction == "0.25"
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     ({"length": 0}, "length must be >= 1"),
     ({"fractions": (0.0,)}, r"fractions must be .* in \(0, 1\)"),
     ({"fractions": (1.0,)}, r"fractions must be .* in \(0, 1\)"),
     ({"min_classes": 10}, "min_classes must be in"),
     ({"unlearn_prob": 2.0}, "unlearn_prob"),
-])
+  ],
+)
 def test_bad_arguments_are_one_line_errors(kwargs, match):
   args = {"tasks": TASKS, "num_classes": 10, "length": 5, **kwargs}
   with pytest.raises(ValueError, match=match):

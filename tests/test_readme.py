@@ -53,8 +53,10 @@ CHECKS = [_forgets("hvp"), _forgets("fast-slow"), _steps_forget, _parallel_step]
 
 def test_readme_python_blocks(capsys):
   text = README.read_text()
-  blocks = [(text.count("\n", 0, m.start(1)), m.group(1))
-            for m in re.finditer(r"```python\n(.*?)```", text, re.S)]
+  blocks = [
+    (text.count("\n", 0, m.start(1)), m.group(1))
+    for m in re.finditer(r"```python\n(.*?)```", text, re.S)
+  ]
   assert len(blocks) == len(CHECKS), "a new README block needs its check here"
   namespace = {}
   for (line, code), check in zip(blocks, CHECKS):

@@ -47,9 +47,18 @@ class _Recorder:
 def _run(mode, *, n=11, f=5, has_remain=True):
   rec, seen = _Recorder(), []
   state, counts = ug.run_request(
-      rec.steps(), 0, mode=mode, num_iterations=n, forget_freq=f,
-      target_batch=rec.target_batch, remain_batch=rec.remain_batch, mask="M", hp=None,
-      has_remain=has_remain, on_step=lambda k, s, m: seen.append((k, s, sorted(m))))
+    rec.steps(),
+    0,
+    mode=mode,
+    num_iterations=n,
+    forget_freq=f,
+    target_batch=rec.target_batch,
+    remain_batch=rec.remain_batch,
+    mask="M",
+    hp=None,
+    has_remain=has_remain,
+    on_step=lambda k, s, m: seen.append((k, s, sorted(m))),
+  )
   return state, counts, rec.log, seen
 
 
@@ -119,34 +128,61 @@ def digits():
   ds = D.load_dataset("digits")
   x, y = ds.x_train, ds.y_train
   apply_fn, params, model_state = as_functional(
-      MLP(in_features=64, num_classes=10, hidden=(16,), rngs=nnx.Rngs(0)))
-  requests = D.parse_stream("L:c0,1,2,3,4,5,6,7 U:c3", tasks=D.make_tasks(10, 2, None),
-                            num_classes=10)
-  store = D.store_add(D.store_init(120, 10), np.flatnonzero(y < 8), y,
-                      np.random.default_rng(0))
-  return dict(x=x, y=y, apply_fn=apply_fn, params=params, model_state=model_state,
-              requests=requests, store=store)
+    MLP(in_features=64, num_classes=10, hidden=(16,), rngs=nnx.Rngs(0))
+  )
+  requests = D.parse_stream(
+    "L:c0,1,2,3,4,5,6,7 U:c3", tasks=D.make_tasks(10, 2, None), num_classes=10
+  )
+  store = D.store_add(D.store_init(120, 10), np.flatnonzero(y < 8), y, np.random.default_rng(0))
+  return dict(
+    x=x,
+    y=y,
+    apply_fn=apply_fn,
+    params=params,
+    model_state=model_state,
+    requests=requests,
+    store=store,
+  )
 
 
-def _inline_request(apply_fn, kind, state, ctx, *, mode, lr, a_t, clip, remain_clip,
-                    temperature, freq, use_mask):
+def _inline_request(
+  apply_fn, kind, state, ctx, *, mode, lr, a_t, clip, remain_clip, temperature, freq, use_mask
+):
   """methods/ugclu.py's request as it was (commit ca6497a), with the library's steps."""
   access, b, n = ctx.access, ctx.batch_size, ctx.num_iterations
-  tx = ug.build_optimizer(learning_rate=lr, momentum=0.9, weight_decay=5e-4,
-                          sync_period=freq + 1 if mode == "fast_slow" else 1)
-  steps = ug.make_steps(apply_fn, tx, kind=kind, mode=mode, clip_norm=clip,
-                        temperature=temperature, remain_clip_norm=remain_clip)
+  tx = ug.build_optimizer(
+    learning_rate=lr,
+    momentum=0.9,
+    weight_decay=5e-4,
+    sync_period=freq + 1 if mode == "fast_slow" else 1,
+  )
+  steps = ug.make_steps(
+    apply_fn,
+    tx,
+    kind=kind,
+    mode=mode,
+    clip_norm=clip,
+    temperature=temperature,
+    remain_clip_norm=remain_clip,
+  )
   has_remain = access.remain_indices.size > 0
   m = None
   if use_mask and has_remain:
     fisher = make_fisher_fn(apply_fn)
-    f_t = fisher(state.params, state.model_state, stacked_batches(
-        lambda s: access.target_batch(b, s, (*ctx.seed, 1)), FISHER_BATCHES))
-    f_r = fisher(state.params, state.model_state, stacked_batches(
-        lambda s: access.remain_batch(b, s, (*ctx.seed, 2)), FISHER_BATCHES))
+    f_t = fisher(
+      state.params,
+      state.model_state,
+      stacked_batches(lambda s: access.target_batch(b, s, (*ctx.seed, 1)), FISHER_BATCHES),
+    )
+    f_r = fisher(
+      state.params,
+      state.model_state,
+      stacked_batches(lambda s: access.remain_batch(b, s, (*ctx.seed, 2)), FISHER_BATCHES),
+    )
     m = ug.balanced_saliency_mask(f_t, f_r, threshold=1.0)
-  hp = ug.RequestHParams.create(learning_rate=lr, a_target=a_t, a_remain=1.0, beta=lr,
-                                damping=0.0, num_iterations=n)
+  hp = ug.RequestHParams.create(
+    learning_rate=lr, a_target=a_t, a_remain=1.0, beta=lr, damping=0.0, num_iterations=n
+  )
   target = lambda k: ctx.put(access.target_batch(b, k, (*ctx.seed, 3)))
   remain = lambda k: ctx.put(access.remain_batch(b, k, (*ctx.seed, 4)))
   ts, total = ug.init_train_state(state.params, state.model_state, tx), Cost()
@@ -170,8 +206,10 @@ def _inline_request(apply_fn, kind, state, ctx, *, mode, lr, a_t, clip, remain_c
   return ug.sync(ts.params).slow, total
 
 
-@pytest.mark.parametrize("kind,mode,with_store", [
-    ("unlearn", "fast_slow", True), ("unlearn", "hvp", True), ("learn", "none", False)])
+@pytest.mark.parametrize(
+  "kind,mode,with_store",
+  [("unlearn", "fast_slow", True), ("unlearn", "hvp", True), ("learn", "none", False)],
+)
 def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
   x, y = digits["x"], digits["y"]
   store = digits["store"] if with_store else D.store_init(120, 10)
@@ -182,20 +220,37 @@ def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
   else:
     idx = np.flatnonzero(y < 8)
     request, n = digits["requests"][0], N_LEARN
-  ctx = MT.Context(D.DataAccess(x, y, store, idx), request, 1, n, B,
-                   MT.method_seed(0, 1, "ugclu"))
+  ctx = MT.Context(D.DataAccess(x, y, store, idx), request, 1, n, B, MT.method_seed(0, 1, "ugclu"))
   # The inline loop's settings: unbounded ascent (ascent_bound 0), momentum 0.9.
-  method = ugclu(digits["apply_fn"], mode=mode, fisher_batches=FISHER_BATCHES, ascent_bound=0.0,
-                 num_classes=10, learn_lr=0.05, momentum=0.9, weight_decay=5e-4, learn_clip=1.0)
+  method = ugclu(
+    digits["apply_fn"],
+    mode=mode,
+    fisher_batches=FISHER_BATCHES,
+    ascent_bound=0.0,
+    num_classes=10,
+    learn_lr=0.05,
+    momentum=0.9,
+    weight_decay=5e-4,
+    learn_clip=1.0,
+  )
   state = method.init(digits["params"], digits["model_state"])
   new, cost = (method.unlearn if kind == "unlearn" else method.learn)(state, ctx)
 
   unlearn = kind == "unlearn"
   params, expected_cost = _inline_request(
-      digits["apply_fn"], kind, state, ctx, mode=mode, lr=0.01 if unlearn else 0.05,
-      a_t=25.0 if unlearn else 1.0, clip=7.0 if unlearn else 1.0,
-      remain_clip=None if unlearn else 1.0, temperature=0.5 if unlearn else 0.0,
-      freq=5 if unlearn else 1, use_mask=unlearn)
+    digits["apply_fn"],
+    kind,
+    state,
+    ctx,
+    mode=mode,
+    lr=0.01 if unlearn else 0.05,
+    a_t=25.0 if unlearn else 1.0,
+    clip=7.0 if unlearn else 1.0,
+    remain_clip=None if unlearn else 1.0,
+    temperature=0.5 if unlearn else 0.0,
+    freq=5 if unlearn else 1,
+    use_mask=unlearn,
+  )
   assert cost == expected_cost
   jax.tree.map(np.testing.assert_array_equal, new.params, params)
   if unlearn:  # Fisher draws, 3 target (or fused) steps and 11 iterations.

@@ -23,8 +23,19 @@ STREAM = "L:t0 L:t1 L:t2 U:c1,5 L:t3 U:r0.1 L:t4 U:t3"
 
 
 def _cli(workdir, *extra, resume=False):
-  cmd = [sys.executable, "-m", "ugclu_jax", "run", "--config", "smoke", "--workdir",
-         str(workdir), "--no-progress", *FAST, *extra]
+  cmd = [
+    sys.executable,
+    "-m",
+    "ugclu_jax",
+    "run",
+    "--config",
+    "smoke",
+    "--workdir",
+    str(workdir),
+    "--no-progress",
+    *FAST,
+    *extra,
+  ]
   if resume:
     cmd.append("--resume")
   return cmd
@@ -46,8 +57,20 @@ def test_end_to_end_report(smoke_run):
     assert [q["request"] for q in entry["requests"]] == STREAM.split()
     for q in entry["requests"]:
       assert len(q["acc_per_task"]) == 5
-      for key in ("forget_acc", "remain_acc", "test_acc", "mia_efficacy", "avg_gap", "js_div",
-                  "kl_div", "avg_acc", "forgetting", "bwt", "relapse", "steps"):
+      for key in (
+        "forget_acc",
+        "remain_acc",
+        "test_acc",
+        "mia_efficacy",
+        "avg_gap",
+        "js_div",
+        "kl_div",
+        "avg_acc",
+        "forgetting",
+        "bwt",
+        "relapse",
+        "steps",
+      ):
         assert key in q["metrics"]
       unlearn = q["request"].startswith("U:")
       assert (q["metrics"]["forget_acc"] is None) == (not unlearn)
@@ -64,8 +87,15 @@ def test_end_to_end_report(smoke_run):
   assert ug[3]["metrics"]["avg_gap"] is not None
   # Task 3 (classes 6, 7) is unlearned last: no accuracy for it in the final row.
   assert ug[7]["acc_per_task"][3] is None and oracle[7]["acc_per_task"][3] is None
-  for name in ("report.md", "config.json", "run.log", "metrics_per_request.png",
-               "acc_matrix_ugclu.png", "acc_matrix_retrain.png", "gap_time.png"):
+  for name in (
+    "report.md",
+    "config.json",
+    "run.log",
+    "metrics_per_request.png",
+    "acc_matrix_ugclu.png",
+    "acc_matrix_retrain.png",
+    "gap_time.png",
+  ):
     assert (smoke_run / name).is_file(), name
   md = (smoke_run / "report.md").read_text()
   assert "ugclu" in md and "retrain" in md
@@ -83,8 +113,9 @@ def test_store_holds_no_forgotten_sample(smoke_run):
 
 
 def test_same_seed_same_report(smoke_run, tmp_path):
-  proc = subprocess.run(_cli(tmp_path / "again"), capture_output=True, text=True, cwd=ROOT,
-                        timeout=600)
+  proc = subprocess.run(
+    _cli(tmp_path / "again"), capture_output=True, text=True, cwd=ROOT, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   first = json.loads((smoke_run / "report.json").read_text())
   second = json.loads((tmp_path / "again" / "report.json").read_text())
@@ -93,8 +124,9 @@ def test_same_seed_same_report(smoke_run, tmp_path):
 
 def test_sigkill_mid_request_then_resume(smoke_run, tmp_path):
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen(_cli(workdir), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True, cwd=ROOT)
+  proc = subprocess.Popen(
+    _cli(workdir), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+  )
   # The oracle runs first in each request: once it has finished request 3,
   # UG-CLU is in the middle of that unlearn request.
   deadline = time.time() + 300
@@ -107,8 +139,9 @@ def test_sigkill_mid_request_then_resume(smoke_run, tmp_path):
   proc.wait()
   partial = json.loads((workdir / "report.json").read_text())
   assert len(partial["methods"]["ugclu"]["requests"]) == 3
-  resumed = subprocess.run(_cli(workdir, resume=True), capture_output=True, text=True,
-                           cwd=ROOT, timeout=600)
+  resumed = subprocess.run(
+    _cli(workdir, resume=True), capture_output=True, text=True, cwd=ROOT, timeout=600
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming" in resumed.stdout
   expected = json.loads((smoke_run / "report.json").read_text())
@@ -118,14 +151,22 @@ def test_sigkill_mid_request_then_resume(smoke_run, tmp_path):
 
 def test_the_order_of_the_methods_changes_no_result(tmp_path):
   from ugclu_jax import config as C
-  base = C.apply_overrides(C.load_config("smoke"), [
-      "stream=L:t0 L:t1 U:c1 L:t2", "train.learn_epochs=1", "train.unlearn_iterations=10",
-      "data.max_eval=300"])
+
+  base = C.apply_overrides(
+    C.load_config("smoke"),
+    [
+      "stream=L:t0 L:t1 U:c1 L:t2",
+      "train.learn_epochs=1",
+      "train.unlearn_iterations=10",
+      "data.max_eval=300",
+    ],
+  )
   reports = []
   for order in ("ugclu,ft,retrain", "ft,retrain,ugclu"):  # The oracle never first.
     cfg = C.apply_overrides(base, [f"methods={order}"])
-    report = runner.run_experiment(cfg, tmp_path / order, progress=False, render=False,
-                                   echo=lambda s: None)
+    report = runner.run_experiment(
+      cfg, tmp_path / order, progress=False, render=False, echo=lambda s: None
+    )
     assert list(report["methods"]) == order.split(",")
     assert report == json.loads((tmp_path / order / "report.json").read_text())
     reports.append(R.without_timings(report))
@@ -140,7 +181,9 @@ def test_a_checkpoint_without_typed_history_is_refused():
     runner._history_from_meta({"history": {"forget_acc": {}}}, ["retrain", "ugclu"], "7")
 
 
-@pytest.mark.parametrize("stream, message", [
+@pytest.mark.parametrize(
+  "stream, message",
+  [
     ("L:t0 X:t1", "'X:t1'"),
     ("L:t0 L:t9", "'L:t9'"),
     ("L:t0 U:c12", "'U:c12'"),
@@ -149,12 +192,14 @@ def test_a_checkpoint_without_typed_history_is_refused():
     ("L:t0 U:r1.5", "'U:r1.5'"),
     ("L:t0 U:r0", "'U:r0'"),
     ("", "empty"),
-])
+  ],
+)
 def test_malformed_streams_are_refused(stream, message, tmp_path, capsys):
   workdir = tmp_path / "run"
   start = time.time()
-  code = cli.main(["run", "--config", "smoke", "--workdir", str(workdir), "--set",
-                   f"stream={stream}"])
+  code = cli.main(
+    ["run", "--config", "smoke", "--workdir", str(workdir), "--set", f"stream={stream}"]
+  )
   err = capsys.readouterr().err.strip()
   assert code == 2
   assert time.time() - start < 10
@@ -164,12 +209,12 @@ def test_malformed_streams_are_refused(stream, message, tmp_path, capsys):
 
 def test_bad_input_is_one_line_and_writes_nothing(smoke_run, tmp_path, capsys):
   cases = [
-      (["--config", "nosuch"], "unknown config"),
-      (["--config", "smoke", "--set", "methods=ugclu,magic"], "unknown method 'magic'"),
-      (["--config", "smoke", "--set", "data.name=nosuch"], "nosuch"),
-      (["--config", "smoke", "--set", "data.batch_size=0"], "data.batch_size"),
-      (["--config", "smoke", "--set", "train.model=vit"], "train.model"),
-      (["--config", "smoke", "--set", "nokey=1"], "unknown config key nokey"),
+    (["--config", "nosuch"], "unknown config"),
+    (["--config", "smoke", "--set", "methods=ugclu,magic"], "unknown method 'magic'"),
+    (["--config", "smoke", "--set", "data.name=nosuch"], "nosuch"),
+    (["--config", "smoke", "--set", "data.batch_size=0"], "data.batch_size"),
+    (["--config", "smoke", "--set", "train.model=vit"], "train.model"),
+    (["--config", "smoke", "--set", "nokey=1"], "unknown config key nokey"),
   ]
   for args, message in cases:
     code = cli.main(["run", "--workdir", str(tmp_path / "x"), *args])
@@ -185,9 +230,23 @@ def test_bad_input_is_one_line_and_writes_nothing(smoke_run, tmp_path, capsys):
 
 def test_cli_subprocess_error_has_no_traceback(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "ugclu_jax", "run", "--config", "smoke", "--workdir",
-       str(tmp_path / "w"), "--set", "stream=L:t0 U:t3"],
-      capture_output=True, text=True, cwd=ROOT, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "ugclu_jax",
+      "run",
+      "--config",
+      "smoke",
+      "--workdir",
+      str(tmp_path / "w"),
+      "--set",
+      "stream=L:t0 U:t3",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+  )
   assert proc.returncode == 2
   assert "Traceback" not in proc.stderr
   assert proc.stderr.strip().startswith("error:") and "'U:t3'" in proc.stderr
@@ -195,8 +254,9 @@ def test_cli_subprocess_error_has_no_traceback(tmp_path):
 
 def test_report_command_renders_and_aggregates(smoke_run, tmp_path):
   out = tmp_path / "agg"
-  assert cli.main(["report", str(smoke_run), str(smoke_run / "report.json"), "--out",
-                   str(out)]) == 2  # one seed twice is refused, in one line
+  assert (
+    cli.main(["report", str(smoke_run), str(smoke_run / "report.json"), "--out", str(out)]) == 2
+  )  # one seed twice is refused, in one line
   assert cli.main(["report", str(smoke_run), "--out", str(out)]) == 0
   assert (out / "report.md").is_file() and (out / "metrics_per_request.png").is_file()
 
@@ -204,8 +264,11 @@ def test_report_command_renders_and_aggregates(smoke_run, tmp_path):
 def test_three_seeds_aggregate(tmp_path):
   from ugclu_jax import config as C
   from ugclu_jax import report as R
-  base = C.apply_overrides(C.load_config("smoke"), [
-      "stream=L:t0 L:t1 U:c1", "train.learn_epochs=1", "train.unlearn_iterations=10"])
+
+  base = C.apply_overrides(
+    C.load_config("smoke"),
+    ["stream=L:t0 L:t1 U:c1", "train.learn_epochs=1", "train.unlearn_iterations=10"],
+  )
   dirs = []
   for seed in (0, 1, 2):
     cfg = C.apply_overrides(base, [f"seed={seed}"])
@@ -215,12 +278,17 @@ def test_three_seeds_aggregate(tmp_path):
   assert cli.main(["report", *dirs, "--out", str(out)]) == 0
   agg = json.loads((out / "report_aggregated.json").read_text())
   assert agg["seeds"] == [0, 1, 2]
-  fa = [json.loads((pathlib.Path(d) / "report.json").read_text())
-        ["methods"]["ugclu"]["requests"][2]["metrics"]["forget_acc"] for d in dirs]
+  fa = [
+    json.loads((pathlib.Path(d) / "report.json").read_text())["methods"]["ugclu"]["requests"][2][
+      "metrics"
+    ]["forget_acc"]
+    for d in dirs
+  ]
   got = agg["methods"]["ugclu"]["requests"][2]
   np.testing.assert_allclose(got["metrics"]["forget_acc"], np.mean(fa), rtol=1e-9)
-  np.testing.assert_allclose(got["metrics_std"]["forget_acc"], np.std(fa, ddof=1), rtol=1e-6,
-                             atol=1e-12)
+  np.testing.assert_allclose(
+    got["metrics_std"]["forget_acc"], np.std(fa, ddof=1), rtol=1e-6, atol=1e-12
+  )
   md = (out / "report.md").read_text()
   assert "±" in md and "ugclu" in md and "retrain" in md
   # Re-rendering one run reproduces its report.md.
@@ -228,3 +296,28 @@ def test_three_seeds_aggregate(tmp_path):
   assert cli.main(["report", dirs[0], "--out", str(single)]) == 0
   assert (single / "report.md").read_text() == (pathlib.Path(dirs[0]) / "report.md").read_text()
   assert R.load(dirs[0])["stream"] == ["L:t0", "L:t1", "U:c1"]
+
+
+def _same(old, new, path=""):
+  """Differences between two report trees: floats within 1e-7, timings ignored."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    keys = (set(old) | set(new)) - {"seconds"}
+    return [d for k in sorted(keys) for d in _same(old.get(k), new.get(k), f"{path}/{k}")]
+  if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+    return [d for i, (a, b) in enumerate(zip(old, new)) for d in _same(a, b, f"{path}[{i}]")]
+  if isinstance(old, float) or isinstance(new, float):
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and abs(old - new) <= 1e-7:
+      return []
+  elif old == new:
+    return []
+  return [f"{path}: {old!r} != {new!r}"]
+
+
+def test_the_smoke_report_is_the_one_from_before_the_refactor(smoke_run):
+  # tests/data/smoke_report_before_refactor.json: this smoke run at ca6497a, before the
+  # library path became the executed path. The one documented change since: relapse
+  # is computed from float64 forget accuracies (it lost a float32 rounding of ~1e-8).
+  before = json.loads((ROOT / "tests" / "data" / "smoke_report_before_refactor.json").read_text())
+  report = json.loads((smoke_run / "report.json").read_text())
+  now = {"stream": report["stream"], "methods": report["methods"]}
+  assert _same(before, now) == []

@@ -15,15 +15,15 @@ def _linear_loss(params, batch):
 
 
 class SaliencyTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_fisher_diagonal_matches_hand_computation(self):
     rng = np.random.default_rng(0)
-    xs = rng.normal(size=(3, 4, 2)).astype(np.float32)   # 3 batches of 4 examples
+    xs = rng.normal(size=(3, 4, 2)).astype(np.float32)  # 3 batches of 4 examples
     ys = rng.normal(size=(3, 4)).astype(np.float32)
     params = {"w": jnp.array([0.5, -1.0]), "b": jnp.array(0.25)}
     fisher = self.variant(lambda p, b: ug.fisher_diagonal(_linear_loss, p, b))(
-        params, (jnp.asarray(xs), jnp.asarray(ys)))
+      params, (jnp.asarray(xs), jnp.asarray(ys))
+    )
     # d/dw mean((xw + b - y)^2) = 2 mean(r x), d/db = 2 mean(r); squared, averaged over batches.
     w, b = np.array([0.5, -1.0]), 0.25
     gw, gb = [], []
@@ -36,8 +36,11 @@ class SaliencyTest(chex.TestCase):
 
   def test_fisher_needs_batches(self):
     with self.assertRaisesRegex(ValueError, "at least one batch"):
-      ug.fisher_diagonal(_linear_loss, {"w": jnp.ones(2), "b": jnp.zeros(())},
-                         (jnp.zeros((0, 4, 2)), jnp.zeros((0, 4))))
+      ug.fisher_diagonal(
+        _linear_loss,
+        {"w": jnp.ones(2), "b": jnp.zeros(())},
+        (jnp.zeros((0, 4, 2)), jnp.zeros((0, 4))),
+      )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_mask_thresholds(self):
@@ -72,8 +75,10 @@ class SaliencyTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_top_fraction_mask_keeps_exactly_the_top_fraction(self):
     rng = np.random.default_rng(0)
-    scores = {"a": jnp.asarray(rng.permutation(60).reshape(6, 10), jnp.float32),
-              "b": jnp.asarray(60 + rng.permutation(37), jnp.float32)}
+    scores = {
+      "a": jnp.asarray(rng.permutation(60).reshape(6, 10), jnp.float32),
+      "b": jnp.asarray(60 + rng.permutation(37), jnp.float32),
+    }
     n = 97
     top = self.variant(ug.top_fraction_mask, static_argnums=1)
     for fraction in (0.0, 0.2, 0.5, 1.0):
@@ -102,8 +107,9 @@ class SaliencyTest(chex.TestCase):
         ug.top_fraction_mask(scores, bad)
 
   def test_top_fraction_mask_ties_go_to_the_earlier_entry(self):
-    np.testing.assert_array_equal(ug.top_fraction_mask({"a": jnp.ones((10,))}, 0.3)["a"],
-                                  [1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(
+      ug.top_fraction_mask({"a": jnp.ones((10,))}, 0.3)["a"], [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    )
     # Across leaves, in leaf order ("a" before "b"); larger scores first.
     tied = {"a": jnp.array([1.0, 2.0]), "b": jnp.array([2.0, 2.0, 1.0])}
     mask = ug.top_fraction_mask(tied, 0.4)

@@ -21,8 +21,7 @@ def _of_classes(*classes):
 
 
 def _add(store, classes, seed=0):
-  return store_lib.store_add(store, _of_classes(*classes), Y_TRAIN,
-                             np.random.default_rng(seed))
+  return store_lib.store_add(store, _of_classes(*classes), Y_TRAIN, np.random.default_rng(seed))
 
 
 def _check_invariants(store):
@@ -33,7 +32,7 @@ def _check_invariants(store):
   assert np.all(store.labels[~valid] == -1)
   if not store.full_access:
     assert store.indices.shape == (int(store.capacity),)
-    assert np.all(~valid[valid.sum():])  # Empty slots come last.
+    assert np.all(~valid[valid.sum() :])  # Empty slots come last.
   assert store.indices.dtype == np.int64 and store.labels.dtype == np.int32
 
 
@@ -63,16 +62,13 @@ def test_store_is_a_pytree_of_numpy_arrays():
 def test_capacity_and_balance_as_classes_arrive():
   store = store_lib.store_init(10, NUM_CLASSES)
   store = _add(store, [0, 1], seed=1)
-  np.testing.assert_array_equal(store_lib.store_class_counts(store),
-                                [5, 5, 0, 0, 0, 0])
+  np.testing.assert_array_equal(store_lib.store_class_counts(store), [5, 5, 0, 0, 0, 0])
   store = _add(store, [2, 3], seed=2)
   # Level 2 for 4 classes leaves 2 slots; they go to the classes holding more
   # (0 and 1), so the old classes shrink from 5 to 3 and the new get 2.
-  np.testing.assert_array_equal(store_lib.store_class_counts(store),
-                                [3, 3, 2, 2, 0, 0])
+  np.testing.assert_array_equal(store_lib.store_class_counts(store), [3, 3, 2, 2, 0, 0])
   store = _add(store, [4, 5], seed=3)
-  np.testing.assert_array_equal(store_lib.store_class_counts(store),
-                                [2, 2, 2, 2, 1, 1])
+  np.testing.assert_array_equal(store_lib.store_class_counts(store), [2, 2, 2, 2, 1, 1])
   _check_invariants(store)
   np.testing.assert_array_equal(store.seen, [PER_CLASS] * NUM_CLASSES)
 
@@ -90,8 +86,9 @@ def test_balance_within_one(capacity):
 
 def test_small_class_keeps_all_and_others_share_the_rest():
   y = np.repeat(np.arange(3, dtype=np.int32), [2, 50, 50])
-  store = store_lib.store_add(store_lib.store_init(21, 3), np.arange(102), y,
-                              np.random.default_rng(0))
+  store = store_lib.store_add(
+    store_lib.store_init(21, 3), np.arange(102), y, np.random.default_rng(0)
+  )
   np.testing.assert_array_equal(store_lib.store_class_counts(store), [2, 10, 9])
 
 
@@ -134,21 +131,18 @@ def test_adding_stored_indices_again_does_not_duplicate():
   store = store_lib.store_init(None, NUM_CLASSES)
   store = _add(store, [0])
   store = _add(store, [0, 1])
-  np.testing.assert_array_equal(store_lib.store_indices(store),
-                                _of_classes(0, 1))
+  np.testing.assert_array_equal(store_lib.store_indices(store), _of_classes(0, 1))
   np.testing.assert_array_equal(store.seen[:2], [PER_CLASS, PER_CLASS])
 
 
 def test_store_add_rejects_bad_input():
   store = store_lib.store_init(4, NUM_CLASSES)
   with pytest.raises(ValueError, match="lie in"):
-    store_lib.store_add(store, [len(Y_TRAIN)], Y_TRAIN,
-                        np.random.default_rng(0))
+    store_lib.store_add(store, [len(Y_TRAIN)], Y_TRAIN, np.random.default_rng(0))
   with pytest.raises(ValueError, match="1-D integer"):
     store_lib.store_add(store, [[1, 2]], Y_TRAIN, np.random.default_rng(0))
   with pytest.raises(ValueError, match="labels"):
-    store_lib.store_add(store_lib.store_init(4, 2), [0, 100], Y_TRAIN,
-                        np.random.default_rng(0))
+    store_lib.store_add(store_lib.store_init(4, 2), [0, 100], Y_TRAIN, np.random.default_rng(0))
 
 
 # ---------------------------------------------------------------------------
@@ -169,38 +163,35 @@ def test_purge_removes_all_forgotten_and_nothing_else(capacity):
   _check_invariants(purged)
   # Per class, seen drops by the forgotten samples of that class.
   np.testing.assert_array_equal(
-      purged.seen[:4], PER_CLASS - np.bincount(Y_TRAIN[forget], minlength=4))
+    purged.seen[:4], PER_CLASS - np.bincount(Y_TRAIN[forget], minlength=4)
+  )
   # Without labels, seen is kept.
+  np.testing.assert_array_equal(store_lib.store_purge(store, forget).seen, store.seen)
   np.testing.assert_array_equal(
-      store_lib.store_purge(store, forget).seen, store.seen)
-  np.testing.assert_array_equal(
-      store_lib.store_indices(store_lib.store_purge(store, forget)), after)
+    store_lib.store_indices(store_lib.store_purge(store, forget)), after
+  )
 
 
 def test_purged_capacity_is_reused():
   store = _add(store_lib.store_init(12, NUM_CLASSES), [0, 1, 2])
   store = store_lib.store_purge(store, _of_classes(1), y_train=Y_TRAIN)
-  np.testing.assert_array_equal(store_lib.store_class_counts(store),
-                                [4, 0, 4, 0, 0, 0])
+  np.testing.assert_array_equal(store_lib.store_class_counts(store), [4, 0, 4, 0, 0, 0])
   assert store.indices.shape == (12,)
   assert np.sum(store.indices == -1) == 4
   store = _add(store, [3], seed=1)
   # Classes 0 and 2 cannot grow (their other samples are gone from the
   # store), so the freed slots go to the new class.
-  np.testing.assert_array_equal(store_lib.store_class_counts(store),
-                                [4, 0, 4, 4, 0, 0])
+  np.testing.assert_array_equal(store_lib.store_class_counts(store), [4, 0, 4, 4, 0, 0])
 
 
 def test_full_access_mode():
   store = store_lib.store_init(None, NUM_CLASSES)
   store = _add(store, [0, 1])
   store = _add(store, [4])
-  np.testing.assert_array_equal(store_lib.store_indices(store),
-                                _of_classes(0, 1, 4))
+  np.testing.assert_array_equal(store_lib.store_indices(store), _of_classes(0, 1, 4))
   assert not np.any(store.indices == -1)
   store = store_lib.store_purge(store, _of_classes(1), y_train=Y_TRAIN)
-  np.testing.assert_array_equal(store_lib.store_indices(store),
-                                _of_classes(0, 4))
+  np.testing.assert_array_equal(store_lib.store_indices(store), _of_classes(0, 4))
   _check_invariants(store)
 
 
@@ -211,7 +202,8 @@ def test_full_access_mode():
 def test_accessible_indices():
   store = _add(store_lib.store_init(None, NUM_CLASSES), [0])
   np.testing.assert_array_equal(
-      store_lib.accessible_indices(store, _of_classes(2)), _of_classes(0, 2))
+    store_lib.accessible_indices(store, _of_classes(2)), _of_classes(0, 2)
+  )
 
 
 def test_data_access_serves_only_store_and_request():
@@ -219,17 +211,18 @@ def test_data_access_serves_only_store_and_request():
   request = _of_classes(2)
   access = store_lib.DataAccess(X_TRAIN, Y_TRAIN, store, request)
   np.testing.assert_array_equal(access.target_indices, request)
-  np.testing.assert_array_equal(access.remain_indices,
-                                store_lib.store_indices(store))
+  np.testing.assert_array_equal(access.remain_indices, store_lib.store_indices(store))
   allowed = np.union1d(request, store_lib.store_indices(store))
   batch = access.batch(allowed[:5])
   assert batch.x.dtype == np.float32 and batch.x.shape == (5, 2, 2, 1)
   np.testing.assert_array_equal(batch.y, Y_TRAIN[allowed[:5]])
   # A class-0 sample that the reservoir did not keep is not readable.
   outside = np.setdiff1d(_of_classes(0), store_lib.store_indices(store))[0]
-  for read in (lambda: access.batch([allowed[0], outside]),
-               lambda: access.labels([outside]),
-               lambda: list(access.eval_batches([outside], 4))):
+  for read in (
+    lambda: access.batch([allowed[0], outside]),
+    lambda: access.labels([outside]),
+    lambda: list(access.eval_batches([outside], 4)),
+  ):
     with pytest.raises(store_lib.AccessError, match=str(outside)):
       read()
   with pytest.raises(ValueError):
@@ -270,16 +263,15 @@ def test_unlearn_access_after_purge():
 def test_batch_indices_shape_and_epoch_coverage(n, batch_size):
   indices = np.arange(100, 100 + n)
   steps = 3 * n  # 3 * batch_size epochs' worth of positions.
-  stream = np.concatenate([
-      batching.batch_indices(indices, batch_size, step, seed=1)
-      for step in range(steps)])
+  stream = np.concatenate(
+    [batching.batch_indices(indices, batch_size, step, seed=1) for step in range(steps)]
+  )
   assert stream.dtype == np.int64 and stream.shape == (steps * batch_size,)
   for epoch in range(steps * batch_size // n):
-    np.testing.assert_array_equal(np.sort(stream[epoch * n:(epoch + 1) * n]),
-                                  indices)
+    np.testing.assert_array_equal(np.sort(stream[epoch * n : (epoch + 1) * n]), indices)
     np.testing.assert_array_equal(
-        stream[epoch * n:(epoch + 1) * n],
-        batching.epoch_permutation(indices, epoch, seed=1))
+      stream[epoch * n : (epoch + 1) * n], batching.epoch_permutation(indices, epoch, seed=1)
+    )
 
 
 def test_batch_indices_deterministic_and_seeded():
@@ -289,8 +281,8 @@ def test_batch_indices_deterministic_and_seeded():
   assert not np.array_equal(a, batching.batch_indices(indices, 16, 7, 4))
   assert not np.array_equal(a, batching.batch_indices(indices, 16, 8, 3))
   np.testing.assert_array_equal(
-      batching.batch_indices(indices, 16, 2, (3, 1)),
-      batching.batch_indices(indices, 16, 2, [3, 1]))
+    batching.batch_indices(indices, 16, 2, (3, 1)), batching.batch_indices(indices, 16, 2, [3, 1])
+  )
 
 
 def test_batch_indices_errors():
@@ -305,8 +297,7 @@ def test_batch_indices_errors():
 
 
 def test_sample_batch():
-  batch = batching.sample_batch(X_TRAIN, Y_TRAIN, np.arange(7), batch_size=16,
-                                step=2, seed=0)
+  batch = batching.sample_batch(X_TRAIN, Y_TRAIN, np.arange(7), batch_size=16, step=2, seed=0)
   assert isinstance(batch, Batch)
   assert batch.x.shape == (16, 2, 2, 1) and batch.x.dtype == np.float32
   assert batch.y.dtype == np.int32 and batch.mask.dtype == np.float32

@@ -27,18 +27,20 @@ def _of_classes(*classes):
 
 def test_make_tasks():
   assert streams.make_tasks(6, 2) == ((0, 1), (2, 3), (4, 5))
-  assert streams.make_tasks(6, 3, class_order=[5, 0, 3, 1, 2, 4]) == (
-      (5, 0, 3), (1, 2, 4))
+  assert streams.make_tasks(6, 3, class_order=[5, 0, 3, 1, 2, 4]) == ((5, 0, 3), (1, 2, 4))
   assert streams.make_tasks(10, 2, class_order=[9, 8]) == ((9, 8),)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(num_classes=6, classes_per_task=4), "multiple"),
     (dict(num_classes=6, classes_per_task=0), "classes_per_task"),
     (dict(num_classes=6, classes_per_task=2, class_order=[0, 0]), "repeats"),
     (dict(num_classes=6, classes_per_task=1, class_order=[6]), "outside"),
     (dict(num_classes=6, classes_per_task=1, class_order=[]), "multiple"),
-])
+  ],
+)
 def test_make_tasks_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     streams.make_tasks(**kwargs)
@@ -51,18 +53,25 @@ def test_make_tasks_errors(kwargs, match):
 def test_every_valid_token_form():
   requests = _parse("L:t0 L:c2,3 U:t0 U:c3,2 L:t2 U:r0.1 U:r0.5@t2 L:t1")
   assert requests == (
-      Request("L:t0", "learn", "task", 0, (0, 1), None),
-      Request("L:c2,3", "learn", "classes", None, (2, 3), None),
-      Request("U:t0", "unlearn", "task", 0, (0, 1), None),
-      Request("U:c3,2", "unlearn", "classes", None, (2, 3), None),
-      Request("L:t2", "learn", "task", 2, (4, 5), None),
-      Request("U:r0.1", "unlearn", "random", None, tuple(range(10)), 0.1),
-      Request("U:r0.5@t2", "unlearn", "random", 2, (4, 5), 0.5),
-      Request("L:t1", "learn", "task", 1, (2, 3), None),
+    Request("L:t0", "learn", "task", 0, (0, 1), None),
+    Request("L:c2,3", "learn", "classes", None, (2, 3), None),
+    Request("U:t0", "unlearn", "task", 0, (0, 1), None),
+    Request("U:c3,2", "unlearn", "classes", None, (2, 3), None),
+    Request("L:t2", "learn", "task", 2, (4, 5), None),
+    Request("U:r0.1", "unlearn", "random", None, tuple(range(10)), 0.1),
+    Request("U:r0.5@t2", "unlearn", "random", 2, (4, 5), 0.5),
+    Request("L:t1", "learn", "task", 1, (2, 3), None),
   )
   assert streams.stream_tokens(requests) == [
-      "L:t0", "L:c2,3", "U:t0", "U:c3,2", "L:t2", "U:r0.1", "U:r0.5@t2",
-      "L:t1"]
+    "L:t0",
+    "L:c2,3",
+    "U:t0",
+    "U:c3,2",
+    "L:t2",
+    "U:r0.1",
+    "U:r0.5@t2",
+    "L:t1",
+  ]
 
 
 def test_list_and_text_agree():
@@ -94,7 +103,9 @@ def test_relearning_and_partial_overlap_are_allowed():
 # Invalid streams: one-line StreamError naming the token and its position.
 
 
-@pytest.mark.parametrize("text, bad, position, match", [
+@pytest.mark.parametrize(
+  "text, bad, position, match",
+  [
     ("X:t0", "X:t0", 0, "unknown kind 'X'"),
     ("L:t0 l:t1", "l:t1", 1, "unknown kind"),
     ("Lt0", "Lt0", 0, "malformed"),
@@ -129,7 +140,8 @@ def test_relearning_and_partial_overlap_are_allowed():
     ("L:t0 U:r0.1@t1", "U:r0.1@t1", 1, "task 1 is currently learned"),
     ("L:t0 L:t1 U:t1 U:r0.5@t1", "U:r0.5@t1", 3, "currently learned"),
     ("L:t0 U:r1@t0 U:t0", "U:t0", 2, "currently learned"),
-])
+  ],
+)
 def test_invalid_streams(text, bad, position, match):
   with pytest.raises(StreamError, match=match) as error:
     _parse(text)
@@ -165,8 +177,7 @@ def _run(text, seed=0):
   mask = np.zeros(len(Y_TRAIN), bool)
   out = []
   for request in _parse(text):
-    indices = streams.resolve_request(request, y_train=Y_TRAIN,
-                                      learned_mask=mask, rng=rng)
+    indices = streams.resolve_request(request, y_train=Y_TRAIN, learned_mask=mask, rng=rng)
     out.append(indices)
     mask = streams.apply_request(mask, request, indices)
   return out, mask
@@ -189,20 +200,22 @@ def test_relearn_returns_the_whole_task_again():
   np.testing.assert_array_equal(mask, np.isin(Y_TRAIN, [0, 1, 2, 3]))
 
 
-@pytest.mark.parametrize("fraction, learned, expected", [
+@pytest.mark.parametrize(
+  "fraction, learned, expected",
+  [
     (0.1, 40, 4),
     (0.125, 20, 3),  # 2.5 rounds half up.
     (0.01, 40, 1),  # At least one sample.
     (1.0, 40, 40),
     (0.5, 1, 1),
-])
+  ],
+)
 def test_random_fraction_counts(fraction, learned, expected):
   rng = np.random.default_rng(0)
   mask = np.zeros(len(Y_TRAIN), bool)
   mask[_of_classes(4, 5)[:learned]] = True
   request = _parse(f"L:c4,5 U:r{fraction}")[1]
-  indices = streams.resolve_request(request, y_train=Y_TRAIN,
-                                    learned_mask=mask, rng=rng)
+  indices = streams.resolve_request(request, y_train=Y_TRAIN, learned_mask=mask, rng=rng)
   assert len(indices) == expected
   assert len(np.unique(indices)) == expected and np.all(np.diff(indices) > 0)
   assert mask[indices].all()  # Only learned, not yet unlearned samples.
@@ -239,18 +252,14 @@ def test_resolve_errors():
   learn_9 = _parse("L:c9")[0]
   y_without_9 = np.where(Y_TRAIN == 9, 0, Y_TRAIN)
   with pytest.raises(StreamError, match="'L:c9'.*no training sample"):
-    streams.resolve_request(learn_9, y_train=y_without_9, learned_mask=mask,
-                            rng=rng)
+    streams.resolve_request(learn_9, y_train=y_without_9, learned_mask=mask, rng=rng)
   unlearn_0 = _parse("L:t0 U:t0")[1]
   with pytest.raises(StreamError, match="'U:t0'"):
-    streams.resolve_request(unlearn_0, y_train=Y_TRAIN, learned_mask=mask,
-                            rng=rng)
+    streams.resolve_request(unlearn_0, y_train=Y_TRAIN, learned_mask=mask, rng=rng)
   with pytest.raises(ValueError, match="learned_mask"):
-    streams.resolve_request(learn_9, y_train=Y_TRAIN, learned_mask=mask[:-1],
-                            rng=rng)
+    streams.resolve_request(learn_9, y_train=Y_TRAIN, learned_mask=mask[:-1], rng=rng)
   with pytest.raises(ValueError, match="learned_mask"):
-    streams.resolve_request(learn_9, y_train=Y_TRAIN,
-                            learned_mask=mask.astype(np.int32), rng=rng)
+    streams.resolve_request(learn_9, y_train=Y_TRAIN, learned_mask=mask.astype(np.int32), rng=rng)
 
 
 def test_apply_request_is_pure():

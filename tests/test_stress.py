@@ -47,10 +47,13 @@ def runs(tmp_path_factory):
   out = []
   # Plots are not under test here (and take seconds per run): report.json is.
   for seed in SEEDS:
-    stream = D.random_stream(np.random.default_rng(seed), tasks=tasks, num_classes=10,
-                             length=LENGTH)
-    cfg = C.apply_overrides(C.load_config("smoke"), OVERRIDES + [
-        f"seed={seed}", f"stream={stream}", "methods=" + ",".join(NAMES)])
+    stream = D.random_stream(
+      np.random.default_rng(seed), tasks=tasks, num_classes=10, length=LENGTH
+    )
+    cfg = C.apply_overrides(
+      C.load_config("smoke"),
+      OVERRIDES + [f"seed={seed}", f"stream={stream}", "methods=" + ",".join(NAMES)],
+    )
     workdir = tmp_path_factory.mktemp(f"stress{seed}")
     lines = []
     runner.run_experiment(cfg, workdir, progress=False, render=False, echo=lines.append)
@@ -96,16 +99,22 @@ FORGET_MISSES = ("ugclu_hvp", "ga", "rl", "salun", "scrub")
 
 
 def _known(names, misses, reason):
-  return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=reason))
-          if n in misses else n for n in names]
+  return [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=reason)) if n in misses else n
+    for n in names
+  ]
 
 
-@pytest.mark.parametrize("name", _known(NAMES + (MT.ORACLE,), PAPER_COLLAPSES,
-                                        "pure ascent, as published"))
+@pytest.mark.parametrize(
+  "name", _known(NAMES + (MT.ORACLE,), PAPER_COLLAPSES, "pure ascent, as published")
+)
 def test_no_request_collapses(runs, name):
-  found = [f"seed {seed}, stream {stream!r}: [{c['index']}] {c['request']}: {c['reason']}"
-           for seed, stream, report, _ in runs for c in R.collapses(report)
-           if c["method"] == name]
+  found = [
+    f"seed {seed}, stream {stream!r}: [{c['index']}] {c['request']}: {c['reason']}"
+    for seed, stream, report, _ in runs
+    for c in R.collapses(report)
+    if c["method"] == name
+  ]
   assert not found, f"{name} collapsed:\n" + "\n".join(found)
 
 
@@ -141,7 +150,8 @@ def test_unlearning_baselines_forget_classes_and_tasks_like_the_oracle(runs, nam
 
 def _stress_module():
   spec = importlib.util.spec_from_file_location(
-      "stress", pathlib.Path(__file__).resolve().parent.parent / "experiments" / "stress.py")
+    "stress", pathlib.Path(__file__).resolve().parent.parent / "experiments" / "stress.py"
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -149,28 +159,52 @@ def _stress_module():
 
 def _run(stream_id, seed, gaps, remain, collapsed=None):
   """A report of ``L:t0 U:c0 U:c1``: ugclu's two unlearn gaps and remain accuracies."""
+
   def req(i, token, gap, ra, reason=None):
-    return {"index": i, "request": token, "seconds": 1.0, "acc_per_task": [ra],
-            "metrics": {"avg_gap": gap, "remain_acc": ra}, "collapsed": reason}
+    return {
+      "index": i,
+      "request": token,
+      "seconds": 1.0,
+      "acc_per_task": [ra],
+      "metrics": {"avg_gap": gap, "remain_acc": ra},
+      "collapsed": reason,
+    }
+
   tokens = ["L:t0", "U:c0", "U:c1"]
-  ug = [req(0, "L:t0", None, 1.0), req(1, "U:c0", gaps[0], remain[0], collapsed),
-        req(2, "U:c1", gaps[1], remain[1])]
+  ug = [
+    req(0, "L:t0", None, 1.0),
+    req(1, "U:c0", gaps[0], remain[0], collapsed),
+    req(2, "U:c1", gaps[1], remain[1]),
+  ]
   oracle = [req(i, t, None if i == 0 else 0.0, 1.0) for i, t in enumerate(tokens)]
-  report = {"config": {"seed": seed, "data": {}, "train": {"model": "mlp"}},
-            "dataset": "digits", "stream": tokens,
-            "methods": {"ugclu": {"requests": ug}, "retrain": {"requests": oracle}}}
-  return {"stream_id": stream_id, "seed": seed, "stream": " ".join(tokens), "report": report,
-          "seconds": 10.0}
+  report = {
+    "config": {"seed": seed, "data": {}, "train": {"model": "mlp"}},
+    "dataset": "digits",
+    "stream": tokens,
+    "methods": {"ugclu": {"requests": ug}, "retrain": {"requests": oracle}},
+  }
+  return {
+    "stream_id": stream_id,
+    "seed": seed,
+    "stream": " ".join(tokens),
+    "report": report,
+    "seconds": 10.0,
+  }
 
 
 def test_stress_table_by_hand():
   stress = _stress_module()
-  runs = [_run(0, 0, (0.1, 0.3), (0.9, 0.8)),
-          _run(0, 1, (0.0, 0.2), (0.95, 0.6), collapsed="chance"),
-          _run(1, 0, (0.4, 0.4), (0.7, 0.9))]
-  text = stress.stress_table(runs, command="python experiments/stress.py", wall_seconds=5.0,
-                             failed=[{"stream_id": 2, "seed": 0, "stream": "L:t0",
-                                      "error": "diverged"}])
+  runs = [
+    _run(0, 0, (0.1, 0.3), (0.9, 0.8)),
+    _run(0, 1, (0.0, 0.2), (0.95, 0.6), collapsed="chance"),
+    _run(1, 0, (0.4, 0.4), (0.7, 0.9)),
+  ]
+  text = stress.stress_table(
+    runs,
+    command="python experiments/stress.py",
+    wall_seconds=5.0,
+    failed=[{"stream_id": 2, "seed": 0, "stream": "L:t0", "error": "diverged"}],
+  )
   # Run gaps 0.2, 0.1, 0.4: mean 23.3 %, worst 40 %; worst request 40 %; worst RA 60 %.
   assert "| ugclu | 3 | 1/3 (33%) | 23.3% | 40.0% | 40.0% | 60.0% |" in text
   assert "| retrain (oracle) | 3 | 0/3 (0%) | 0.0% | 0.0% | 0.0% | 100.0% |" in text

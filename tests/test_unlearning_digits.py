@@ -14,8 +14,7 @@ B = 64
 
 
 def _batch(ds, indices, step, seed):
-  x, y, m = data.sample_batch(ds.x_train, ds.y_train, indices, batch_size=B, step=step,
-                              seed=seed)
+  x, y, m = data.sample_batch(ds.x_train, ds.y_train, indices, batch_size=B, step=step, seed=seed)
   return ug.Batch(jnp.asarray(x), jnp.asarray(y), jnp.asarray(m))
 
 
@@ -53,10 +52,13 @@ def test_unlearn_one_class_on_digits():
   # Unlearn request for one class: balanced mask, then the fast-slow cycle.
   forget = all_idx[ds.y_train == FORGET_CLASS]
   remain = all_idx[ds.y_train != FORGET_CLASS]
-  loss = lambda p, b: ug.cross_entropy(logits=apply_fn(p, mstate, b.x, train=False)[0],
-                                       labels=b.y, mask=b.mask)
-  mask = ug.balanced_saliency_mask(ug.fisher_diagonal(loss, params, _stacked(ds, forget, 4, 2)),
-                                   ug.fisher_diagonal(loss, params, _stacked(ds, remain, 8, 3)))
+  loss = lambda p, b: ug.cross_entropy(
+    logits=apply_fn(p, mstate, b.x, train=False)[0], labels=b.y, mask=b.mask
+  )
+  mask = ug.balanced_saliency_mask(
+    ug.fisher_diagonal(loss, params, _stacked(ds, forget, 4, 2)),
+    ug.fisher_diagonal(loss, params, _stacked(ds, remain, 8, 3)),
+  )
   assert 0.0 < float(ug.mask_density(mask)) < 1.0
   tx = ug.build_optimizer(learning_rate=0.01)
   unlearn = ug.make_steps(apply_fn, tx, kind="unlearn")

@@ -22,8 +22,13 @@ from ugclu_jax.data import datasets
 from ugclu_jax.data import streams
 
 CLASSES = (C.DataConfig, C.TrainConfig, C.UGCLUConfig, C.BaselinesConfig, C.ExperimentConfig)
-PREFIX = {C.DataConfig: "data.", C.TrainConfig: "train.", C.UGCLUConfig: "ugclu.",
-          C.BaselinesConfig: "baselines.", C.ExperimentConfig: ""}
+PREFIX = {
+  C.DataConfig: "data.",
+  C.TrainConfig: "train.",
+  C.UGCLUConfig: "ugclu.",
+  C.BaselinesConfig: "baselines.",
+  C.ExperimentConfig: "",
+}
 
 
 def _run_cli(tmp_path, capsys, *sets, config="smoke"):
@@ -49,7 +54,9 @@ def _assert_refused(code, err, workdir, *names):
 # Config values: type, finiteness, sign, range (issue 12: "Values are not checked").
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("ugclu.a_unlearn=-25", "ugclu.a_unlearn=-25.0 must be >= 0"),
     ("train.momentum=2", "train.momentum=2.0 must be in [0, 1)"),
     ("train.momentum=1", "train.momentum=1.0 must be in [0, 1)"),
@@ -73,18 +80,27 @@ def _assert_refused(code, err, workdir, *names):
     ("seed=-1", "seed=-1 must be in [0, 4294967295]"),
     ("seed=٣", "seed='٣' is not a valid int"),
     ("train.learn_epochs=０.５", "train.learn_epochs='０.５' is not a valid float"),
-])
-def test_bad_values_are_refused_in_one_line_before_the_workdir(override, message, tmp_path,
-                                                               capsys):
+  ],
+)
+def test_bad_values_are_refused_in_one_line_before_the_workdir(override, message, tmp_path, capsys):
   code, err, workdir = _run_cli(tmp_path, capsys, override)
   _assert_refused(code, err, workdir, message)
 
 
 def test_values_the_docs_allow_are_accepted():
-  cfg = C.apply_overrides(C.load_config("smoke"), [
+  cfg = C.apply_overrides(
+    C.load_config("smoke"),
+    [
       "ugclu.learn_temperature=-1",  # Negative: hard samples up, by design.
-      "ugclu.clip=0", "ugclu.temperature=0", "train.momentum=0", "train.devices=0",
-      "seed=4294967295", "data.store_size=none", "ugclu.slow_step_size=0"])
+      "ugclu.clip=0",
+      "ugclu.temperature=0",
+      "train.momentum=0",
+      "train.devices=0",
+      "seed=4294967295",
+      "data.store_size=none",
+      "ugclu.slow_step_size=0",
+    ],
+  )
   assert cfg.ugclu.learn_temperature == -1.0 and cfg.seed == 2**32 - 1
   assert cfg.data.store_size is None
 
@@ -94,16 +110,20 @@ def _fields(cls):
   return [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
 
 
-@pytest.mark.parametrize("cls", [C.TrainConfig, C.UGCLUConfig, C.BaselinesConfig],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+  "cls", [C.TrainConfig, C.UGCLUConfig, C.BaselinesConfig], ids=lambda c: c.__name__
+)
 def test_every_float_field_refuses_nan_and_inf(cls):
   checked = 0
   for name, tp in _fields(cls):
     if C._unwrap_optional(tp)[0] is not float:
       continue
     for bad in (math.nan, math.inf, -math.inf, 10**400):
-      with pytest.raises(C.ConfigError, match=rf"^{re.escape(PREFIX[cls] + name)}=.* "
-                                              r"must be finite$"):
+      with pytest.raises(
+        C.ConfigError,
+        match=rf"^{re.escape(PREFIX[cls] + name)}=.* "
+        r"must be finite$",
+      ):
         cls(**{name: bad})
     checked += 1
   assert checked
@@ -124,8 +144,11 @@ def test_every_field_checks_its_type(cls):
       bad = {"name": "digits"}
     else:  # int or float
       bad = True
-    with pytest.raises(C.ConfigError, match=rf"^{re.escape(PREFIX[cls] + name)}=\S.* must be "
-                                            r"(a|an) \w+"):
+    with pytest.raises(
+      C.ConfigError,
+      match=rf"^{re.escape(PREFIX[cls] + name)}=\S.* must be "
+      r"(a|an) \w+",
+    ):
       cls(**{name: bad})
   # A str is not a number either.
   for name, tp in _fields(cls):
@@ -137,9 +160,10 @@ def test_every_field_checks_its_type(cls):
 def test_python_config_batch_size_str_is_one_line_naming_the_key(tmp_path, capsys):
   path = tmp_path / "typo.py"
   path.write_text(
-      "from ugclu_jax.config import DataConfig, ExperimentConfig\n\n\n"
-      "def get_config():\n"
-      "  return ExperimentConfig(data=DataConfig(batch_size=\"32\"))\n")
+    "from ugclu_jax.config import DataConfig, ExperimentConfig\n\n\n"
+    "def get_config():\n"
+    '  return ExperimentConfig(data=DataConfig(batch_size="32"))\n'
+  )
   with pytest.raises(C.ConfigError, match=r"^data\.batch_size='32' must be an int$"):
     C.DataConfig(batch_size="32")
   code, err, workdir = _run_cli(tmp_path, capsys, config=path)
@@ -175,14 +199,17 @@ def _check(text, y=Y, seed=0):
   streams.check_stream_data(requests, y_train=y, seed=seed)
 
 
-@pytest.mark.parametrize("text, token", [
+@pytest.mark.parametrize(
+  "text, token",
+  [
     ("L:t0 U:t0", "'U:t0' (position 1)"),  # the old `run --help` example
     ("L:t0 U:c0,1", "'U:c0,1' (position 1)"),
     ("L:t0 U:r1", "'U:r1' (position 1)"),
     ("L:t0 U:r0.96", "'U:r0.96' (position 1)"),  # 9.6 of 10 samples rounds to all
     ("L:t0 L:t1 U:t1 U:c0,1", "'U:c0,1' (position 3)"),
     ("L:t0 L:t1 U:r0.5@t1 U:t0 U:t1", "'U:t1' (position 4)"),
-])
+  ],
+)
 def test_unlearning_everything_learned_is_refused(text, token):
   with pytest.raises(streams.StreamError, match=re.escape(token) + ".*nothing remains") as e:
     _check(text)
@@ -220,8 +247,9 @@ def test_the_runner_replays_the_same_draws():
   requests = streams.parse_stream("L:t0 L:t1 U:r0.3 U:r0.5@t1", tasks=TASKS, num_classes=6)
   learned = np.zeros(Y.shape, bool)
   for r, (idx, after) in enumerate(streams.replay_stream(requests, y_train=Y, seed=7)):
-    expected = streams.resolve_request(requests[r], y_train=Y, learned_mask=learned,
-                                       rng=np.random.default_rng([7, r, 11]))
+    expected = streams.resolve_request(
+      requests[r], y_train=Y, learned_mask=learned, rng=np.random.default_rng([7, r, 11])
+    )
     np.testing.assert_array_equal(idx, expected)
     learned = streams.apply_request(learned, requests[r], idx)
     np.testing.assert_array_equal(after, learned)
@@ -259,10 +287,10 @@ def _write_idx(folder, *, train_labels=None, test_labels=None, gz=True):
   train_labels = np.arange(40) % 10 if train_labels is None else train_labels
   test_labels = np.arange(20) % 10 if test_labels is None else test_labels
   files = {
-      "train-images-idx3-ubyte": _idx(rng.integers(0, 256, (len(train_labels), 4, 4))),
-      "train-labels-idx1-ubyte": _idx(np.asarray(train_labels)),
-      "t10k-images-idx3-ubyte": _idx(rng.integers(0, 256, (len(test_labels), 4, 4))),
-      "t10k-labels-idx1-ubyte": _idx(np.asarray(test_labels)),
+    "train-images-idx3-ubyte": _idx(rng.integers(0, 256, (len(train_labels), 4, 4))),
+    "train-labels-idx1-ubyte": _idx(np.asarray(train_labels)),
+    "t10k-images-idx3-ubyte": _idx(rng.integers(0, 256, (len(test_labels), 4, 4))),
+    "t10k-labels-idx1-ubyte": _idx(np.asarray(test_labels)),
   }
   os.makedirs(folder, exist_ok=True)
   for stem, data in files.items():
@@ -274,8 +302,9 @@ def _write_idx(folder, *, train_labels=None, test_labels=None, gz=True):
   return folder
 
 
-@pytest.mark.parametrize("where, stem", [("train", "train-labels-idx1-ubyte.gz"),
-                                         ("test", "t10k-labels-idx1-ubyte.gz")])
+@pytest.mark.parametrize(
+  "where, stem", [("train", "train-labels-idx1-ubyte.gz"), ("test", "t10k-labels-idx1-ubyte.gz")]
+)
 def test_idx_label_255_is_an_error_naming_file_and_label(tmp_path, where, stem):
   labels = np.arange(40 if where == "train" else 20) % 10
   labels[7] = 255
@@ -299,8 +328,11 @@ def test_idx_label_255_through_the_cli(tmp_path, capsys):
 
 def test_labels_beyond_a_fixed_class_count_are_refused(tmp_path):
   folder = _write_idx(tmp_path / "idx", test_labels=np.arange(20) % 11)
-  with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz: label 10 is outside "
-                                       r"the 10 classes 0\.\.9"):
+  with pytest.raises(
+    ValueError,
+    match=r"t10k-labels-idx1-ubyte\.gz: label 10 is outside "
+    r"the 10 classes 0\.\.9",
+  ):
     datasets.load_idx_dataset(str(folder), num_classes=10)
 
 
@@ -325,8 +357,14 @@ def _corrupt(folder, kind):
   return gz
 
 
-CORRUPTIONS = ["bad_gzip", "truncated_gzip", "bad_deflate", "truncated_idx", "bad_magic",
-               "size_mismatch"]
+CORRUPTIONS = [
+  "bad_gzip",
+  "truncated_gzip",
+  "bad_deflate",
+  "truncated_idx",
+  "bad_magic",
+  "size_mismatch",
+]
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "idx"])
@@ -334,8 +372,9 @@ CORRUPTIONS = ["bad_gzip", "truncated_gzip", "bad_deflate", "truncated_idx", "ba
 def test_a_corrupt_file_is_an_error_not_a_fallback(tmp_path, kind, name):
   folder = _write_idx(tmp_path / "data")
   bad = _corrupt(folder, kind)
-  cfg = C.apply_overrides(C.load_config("smoke"), [
-      f"data.name={name}", f"data.dir={folder}", "data.fallback=digits"])
+  cfg = C.apply_overrides(
+    C.load_config("smoke"), [f"data.name={name}", f"data.dir={folder}", "data.fallback=digits"]
+  )
   log = []
   with pytest.raises(ValueError, match=re.escape(str(bad))) as e:
     runner.prepare(cfg, log.append)
@@ -347,14 +386,17 @@ def test_a_corrupt_file_is_an_error_not_a_fallback(tmp_path, kind, name):
 def test_a_corrupt_fashion_mnist_through_the_cli_does_not_fall_back(tmp_path, capsys):
   folder = _write_idx(tmp_path / "fm")
   bad = _corrupt(folder, "truncated_gzip")
-  code, err, workdir = _run_cli(tmp_path, capsys, "data.name=fashion_mnist",
-                                f"data.dir={folder}", "data.fallback=digits")
+  code, err, workdir = _run_cli(
+    tmp_path, capsys, "data.name=fashion_mnist", f"data.dir={folder}", "data.fallback=digits"
+  )
   _assert_refused(code, err, workdir, str(bad))
 
 
 def test_only_a_missing_file_falls_back_and_says_so(tmp_path):
-  cfg = C.apply_overrides(C.load_config("smoke"), [
-      "data.name=fashion_mnist", f"data.dir={tmp_path / 'empty'}", "data.fallback=digits"])
+  cfg = C.apply_overrides(
+    C.load_config("smoke"),
+    ["data.name=fashion_mnist", f"data.dir={tmp_path / 'empty'}", "data.fallback=digits"],
+  )
   log = []
   cfg2, ds, _, _, _ = runner.prepare(cfg, log.append)
   assert ds.name == "digits" and cfg2.data.name == "digits"
@@ -368,8 +410,6 @@ def test_only_a_missing_file_falls_back_and_says_so(tmp_path):
 # The tfds hint names a real way (never the network).
 
 
-
-
 def test_tfds_hint_names_real_keys_and_a_real_command(tmp_path, no_network):
   with pytest.raises(D.DatasetMissingError) as e:
     D.load_dataset("tfds:mnist", data_dir=str(tmp_path))
@@ -381,9 +421,16 @@ def test_tfds_hint_names_real_keys_and_a_real_command(tmp_path, no_network):
 
 
 def test_the_largest_seed_runs(tmp_path):
-  cfg = C.apply_overrides(C.load_config("smoke"), [
-      f"seed={C.SEED_MAX}", "stream=L:t0 U:r0.5", "train.learn_epochs=1",
-      "train.unlearn_iterations=5", "data.max_train_per_class=20"])
+  cfg = C.apply_overrides(
+    C.load_config("smoke"),
+    [
+      f"seed={C.SEED_MAX}",
+      "stream=L:t0 U:r0.5",
+      "train.learn_epochs=1",
+      "train.unlearn_iterations=5",
+      "data.max_train_per_class=20",
+    ],
+  )
   report = runner.run_experiment(cfg, tmp_path / "run", progress=False, echo=lambda s: None)
   assert report["config"]["seed"] == 2**32 - 1
   assert len(report["methods"]["ugclu"]["requests"]) == 2

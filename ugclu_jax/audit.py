@@ -39,6 +39,7 @@ FINDINGS_EXIT = 5
 
 class Findings(Exception):
   """The audit found traces of forgotten data (exit code :data:`FINDINGS_EXIT`)."""
+
   exit_code = FINDINGS_EXIT
 
 
@@ -107,8 +108,9 @@ class _Run:
     y = self.ds.y_train
     replay = list(D.replay_stream(self.requests, y_train=y, seed=cfg.seed))
     self.learned_after = [learned for _, learned in replay]
-    self.unlearned = {r: idx for r, (idx, _) in enumerate(replay)
-                      if self.requests[r].kind == "unlearn"}
+    self.unlearned = {
+      r: idx for r, (idx, _) in enumerate(replay) if self.requests[r].kind == "unlearn"
+    }
 
   def learned_at(self, step: int) -> np.ndarray:
     """The learned mask at checkpoint ``step`` (after requests ``0..step-1``)."""
@@ -135,7 +137,7 @@ def _check_content(run: _Run, step: int, tree, meta, where: str) -> list[str]:
   num_train = run.ds.y_train.size
   if tree is not None:
     stored = D.store_indices(D.Store(*tree["store"]))
-    if (n := int(np.isin(stored, forgotten).sum())):
+    if n := int(np.isin(stored, forgotten).sum()):
       findings.append(f"{where}: the store holds {n} forgotten sample(s)")
     if not np.array_equal(np.asarray(tree["learned"], bool), run.learned_at(step)):
       findings.append(f"{where}: the learned mask differs from the stream's replay")
@@ -144,7 +146,7 @@ def _check_content(run: _Run, step: int, tree, meta, where: str) -> list[str]:
         a = np.asarray(leaf)
         if a.ndim >= 1 and a.shape[0] == num_train and forgotten.size:
           rows = a[forgotten].reshape(forgotten.size, -1)
-          if (n := int(np.any(rows != 0, axis=1).sum())):
+          if n := int(np.any(rows != 0, axis=1).sum()):
             findings.append(f"{where}: {name}'s state keeps rows of {n} forgotten sample(s)")
   if meta is not None:
     findings += scan_json(meta, forgotten, f"{where} metadata")
@@ -187,6 +189,7 @@ def _check_checkpoints(run: _Run, workdir: pathlib.Path) -> tuple[list[str], int
 
 def _leaves(tree) -> list:
   import jax
+
   return jax.tree.leaves(tree)
 
 
@@ -215,13 +218,13 @@ def run_audit(workdir) -> tuple[list[str], str]:
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{workdir / 'config.json'}: cannot be read ({e})") from None
   from ugclu_jax import runner
+
   findings, cursor, steps = _check_checkpoints(run, workdir)
   report_path = workdir / "report.json"
   if report_path.is_file():
     try:
       report = json.loads(report_path.read_text())
-      cursor = max(cursor, max((len(m["requests"]) for m in report["methods"].values()),
-                               default=0))
+      cursor = max(cursor, max((len(m["requests"]) for m in report["methods"].values()), default=0))
     except (ValueError, KeyError, TypeError, AttributeError):
       findings.append("report.json: unreadable")
   # The requests committed: by the newest good checkpoint, or report.json (written after it).
@@ -229,8 +232,10 @@ def run_audit(workdir) -> tuple[list[str], str]:
   last = runner.last_unlearn_step(run.requests, cursor)
   for step in steps:
     if last is not None and step < last:
-      findings.append(f"checkpoint {step}: older than unlearn request [{last - 1}] "
-                      f"{run.requests[last - 1].token}, whose samples it still holds")
+      findings.append(
+        f"checkpoint {step}: older than unlearn request [{last - 1}] "
+        f"{run.requests[last - 1].token}, whose samples it still holds"
+      )
   forgotten = run.forgotten_at(cursor)
   for path in sorted(workdir.iterdir()):
     if not path.is_file() or not path.name.endswith(_TEXT_SUFFIXES):
@@ -247,6 +252,8 @@ def run_audit(workdir) -> tuple[list[str], str]:
         pass
     findings += scan_text(text, forgotten, path.name)
   done = [r for r in run.unlearned if r < cursor]
-  summary = (f"{workdir}: {len(steps)} checkpoint(s), {len(done)} unlearn request(s) done, "
-             f"{forgotten.size} sample(s) forgotten now")
+  summary = (
+    f"{workdir}: {len(steps)} checkpoint(s), {len(done)} unlearn request(s) done, "
+    f"{forgotten.size} sample(s) forgotten now"
+  )
   return findings, summary

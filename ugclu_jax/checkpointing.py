@@ -40,6 +40,7 @@ _NOISY_LOGGERS = ("absl", "asyncio", "orbax", "jax._src.distributed")
 
 class CheckpointError(ValueError):
   """No intact checkpoint can be restored (one line)."""
+
   exit_code = 4  # An I/O or environment error (ugclu_jax.errors.ENVIRONMENT).
 
 
@@ -78,7 +79,7 @@ def _one_line(error: BaseException, limit: int = 160) -> str:
   text = " ".join(str(error).split()) or type(error).__name__
   if not isinstance(error, DamagedError):
     text = f"{type(error).__name__}: {text}"
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _previous_unraisablehook = None
@@ -127,8 +128,8 @@ class Checkpointer:
     self.directory = pathlib.Path(directory).resolve()
     with _quiet():  # A step without Orbax's metadata file logs warnings here.
       self._manager = ocp.CheckpointManager(
-          self.directory,
-          options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+      )
 
   def __enter__(self):
     return self
@@ -158,12 +159,15 @@ class Checkpointer:
     """Saves, waits until the checkpoint is on disk, then writes its hash (last)."""
     flat = _flat(arrays)
     meta = json.loads(_canonical(meta))
-    saved = self._manager.save(step, args=ocp.args.Composite(
-        arrays=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)))
+    saved = self._manager.save(
+      step,
+      args=ocp.args.Composite(arrays=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)),
+    )
     self._manager.wait_until_finished()
     if not saved:
-      raise CheckpointError(f"checkpoint {step} was not written to {self.directory}: a step "
-                            f">= {step} already exists")
+      raise CheckpointError(
+        f"checkpoint {step} was not written to {self.directory}: a step >= {step} already exists"
+      )
     path = self.step_dir(step) / INTEGRITY
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:
@@ -177,8 +181,9 @@ class Checkpointer:
     try:
       return json.loads(path.read_text())["sha256"]
     except FileNotFoundError:
-      raise DamagedError("no content hash: integrity.json is missing, the save did not finish",
-                         incomplete=True) from None
+      raise DamagedError(
+        "no content hash: integrity.json is missing, the save did not finish", incomplete=True
+      ) from None
     except (ValueError, KeyError, TypeError):
       raise DamagedError("unreadable content hash (integrity.json)") from None
 
@@ -186,8 +191,12 @@ class Checkpointer:
     expected = self._expected_hash(step)
     with _quiet(collect=True):
       try:
-        out = self._manager.restore(step, args=ocp.args.Composite(
-            arrays=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        out = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            arrays=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+          ),
+        )
         flat = {k: np.asarray(v) for k, v in out.arrays.items()}
         meta = out.meta
       except Exception as e:  # tensorstore, asyncio, JSON, missing files: all damage.
@@ -228,8 +237,9 @@ class Checkpointer:
     tree = meta = None
     with _quiet(collect=True):
       try:
-        out = self._manager.restore(step, args=ocp.args.Composite(
-            arrays=ocp.args.StandardRestore(abstract)))
+        out = self._manager.restore(
+          step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(abstract))
+        )
         leaves = [np.asarray(out.arrays[k]) for k in sorted(flat)]
         tree = jax.tree.unflatten(jax.tree.structure(template), leaves)
       except Exception:  # Unreadable arrays: nothing to look at.
@@ -240,8 +250,9 @@ class Checkpointer:
       pass
     return tree, meta
 
-  def _newest_good(self, attempt: Callable[[int], Any],
-                   log: Callable[[str], None]) -> tuple[Optional[int], Any]:
+  def _newest_good(
+    self, attempt: Callable[[int], Any], log: Callable[[str], None]
+  ) -> tuple[Optional[int], Any]:
     """The newest step that ``attempt`` verifies; ``(None, None)`` if every step is incomplete.
 
     Each step that fails is logged in one line, ``checkpoint {step} in {directory} is ...``.
@@ -255,13 +266,16 @@ class Checkpointer:
         what = "incomplete" if e.incomplete else "damaged"
         log(f"checkpoint {step} in {self.directory} is {what} ({e}); skipping it")
     if damaged:
-      raise CheckpointError(f"no intact checkpoint in {self.directory} ({len(steps)} failed "
-                            f"verification, newest {steps[0]}); start the run again in a new "
-                            f"--workdir")
+      raise CheckpointError(
+        f"no intact checkpoint in {self.directory} ({len(steps)} failed "
+        f"verification, newest {steps[0]}); start the run again in a new "
+        f"--workdir"
+      )
     return None, None
 
-  def restore_latest_good(self, template: Any, log: Callable[[str], None] = lambda s: None
-                          ) -> tuple[int, Any, dict]:
+  def restore_latest_good(
+    self, template: Any, log: Callable[[str], None] = lambda s: None
+  ) -> tuple[int, Any, dict]:
     """The newest good step: ``(step, tree, meta)``; newer steps are logged (one line each).
 
     Raises:
@@ -299,8 +313,9 @@ class Checkpointer:
     return gone
 
 
-def read_meta(directory: str | pathlib.Path,
-              log: Callable[[str], None] = lambda s: None) -> Optional[dict]:
+def read_meta(
+  directory: str | pathlib.Path, log: Callable[[str], None] = lambda s: None
+) -> Optional[dict]:
   """The metadata of the newest good checkpoint under ``directory``; None if there is none.
 
   Every step is verified (arrays and metadata against its hash) before its

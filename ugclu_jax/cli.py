@@ -28,40 +28,71 @@ examples:
 
 def _parser() -> argparse.ArgumentParser:
   raw = argparse.RawDescriptionHelpFormatter
-  p = argparse.ArgumentParser(prog="python -m ugclu_jax",
-                              description="UG-CLU continual learning-unlearning experiments",
-                              epilog=errors.EXIT_CODES, formatter_class=raw)
+  p = argparse.ArgumentParser(
+    prog="python -m ugclu_jax",
+    description="UG-CLU continual learning-unlearning experiments",
+    epilog=errors.EXIT_CODES,
+    formatter_class=raw,
+  )
   sub = p.add_subparsers(dest="command", required=True)
-  run = sub.add_parser("run", help="play a request stream against methods and the oracle",
-                       description="Play a request stream against methods and the oracle. "
-                       "One run per workdir: a second run on a busy workdir is refused.",
-                       epilog=RUN_EXAMPLES + errors.EXIT_CODES, formatter_class=raw)
-  run.add_argument("--config", required=True,
-                   help="a config name (smoke, default: shipped in ugclu_jax/configs/, or "
-                        "experiments/configs/ of the source tree) or a path to a .py file")
+  run = sub.add_parser(
+    "run",
+    help="play a request stream against methods and the oracle",
+    description="Play a request stream against methods and the oracle. "
+    "One run per workdir: a second run on a busy workdir is refused.",
+    epilog=RUN_EXAMPLES + errors.EXIT_CODES,
+    formatter_class=raw,
+  )
+  run.add_argument(
+    "--config",
+    required=True,
+    help="a config name (smoke, default: shipped in ugclu_jax/configs/, or "
+    "experiments/configs/ of the source tree) or a path to a .py file",
+  )
   run.add_argument("--workdir", required=True, help="output folder")
-  run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help='override a config field, e.g. --set stream="L:t0 L:t1 U:t0" '
-                        "--set data.name=digits --set methods=ugclu,ugclu_hvp")
+  run.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help='override a config field, e.g. --set stream="L:t0 L:t1 U:t0" '
+    "--set data.name=digits --set methods=ugclu,ugclu_hvp",
+  )
   mode = run.add_mutually_exclusive_group()
-  mode.add_argument("--resume", action="store_true",
-                    help="continue the run in --workdir from its last checkpoint (a finished "
-                         "run is only re-rendered)")
-  mode.add_argument("--overwrite", action="store_true",
-                    help="delete the run in --workdir (report, plots, checkpoints, log, "
-                         "config) and start over")
+  mode.add_argument(
+    "--resume",
+    action="store_true",
+    help="continue the run in --workdir from its last checkpoint (a finished "
+    "run is only re-rendered)",
+  )
+  mode.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="delete the run in --workdir (report, plots, checkpoints, log, config) and start over",
+  )
   run.add_argument("--no-progress", action="store_true", help="no progress bars")
-  rep = sub.add_parser("report", help="render report.md and plots from report.json files",
-                       epilog=errors.EXIT_CODES, formatter_class=raw)
-  rep.add_argument("dirs", nargs="+", help="run folders (or report.json paths); several "
-                   "seeds are aggregated as mean ± std")
+  rep = sub.add_parser(
+    "report",
+    help="render report.md and plots from report.json files",
+    epilog=errors.EXIT_CODES,
+    formatter_class=raw,
+  )
+  rep.add_argument(
+    "dirs",
+    nargs="+",
+    help="run folders (or report.json paths); several seeds are aggregated as mean ± std",
+  )
   rep.add_argument("--out", default=None, help="output folder (required for several runs)")
-  aud = sub.add_parser("audit", help="check a workdir for traces of forgotten data",
-                       description="Re-derive the forgotten samples from config.json and check "
-                       "every kept artefact: checkpoint hashes, stores and metadata, checkpoints "
-                       "from before an unlearn request, run.log, report.json. Prints one line "
-                       "per finding (exit 5), or one 'clean' line (exit 0).",
-                       epilog=errors.EXIT_CODES, formatter_class=raw)
+  aud = sub.add_parser(
+    "audit",
+    help="check a workdir for traces of forgotten data",
+    description="Re-derive the forgotten samples from config.json and check "
+    "every kept artefact: checkpoint hashes, stores and metadata, checkpoints "
+    "from before an unlearn request, run.log, report.json. Prints one line "
+    "per finding (exit 5), or one 'clean' line (exit 0).",
+    epilog=errors.EXIT_CODES,
+    formatter_class=raw,
+  )
   aud.add_argument("workdir", help="a run folder")
   return p
 
@@ -82,27 +113,34 @@ def _resume_command(args) -> str:
 
 def _run(args) -> None:
   import jax
+
   if not jax.config.jax_compilation_cache_dir:
     # Reuse compiled steps across runs (JAX_COMPILATION_CACHE_DIR overrides).
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "ugclu_jax", "xla"))
+    jax.config.update(
+      "jax_compilation_cache_dir",
+      os.path.join(os.path.expanduser("~"), ".cache", "ugclu_jax", "xla"),
+    )
   from ugclu_jax import config as C
   from ugclu_jax import runner
+
   cfg = C.apply_overrides(C.load_config(args.config), args.set)
-  runner.run_experiment(cfg, args.workdir, resume=args.resume, overwrite=args.overwrite,
-                        progress=not args.no_progress)
+  runner.run_experiment(
+    cfg, args.workdir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+  )
 
 
 def _report(args) -> None:
   if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
     raise NotADirectoryError(errno.ENOTDIR, "not a folder (--out names a file)", args.out)
   from ugclu_jax import report
+
   path = report.render(args.dirs, args.out)
   print(f"wrote {path}")
 
 
 def _audit(args) -> None:
   from ugclu_jax import audit
+
   findings, summary = audit.run_audit(args.workdir)
   for line in findings:
     print(line)

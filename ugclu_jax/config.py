@@ -13,14 +13,37 @@ import pathlib
 import typing
 from typing import Any, Optional
 
-from ugclu_jax.hparams import (COUNT, DISTINCT, NON_EMPTY, NON_NEGATIVE, NON_NEGATIVE_ITEMS,
-                               POSITIVE, Checked, ConfigError, field, unwrap_optional, within)
+from ugclu_jax.hparams import (
+  COUNT,
+  DISTINCT,
+  NON_EMPTY,
+  NON_NEGATIVE,
+  NON_NEGATIVE_ITEMS,
+  POSITIVE,
+  Checked,
+  ConfigError,
+  field,
+  unwrap_optional,
+  within,
+)
 from ugclu_jax.methods.baselines_config import BaselinesConfig
 from ugclu_jax.methods.ugclu_config import UGCLUConfig
 
-__all__ = ("BaselinesConfig", "ConfigError", "DataConfig", "ExperimentConfig", "SEED_MAX",
-           "TrainConfig", "UGCLUConfig", "apply_overrides", "available_configs",
-           "configs_dirs", "from_dict", "load_config", "to_dict")
+__all__ = (
+  "BaselinesConfig",
+  "ConfigError",
+  "DataConfig",
+  "ExperimentConfig",
+  "SEED_MAX",
+  "TrainConfig",
+  "UGCLUConfig",
+  "apply_overrides",
+  "available_configs",
+  "configs_dirs",
+  "from_dict",
+  "load_config",
+  "to_dict",
+)
 
 SEED_MAX = 2**32 - 1
 _unwrap_optional = unwrap_optional  # The name the tests use.
@@ -53,14 +76,14 @@ class DataConfig(Checked):
     max_train_per_class: keep at most this many training samples per class (a
       seeded draw; None: all), to fit an experiment into a CPU budget.
   """
+
   KEY = "data"
 
   name: str = field("digits", NON_EMPTY)
   dir: Optional[str] = None
   fallback: Optional[str] = field(None, NON_EMPTY)
   classes_per_task: int = field(2, COUNT)
-  class_order: Optional[tuple[int, ...]] = field(None, NON_EMPTY, NON_NEGATIVE_ITEMS,
-                                                  DISTINCT)
+  class_order: Optional[tuple[int, ...]] = field(None, NON_EMPTY, NON_NEGATIVE_ITEMS, DISTINCT)
   store_size: Optional[int] = field(500, COUNT)
   batch_size: int = field(64, COUNT)
   eval_batch_size: int = field(512, COUNT)
@@ -102,6 +125,7 @@ class TrainConfig(Checked):
       seed tried, 2 and 3 did not. FT's unlearn steps (lr 0.05) unclipped left
       the CNN to die at the next learn request on a random stream.
   """
+
   KEY = "train"
 
   model: str = "mlp"
@@ -129,6 +153,7 @@ class ExperimentConfig(Checked):
     mia_variant: ``entropy_logreg`` (SFR-on) or ``confidence_svc`` (SalUn).
     data, train, ugclu, baselines: see their classes.
   """
+
   name: str = "experiment"
   seed: int = field(0, within(0, SEED_MAX))
   stream: str = "L:t0 L:t1 U:t0"
@@ -171,8 +196,9 @@ def _build(cls, d, prefix):
 def _coerce_value(value, tp, key):
   """Coerces a JSON value or an override string to the field's type."""
   base, optional = unwrap_optional(tp)
-  if value is None or (optional and isinstance(value, str)
-                       and value.strip().lower() in ("none", "null", "")):
+  if value is None or (
+    optional and isinstance(value, str) and value.strip().lower() in ("none", "null", "")
+  ):
     if optional:
       return None
     raise ConfigError(f"{key} cannot be None")
@@ -253,8 +279,9 @@ def _named_config(name: str) -> Optional[pathlib.Path]:
 
 
 def available_configs() -> list[str]:
-  return sorted({p.stem for d in configs_dirs() for p in d.glob("*.py")
-                 if not p.name.startswith("_")})
+  return sorted(
+    {p.stem for d in configs_dirs() for p in d.glob("*.py") if not p.name.startswith("_")}
+  )
 
 
 def load_config(name_or_path: str) -> ExperimentConfig:
@@ -263,8 +290,10 @@ def load_config(name_or_path: str) -> ExperimentConfig:
   if path.suffix != ".py":
     path = _named_config(name_or_path)
     if path is None:
-      raise ConfigError(f"unknown config {name_or_path!r}; available: "
-                        f"{', '.join(available_configs())} (or a path to a .py file)")
+      raise ConfigError(
+        f"unknown config {name_or_path!r}; available: "
+        f"{', '.join(available_configs())} (or a path to a .py file)"
+      )
   elif not path.is_file():
     raise ConfigError(f"config file {str(path)!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"_ugclu_config_{path.stem}", path)

@@ -26,8 +26,9 @@ from ugclu_jax.parallel import shard_batch
 
 class Outputs(NamedTuple):
   """Per-example outputs of a model on a set (padding dropped)."""
-  correct: np.ndarray      # [n] float 0/1
-  probs: np.ndarray        # [n, C]
+
+  correct: np.ndarray  # [n] float 0/1
+  probs: np.ndarray  # [n, C]
   features: mia.MIAFeatures
 
 
@@ -37,14 +38,18 @@ def make_output_fn(apply_fn):
   @jax.jit
   def fn(params, model_state, batch):
     logits, _ = apply_fn(params, model_state, batch.x, train=False)
-    return (M.correct(logits, batch.y), jax.nn.softmax(logits),
-            mia.mia_features(logits=logits, labels=batch.y, mask=batch.mask))
+    return (
+      M.correct(logits, batch.y),
+      jax.nn.softmax(logits),
+      mia.mia_features(logits=logits, labels=batch.y, mask=batch.mask),
+    )
 
   return fn
 
 
-def outputs(output_fn, params, model_state, x, y, indices, batch_size: int,
-            num_classes: int, mesh=None) -> Outputs:
+def outputs(
+  output_fn, params, model_state, x, y, indices, batch_size: int, num_classes: int, mesh=None
+) -> Outputs:
   """Outputs of the model on ``x[indices]`` (any size, padded batches).
 
   With a ``mesh``, each batch is split over its devices.
@@ -52,8 +57,9 @@ def outputs(output_fn, params, model_state, x, y, indices, batch_size: int,
   indices = np.asarray(indices, np.int64)
   if indices.size == 0:
     empty = np.zeros((0,), np.float32)
-    return Outputs(empty, np.zeros((0, num_classes), np.float32),
-                   mia.MIAFeatures(empty, empty, empty))
+    return Outputs(
+      empty, np.zeros((0, num_classes), np.float32), mia.MIAFeatures(empty, empty, empty)
+    )
   corrects, probs, feats = [], [], []
   for batch in eval_batches(x, y, indices, batch_size):
     c, p, f = output_fn(params, model_state, shard_batch(batch, mesh))
@@ -61,8 +67,11 @@ def outputs(output_fn, params, model_state, x, y, indices, batch_size: int,
     corrects.append(np.asarray(c)[real])
     probs.append(np.asarray(p)[real])
     feats.append(jax.tree.map(lambda a: np.asarray(a)[real], f))
-  return Outputs(np.concatenate(corrects), np.concatenate(probs),
-                 jax.tree.map(lambda *a: np.concatenate(a), *feats))
+  return Outputs(
+    np.concatenate(corrects),
+    np.concatenate(probs),
+    jax.tree.map(lambda *a: np.concatenate(a), *feats),
+  )
 
 
 def subsample(indices: np.ndarray, max_size: int, seed) -> np.ndarray:
@@ -93,10 +102,15 @@ COLLAPSE_CHANCE_MARGIN = 0.05
 _EPS = 1e-9
 
 
-def collapse_reason(predictions, labels, *, num_learned_classes: int,
-                    majority: float = COLLAPSE_MAJORITY,
-                    majority_margin: float = COLLAPSE_MAJORITY_MARGIN,
-                    chance_margin: float = COLLAPSE_CHANCE_MARGIN) -> Optional[str]:
+def collapse_reason(
+  predictions,
+  labels,
+  *,
+  num_learned_classes: int,
+  majority: float = COLLAPSE_MAJORITY,
+  majority_margin: float = COLLAPSE_MAJORITY_MARGIN,
+  chance_margin: float = COLLAPSE_CHANCE_MARGIN,
+) -> Optional[str]:
   r"""Why a model looks collapsed on the remaining test set, or ``None`` if it does not.
 
   The remaining test set holds the test samples of the ``K`` classes learned and
@@ -132,9 +146,11 @@ def collapse_reason(predictions, labels, *, num_learned_classes: int,
   if predictions.shape != labels.shape:
     raise ValueError(f"collapse_reason: {predictions.size} predictions for {labels.size} labels")
   if not 0 < majority < 1 or majority_margin < 0 or not 0 <= chance_margin < 1:
-    raise ValueError(f"collapse_reason: need 0 < majority < 1, majority_margin >= 0 and "
-                     f"0 <= chance_margin < 1, got {majority}, {majority_margin}, "
-                     f"{chance_margin}")
+    raise ValueError(
+      f"collapse_reason: need 0 < majority < 1, majority_margin >= 0 and "
+      f"0 <= chance_margin < 1, got {majority}, {majority_margin}, "
+      f"{chance_margin}"
+    )
   n = labels.size
   if n == 0 or num_learned_classes <= 1:
     return None
@@ -144,13 +160,17 @@ def collapse_reason(predictions, labels, *, num_learned_classes: int,
   p = counts.max() / n
   q = np.mean(labels == top)
   if p > max(majority, q + majority_margin) + _EPS:
-    reasons.append(f"predicts class {top} for {100 * p:.0f}% of the remaining test set "
-                   f"({100 * q:.0f}% of its labels)")
+    reasons.append(
+      f"predicts class {top} for {100 * p:.0f}% of the remaining test set "
+      f"({100 * q:.0f}% of its labels)"
+    )
   chance = 1.0 / num_learned_classes
   acc = np.mean(predictions == labels)
   if acc <= chance + chance_margin + _EPS:
-    reasons.append(f"remaining test accuracy {100 * acc:.1f}% is at chance level "
-                   f"(1/{num_learned_classes} = {100 * chance:.1f}%)")
+    reasons.append(
+      f"remaining test accuracy {100 * acc:.1f}% is at chance level "
+      f"(1/{num_learned_classes} = {100 * chance:.1f}%)"
+    )
   return "; ".join(reasons) or None
 
 
@@ -173,6 +193,7 @@ class EvalSets(NamedTuple):
     unlearned: ``{j: training indices}`` per earlier unlearn request ``j``: its
       evaluated forget samples not learned again since (only the nonempty ones).
   """
+
   index: int
   request: str
   forget: Optional[np.ndarray]
@@ -185,6 +206,7 @@ class EvalSets(NamedTuple):
 
 class OracleGap(NamedTuple):
   """A model against the oracle on one request (None without an oracle or a forget set)."""
+
   avg_gap: Optional[float] = None
   js_div: Optional[float] = None
   kl_div: Optional[float] = None
@@ -211,6 +233,7 @@ class RequestRecord(NamedTuple):
       to the oracle; None for a learn request and once compared.
     gap: the comparison with the oracle (:func:`compare_to_oracle`).
   """
+
   index: int
   request: str
   cost: M.Cost
@@ -225,8 +248,15 @@ class RequestRecord(NamedTuple):
   gap: OracleGap = OracleGap()
 
 
-def evaluate(model_outputs: Callable[..., Outputs], sets: EvalSets, cost: M.Cost, *, tasks,
-             mia_variant: str, seed: int) -> RequestRecord:
+def evaluate(
+  model_outputs: Callable[..., Outputs],
+  sets: EvalSets,
+  cost: M.Cost,
+  *,
+  tasks,
+  mia_variant: str,
+  seed: int,
+) -> RequestRecord:
   """The record of one model after one request (its gap to the oracle still unset).
 
   Args:
@@ -244,42 +274,56 @@ def evaluate(model_outputs: Callable[..., Outputs], sets: EvalSets, cost: M.Cost
   mia_efficacy = None
   if forget is not None and forget.correct.size:
     mia_efficacy = mia.mia_efficacy(
-        remain_features=remain.features, test_features=test.features,
-        forget_features=forget.features, variant=mia_variant, seed=seed)
+      remain_features=remain.features,
+      test_features=test.features,
+      forget_features=forget.features,
+      variant=mia_variant,
+      seed=seed,
+    )
   # A constant or chance-level model is flagged, and the run goes on.
-  collapsed = collapse_reason(np.argmax(test.probs, -1), sets.test_labels,
-                              num_learned_classes=sets.learned_classes.size)
+  collapsed = collapse_reason(
+    np.argmax(test.probs, -1), sets.test_labels, num_learned_classes=sets.learned_classes.size
+  )
   return RequestRecord(
-      index=sets.index, request=sets.request, cost=cost,
-      forget_acc=M.forget_acc(forget.correct) if forget is not None else None,
-      remain_acc=M.remain_acc(remain.correct), test_acc=M.test_acc(test.correct),
-      mia_efficacy=mia_efficacy,
-      acc_per_task=tuple(task_accuracies(test, sets.test_labels, tasks,
-                                         sets.learned_classes)),
-      unlearned_acc={j: M.forget_acc(model_outputs(idx).correct)
-                     for j, idx in sorted(sets.unlearned.items())},
-      collapsed=collapsed, forget_probs=forget.probs if forget is not None else None)
+    index=sets.index,
+    request=sets.request,
+    cost=cost,
+    forget_acc=M.forget_acc(forget.correct) if forget is not None else None,
+    remain_acc=M.remain_acc(remain.correct),
+    test_acc=M.test_acc(test.correct),
+    mia_efficacy=mia_efficacy,
+    acc_per_task=tuple(task_accuracies(test, sets.test_labels, tasks, sets.learned_classes)),
+    unlearned_acc={
+      j: M.forget_acc(model_outputs(idx).correct) for j, idx in sorted(sets.unlearned.items())
+    },
+    collapsed=collapsed,
+    forget_probs=forget.probs if forget is not None else None,
+  )
 
 
 def oracle_gap(record: RequestRecord, oracle: Optional[RequestRecord]) -> OracleGap:
   """``avg_gap``, ``js_div`` and ``kl_div`` of a record against the oracle's, same request."""
   if oracle is None or record.forget_probs is None or oracle.forget_probs is None:
     return OracleGap()
-  return OracleGap(avg_gap=M.avg_gap(record._asdict(), oracle._asdict()),
-                   js_div=M.js_div(oracle.forget_probs, record.forget_probs),
-                   kl_div=M.kl_div(oracle.forget_probs, record.forget_probs))
+  return OracleGap(
+    avg_gap=M.avg_gap(record._asdict(), oracle._asdict()),
+    js_div=M.js_div(oracle.forget_probs, record.forget_probs),
+    kl_div=M.kl_div(oracle.forget_probs, record.forget_probs),
+  )
 
 
-def compare_to_oracle(records: Mapping[str, RequestRecord], oracle: str
-                      ) -> dict[str, RequestRecord]:
+def compare_to_oracle(
+  records: Mapping[str, RequestRecord], oracle: str
+) -> dict[str, RequestRecord]:
   """The second pass over one request's records: each one's gap to the record of ``oracle``.
 
   The order of the records does not matter. The returned records hold no
   per-sample output (``forget_probs`` is dropped).
   """
   ref = records.get(oracle)
-  return {name: q._replace(gap=oracle_gap(q, ref), forget_probs=None)
-          for name, q in records.items()}
+  return {
+    name: q._replace(gap=oracle_gap(q, ref), forget_probs=None) for name, q in records.items()
+  }
 
 
 def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
@@ -300,28 +344,45 @@ def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
   entries = []
   for r, q in enumerate(records):
     metrics = {
-        "forget_acc": q.forget_acc, "remain_acc": q.remain_acc, "test_acc": q.test_acc,
-        "mia_efficacy": q.mia_efficacy, **q.gap._asdict(),
-        "avg_acc": M.avg_acc(q.acc_per_task),
-        "forgetting": M.forgetting(matrix, r),
-        "bwt": M.bwt(matrix, r),
-        "relapse": M.mean_relapse([[forget_acc[j], fa] for j, fa in
-                                   sorted(q.unlearned_acc.items())]),
-        "steps": q.cost.steps, "grad_evals": q.cost.grad_evals, "hvp_evals": q.cost.hvp_evals}
-    entries.append({"index": q.index, "request": q.request, "seconds": round(q.cost.seconds, 3),
-                    "metrics": metrics, "acc_per_task": list(q.acc_per_task),
-                    "collapsed": q.collapsed})
+      "forget_acc": q.forget_acc,
+      "remain_acc": q.remain_acc,
+      "test_acc": q.test_acc,
+      "mia_efficacy": q.mia_efficacy,
+      **q.gap._asdict(),
+      "avg_acc": M.avg_acc(q.acc_per_task),
+      "forgetting": M.forgetting(matrix, r),
+      "bwt": M.bwt(matrix, r),
+      "relapse": M.mean_relapse([[forget_acc[j], fa] for j, fa in sorted(q.unlearned_acc.items())]),
+      "steps": q.cost.steps,
+      "grad_evals": q.cost.grad_evals,
+      "hvp_evals": q.cost.hvp_evals,
+    }
+    entries.append(
+      {
+        "index": q.index,
+        "request": q.request,
+        "seconds": round(q.cost.seconds, 3),
+        "metrics": metrics,
+        "acc_per_task": list(q.acc_per_task),
+        "collapsed": q.collapsed,
+      }
+    )
   return entries
 
 
 def record_to_json(record: RequestRecord) -> dict:
   """A compared record as JSON (numbers and strings only; no per-sample output)."""
   if record.forget_probs is not None:
-    raise ValueError("record_to_json: the record still holds per-sample forget outputs "
-                     "(compare_to_oracle drops them)")
-  out = record._replace(cost=record.cost._asdict(), acc_per_task=list(record.acc_per_task),
-                        unlearned_acc={str(j): v for j, v in record.unlearned_acc.items()},
-                        gap=record.gap._asdict())._asdict()
+    raise ValueError(
+      "record_to_json: the record still holds per-sample forget outputs "
+      "(compare_to_oracle drops them)"
+    )
+  out = record._replace(
+    cost=record.cost._asdict(),
+    acc_per_task=list(record.acc_per_task),
+    unlearned_acc={str(j): v for j, v in record.unlearned_acc.items()},
+    gap=record.gap._asdict(),
+  )._asdict()
   del out["forget_probs"]
   return out
 
@@ -329,7 +390,12 @@ def record_to_json(record: RequestRecord) -> dict:
 def record_from_json(obj: Mapping) -> RequestRecord:
   """The inverse of :func:`record_to_json`."""
   obj = dict(obj)
-  return RequestRecord(**{
-      **obj, "cost": M.Cost(**obj["cost"]), "acc_per_task": tuple(obj["acc_per_task"]),
+  return RequestRecord(
+    **{
+      **obj,
+      "cost": M.Cost(**obj["cost"]),
+      "acc_per_task": tuple(obj["acc_per_task"]),
       "unlearned_acc": {int(j): v for j, v in obj["unlearned_acc"].items()},
-      "gap": OracleGap(**obj["gap"])})
+      "gap": OracleGap(**obj["gap"]),
+    }
+  )

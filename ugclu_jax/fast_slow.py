@@ -34,7 +34,7 @@ class FastSlowParams(NamedTuple):
   slow: Params
 
   @classmethod
-  def init_synced(cls, params: Params) -> 'FastSlowParams':
+  def init_synced(cls, params: Params) -> "FastSlowParams":
     """Returns a synchronised pair, ``fast = slow = params``."""
     return cls(fast=params, slow=params)
 
@@ -53,20 +53,16 @@ class FastSlowState(NamedTuple):
 
 
 def _check_slow_step_size(slow_step_size: Any) -> None:
-  if isinstance(slow_step_size, numbers.Real) and not (
-      0.0 <= slow_step_size <= 1.0
-  ):
-    raise ValueError(
-        f'slow_step_size must be in [0, 1], got {slow_step_size!r}.'
-    )
+  if isinstance(slow_step_size, numbers.Real) and not (0.0 <= slow_step_size <= 1.0):
+    raise ValueError(f"slow_step_size must be in [0, 1], got {slow_step_size!r}.")
 
 
 def _check_fast_slow_params(params: Any, where: str) -> None:
   if not isinstance(params, FastSlowParams):
     raise ValueError(
-        f'{where} expects params of type FastSlowParams(fast, slow), got '
-        f'{type(params).__name__}; wrap them with '
-        'FastSlowParams.init_synced(params).'
+      f"{where} expects params of type FastSlowParams(fast, slow), got "
+      f"{type(params).__name__}; wrap them with "
+      "FastSlowParams.init_synced(params)."
     )
 
 
@@ -76,15 +72,15 @@ def _checked_saliency_mask(updates: Updates, saliency_mask: Any) -> Any:
   mask_def = jax.tree.structure(saliency_mask)
   if mask_def != updates_def:
     raise ValueError(
-        'saliency_mask must have the structure of the fast params, got '
-        f'{mask_def} for updates {updates_def}.'
+      "saliency_mask must have the structure of the fast params, got "
+      f"{mask_def} for updates {updates_def}."
     )
   paths_updates, _ = jax.tree_util.tree_flatten_with_path(updates)
   for (path, u), m in zip(paths_updates, jax.tree.leaves(saliency_mask)):
     if jnp.shape(m) != jnp.shape(u):
       raise ValueError(
-          f'saliency_mask{jax.tree_util.keystr(path)} has shape '
-          f'{jnp.shape(m)}, expected {jnp.shape(u)}.'
+        f"saliency_mask{jax.tree_util.keystr(path)} has shape "
+        f"{jnp.shape(m)}, expected {jnp.shape(u)}."
       )
   return jax.tree.map(jnp.asarray, saliency_mask)
 
@@ -92,17 +88,17 @@ def _checked_saliency_mask(updates: Updates, saliency_mask: Any) -> Any:
 def _select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
   """Leafwise ``pred ? on_true : on_false`` keeping the dtypes of on_false."""
   return jax.tree.map(
-      lambda t, f: jnp.where(pred, t, f).astype(jnp.result_type(f)),
-      on_true,
-      on_false,
+    lambda t, f: jnp.where(pred, t, f).astype(jnp.result_type(f)),
+    on_true,
+    on_false,
   )
 
 
 def _fast_slow_updates(
-    updates: Updates,
-    sync_next: jax.Array,
-    params: FastSlowParams,
-    slow_step_size: float,
+  updates: Updates,
+  sync_next: jax.Array,
+  params: FastSlowParams,
+  slow_step_size: float,
 ) -> FastSlowParams:
   """Returns the updates of both trees for one fast step (and maybe a sync).
 
@@ -138,26 +134,22 @@ def _fast_slow_updates(
   # dtype so that bfloat16 trees are not promoted.
   coeff_slow = jnp.where(sync_next, slow_step_size, 0.0)
   coeff_fast = jnp.where(sync_next, 1.0 - slow_step_size, 0.0)
-  lead = jax.tree.map(
-      lambda f, u, s: f + u - s, params.fast, updates, params.slow
-  )
-  slow_updates = jax.tree.map(
-      lambda d: coeff_slow.astype(jnp.result_type(d)) * d, lead
-  )
+  lead = jax.tree.map(lambda f, u, s: f + u - s, params.fast, updates, params.slow)
+  slow_updates = jax.tree.map(lambda d: coeff_slow.astype(jnp.result_type(d)) * d, lead)
   fast_updates = jax.tree.map(
-      lambda u, d: u - coeff_fast.astype(jnp.result_type(d)) * d,
-      updates,
-      lead,
+    lambda u, d: u - coeff_fast.astype(jnp.result_type(d)) * d,
+    updates,
+    lead,
   )
   return FastSlowParams(fast=fast_updates, slow=slow_updates)
 
 
 def fast_slow(
-    inner: optax.GradientTransformation,
-    *,
-    sync_period: int,
-    slow_step_size: float = 1.0,
-    reset_state: bool = False,
+  inner: optax.GradientTransformation,
+  *,
+  sync_period: int,
+  slow_step_size: float = 1.0,
+  reset_state: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Fast-slow weights with an optional data-dependent saliency mask.
 
@@ -254,59 +246,49 @@ def fast_slow(
     <https://arxiv.org/abs/1907.08610>`_, 2019
   """
   if (
-      isinstance(sync_period, bool)
-      or not isinstance(sync_period, numbers.Integral)
-      or sync_period < 1
+    isinstance(sync_period, bool)
+    or not isinstance(sync_period, numbers.Integral)
+    or sync_period < 1
   ):
-    raise ValueError(
-        f'sync_period must be an integer >= 1, got {sync_period!r}.'
-    )
+    raise ValueError(f"sync_period must be an integer >= 1, got {sync_period!r}.")
   if not isinstance(slow_step_size, numbers.Real):
-    raise ValueError(
-        f'slow_step_size must be a float in [0, 1], got {slow_step_size!r}.'
-    )
+    raise ValueError(f"slow_step_size must be a float in [0, 1], got {slow_step_size!r}.")
   _check_slow_step_size(slow_step_size)
   sync_period = int(sync_period)
   slow_step_size = float(slow_step_size)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: FastSlowParams) -> FastSlowState:
-    _check_fast_slow_params(params, 'fast_slow.init')
+    _check_fast_slow_params(params, "fast_slow.init")
     return FastSlowState(
-        fast_state=inner.init(params.fast),
-        steps_since_sync=jnp.zeros([], jnp.int32),
+      fast_state=inner.init(params.fast),
+      steps_since_sync=jnp.zeros([], jnp.int32),
     )
 
   def update_fn(
-      updates: Updates,
-      state: FastSlowState,
-      params: Optional[FastSlowParams] = None,
-      *,
-      saliency_mask: Optional[Any] = None,
-      **extra_args: Any,
+    updates: Updates,
+    state: FastSlowState,
+    params: Optional[FastSlowParams] = None,
+    *,
+    saliency_mask: Optional[Any] = None,
+    **extra_args: Any,
   ) -> tuple[FastSlowParams, FastSlowState]:
-    _check_fast_slow_params(params, 'fast_slow.update')
+    _check_fast_slow_params(params, "fast_slow.update")
     if saliency_mask is not None:
       saliency_mask = _checked_saliency_mask(updates, saliency_mask)
     updates = apply_mask(updates, saliency_mask)  # M ⊙ updates; None: unchanged.
-    updates, fast_state = inner.update(
-        updates, state.fast_state, params.fast, **extra_args
-    )
+    updates, fast_state = inner.update(updates, state.fast_state, params.fast, **extra_args)
     sync_next = state.steps_since_sync == sync_period - 1
-    new_updates = _fast_slow_updates(
-        updates, sync_next, params, slow_step_size
-    )
+    new_updates = _fast_slow_updates(updates, sync_next, params, slow_step_size)
     if reset_state:
       # Branch-free reset: pick the init state on sync steps, keep the updated
       # state otherwise (jnp.where, so non-finite values cannot leak through a
       # 0 * x blend and every leaf keeps its dtype).
-      fast_state = _select_tree(
-          sync_next, inner.init(params.fast), fast_state
-      )
+      fast_state = _select_tree(sync_next, inner.init(params.fast), fast_state)
     steps_since_sync = (state.steps_since_sync + 1) % sync_period
     return new_updates, FastSlowState(
-        fast_state=fast_state,
-        steps_since_sync=steps_since_sync.astype(jnp.int32),
+      fast_state=fast_state,
+      steps_since_sync=steps_since_sync.astype(jnp.int32),
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -337,7 +319,7 @@ def sync(params: FastSlowParams, slow_step_size: float = 1.0) -> FastSlowParams:
     ValueError: If ``params`` is not a ``FastSlowParams`` or
       ``slow_step_size`` is outside ``[0, 1]``.
   """
-  _check_fast_slow_params(params, 'sync')
+  _check_fast_slow_params(params, "sync")
   _check_slow_step_size(slow_step_size)
 
   def lerp(f, s):

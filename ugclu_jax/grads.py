@@ -35,6 +35,7 @@ class CLUGrads(NamedTuple):
     preserve: :math:`\\nabla L_R` (descent on remaining data).
     saliency: :math:`(M - 1) \\odot (-\\nabla L_U^w)`, zero where ``M = 1``.
   """
+
   learn: Params
   unlearn: Params
   preserve: Params
@@ -43,14 +44,15 @@ class CLUGrads(NamedTuple):
 
 class CLULosses(NamedTuple):
   """Scalar losses at the current parameters (for logging); 0 for absent batches."""
+
   learn: jax.Array
   unlearn: jax.Array
   preserve: jax.Array
 
 
-def batch_loss(apply_fn: ApplyFn, loss: Callable[..., jax.Array], *, train: bool,
-               **loss_kwargs
-               ) -> Callable[[Params, ModelState, Batch], tuple[jax.Array, ModelState]]:
+def batch_loss(
+  apply_fn: ApplyFn, loss: Callable[..., jax.Array], *, train: bool, **loss_kwargs
+) -> Callable[[Params, ModelState, Batch], tuple[jax.Array, ModelState]]:
   """Turns a logits loss into ``(params, model_state, batch) -> (loss, new_model_state)``."""
 
   def fn(params, model_state, batch):
@@ -60,11 +62,19 @@ def batch_loss(apply_fn: ApplyFn, loss: Callable[..., jax.Array], *, train: bool
   return fn
 
 
-def clu_gradients(apply_fn: ApplyFn, params: Params, model_state: ModelState, *,
-                  learn: Optional[Batch] = None, unlearn: Optional[Batch] = None,
-                  remain: Optional[Batch] = None, saliency_mask: Optional[Params] = None,
-                  unlearn_temperature: float = 0.5, learn_temperature: float = 0.0,
-                  train: bool = True) -> tuple[CLUGrads, CLULosses, ModelState]:
+def clu_gradients(
+  apply_fn: ApplyFn,
+  params: Params,
+  model_state: ModelState,
+  *,
+  learn: Optional[Batch] = None,
+  unlearn: Optional[Batch] = None,
+  remain: Optional[Batch] = None,
+  saliency_mask: Optional[Params] = None,
+  unlearn_temperature: float = 0.5,
+  learn_temperature: float = 0.0,
+  train: bool = True,
+) -> tuple[CLUGrads, CLULosses, ModelState]:
   r"""Computes the learn, unlearn, preserve and saliency components with ``jax.grad``.
 
   Args:
@@ -93,10 +103,12 @@ def clu_gradients(apply_fn: ApplyFn, params: Params, model_state: ModelState, *,
     (value, state), g = jax.value_and_grad(fn, has_aux=True)(params, state, batch)
     return g, value, state
 
-  g_l, l_l, model_state = component(learn, objectives.learn_loss, model_state,
-                                    temperature=learn_temperature)
-  g_u, l_u, model_state = component(unlearn, objectives.unlearn_loss, model_state,
-                                    temperature=unlearn_temperature)
+  g_l, l_l, model_state = component(
+    learn, objectives.learn_loss, model_state, temperature=learn_temperature
+  )
+  g_u, l_u, model_state = component(
+    unlearn, objectives.unlearn_loss, model_state, temperature=unlearn_temperature
+  )
   g_r, l_r, model_state = component(remain, objectives.preserve_loss, model_state)
   if saliency_mask is None:
     g_s = zeros
@@ -118,8 +130,13 @@ def clip_by_global_norm(tree: Params, max_norm: Optional[float]) -> tuple[Params
   return jax.tree.map(lambda t: t * scale.astype(t.dtype), tree), norm
 
 
-def joint_direction(target: Params, preserve: Params, *, a_remain: float | jax.Array = 1.0,
-                    clip_norm: Optional[float] = None) -> Params:
+def joint_direction(
+  target: Params,
+  preserve: Params,
+  *,
+  a_remain: float | jax.Array = 1.0,
+  clip_norm: Optional[float] = None,
+) -> Params:
   r"""A target direction plus the scaled preserve gradient,
   :math:`d + \mathrm{clip}_c(a_R \nabla L_R)` (``clip_norm`` None: no clip).
 
@@ -131,11 +148,16 @@ def joint_direction(target: Params, preserve: Params, *, a_remain: float | jax.A
   return optax.tree.add(target, preserve)
 
 
-def combine(grads: CLUGrads, *, a_learn: float | jax.Array = 1.0,
-            a_remain: float | jax.Array = 1.0,
-            a_unlearn: float | jax.Array = 1.0) -> Params:
+def combine(
+  grads: CLUGrads,
+  *,
+  a_learn: float | jax.Array = 1.0,
+  a_remain: float | jax.Array = 1.0,
+  a_unlearn: float | jax.Array = 1.0,
+) -> Params:
   r"""The joint ("none" compensation) direction
   :math:`a_L g_L + a_R g_R + a_U (g_U + g_S)`, unclipped (:func:`joint_direction`)."""
-  target = optax.tree.add_scale(optax.tree.scale(a_learn, grads.learn), a_unlearn,
-                                optax.tree.add(grads.unlearn, grads.saliency))
+  target = optax.tree.add_scale(
+    optax.tree.scale(a_learn, grads.learn), a_unlearn, optax.tree.add(grads.unlearn, grads.saliency)
+  )
   return joint_direction(target, grads.preserve, a_remain=a_remain)

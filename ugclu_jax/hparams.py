@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 
 class Rule(NamedTuple):
   """A value rule: ``ok(value)`` must hold; ``text`` says what, e.g. ``must be >= 1``."""
+
   ok: Callable[[Any], bool]
   text: str
 
@@ -36,9 +37,10 @@ def at_least(lo) -> Rule:
 def within(lo, hi, brackets: str = "[]") -> Rule:
   """``lo <= v <= hi``; a ``(`` or ``)`` in ``brackets`` makes that end open."""
   left, right = brackets
-  return Rule(lambda v: (v > lo if left == "(" else v >= lo) and (v < hi if right == ")"
-                                                                  else v <= hi),
-              f"must be in {left}{lo}, {hi}{right}")
+  return Rule(
+    lambda v: (v > lo if left == "(" else v >= lo) and (v < hi if right == ")" else v <= hi),
+    f"must be in {left}{lo}, {hi}{right}",
+  )
 
 
 POSITIVE = Rule(lambda v: v > 0, "must be > 0")
@@ -110,14 +112,16 @@ class Checked:
   ``KEY`` is the class's key in the experiment config (``""`` at the top), the
   prefix of its fields' names in error messages.
   """
+
   KEY: ClassVar[str] = ""
 
   def __post_init__(self):
     hints = typing.get_type_hints(type(self))
     prefix = f"{self.KEY}." if self.KEY else ""
     for f in dataclasses.fields(self):
-      check_value(prefix + f.name, getattr(self, f.name), hints[f.name],
-                  *f.metadata.get("rules", ()))
+      check_value(
+        prefix + f.name, getattr(self, f.name), hints[f.name], *f.metadata.get("rules", ())
+      )
 
 
 def replace(obj, overrides: dict):
@@ -126,6 +130,8 @@ def replace(obj, overrides: dict):
   names = [f.name for f in dataclasses.fields(obj)]
   unknown = sorted(set(overrides) - set(names))
   if unknown:
-    raise ConfigError(f"unknown {obj.KEY or type(obj).__name__} hyperparameter {unknown[0]!r}; "
-                      f"valid: {', '.join(names)}")
+    raise ConfigError(
+      f"unknown {obj.KEY or type(obj).__name__} hyperparameter {unknown[0]!r}; "
+      f"valid: {', '.join(names)}"
+    )
   return dataclasses.replace(obj, **overrides) if overrides else obj

@@ -39,12 +39,18 @@ def _check_direction(params: Params, v: Updates) -> None:
     raise ValueError("the direction v must have the tree structure of params")
   for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(v)):
     if jnp.shape(p) != jnp.shape(t):
-      raise ValueError(f"the direction v has a leaf of shape {jnp.shape(t)} where params "
-                       f"has {jnp.shape(p)}")
+      raise ValueError(
+        f"the direction v has a leaf of shape {jnp.shape(t)} where params has {jnp.shape(p)}"
+      )
 
 
-def ggn_vp(logits_fn: Callable[[Params], jax.Array], params: Params, v: Updates, *,
-           weights: Optional[jax.Array] = None) -> Updates:
+def ggn_vp(
+  logits_fn: Callable[[Params], jax.Array],
+  params: Params,
+  v: Updates,
+  *,
+  weights: Optional[jax.Array] = None,
+) -> Updates:
   r"""Gauss-Newton (Fisher) vector product for softmax cross-entropy.
 
   .. math::
@@ -74,9 +80,14 @@ def ggn_vp(logits_fn: Callable[[Params], jax.Array], params: Params, v: Updates,
   return vjp_fn(h_jv)[0]
 
 
-def compensate(direction: Updates, hvp_fn: Callable[[Updates], Updates], *,
-               beta: float | jax.Array, order: int = 1,
-               damping: float | jax.Array = 0.0) -> Updates:
+def compensate(
+  direction: Updates,
+  hvp_fn: Callable[[Updates], Updates],
+  *,
+  beta: float | jax.Array,
+  order: int = 1,
+  damping: float | jax.Array = 0.0,
+) -> Updates:
   r"""Remaining-Hessian compensation of a target direction.
 
   ``order = 1`` (first order, the explicit form of the fast-slow step):

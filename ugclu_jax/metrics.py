@@ -175,8 +175,9 @@ class Accuracy(Average):
   """
 
   @classmethod
-  def from_model_output(cls, *, logits: jax.Array, labels: jax.Array,
-                        mask: jax.Array | None = None) -> "Accuracy":
+  def from_model_output(
+    cls, *, logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+  ) -> "Accuracy":
     """Accumulator of one batch: ``logits [B, C]``, ``labels [B]``, ``mask [B]`` (1 real, 0 pad)."""
     return super().from_model_output(values=correct(logits, labels), mask=mask)
 
@@ -261,8 +262,9 @@ def _defined(v: Any) -> bool:
   return v is not None and math.isfinite(float(v))
 
 
-def avg_gap(metrics: Mapping[str, Any], oracle: Mapping[str, Any],
-            keys: Sequence[str] = _UNLEARN_KEYS) -> float | None:
+def avg_gap(
+  metrics: Mapping[str, Any], oracle: Mapping[str, Any], keys: Sequence[str] = _UNLEARN_KEYS
+) -> float | None:
   r"""Average gap to the oracle (retrain) model.
 
   .. math:: \mathrm{AvgGap} = \frac{1}{|K'|} \sum_{k \in K'} |m_k - m^*_k|
@@ -281,8 +283,11 @@ def avg_gap(metrics: Mapping[str, Any], oracle: Mapping[str, Any],
   """
   if isinstance(keys, str):
     raise ValueError("avg_gap: keys must be a sequence of metric names, not a string")
-  gaps = [abs(float(metrics[k]) - float(oracle[k])) for k in keys
-          if _defined(metrics.get(k)) and _defined(oracle.get(k))]
+  gaps = [
+    abs(float(metrics[k]) - float(oracle[k]))
+    for k in keys
+    if _defined(metrics.get(k)) and _defined(oracle.get(k))
+  ]
   return float(np.mean(gaps)) if gaps else None
 
 
@@ -295,8 +300,9 @@ def _as_probs(x: Any, what: str) -> np.ndarray:
   a = np.asarray(x, dtype=np.float64)
   if a.ndim != 2:
     raise ValueError(f"{what} must be probabilities [N, C], got shape {a.shape}")
-  if a.size and (not np.all(np.isfinite(a)) or np.any(a < 0)
-                 or not np.allclose(a.sum(axis=1), 1.0, atol=1e-3)):
+  if a.size and (
+    not np.all(np.isfinite(a)) or np.any(a < 0) or not np.allclose(a.sum(axis=1), 1.0, atol=1e-3)
+  ):
     raise ValueError(f"{what} must be finite, non-negative rows summing to 1 (probabilities)")
   return a
 
@@ -384,13 +390,16 @@ def accuracy_matrix(rows: Sequence[Sequence[float | None]]) -> np.ndarray:
   width = max((len(r) for r in rows), default=0)
   a = np.full((len(rows), width), np.nan)
   for i, r in enumerate(rows):
-    a[i, :len(r)] = np.array([np.nan if v is None else v for v in r], dtype=np.float64)
+    a[i, : len(r)] = np.array([np.nan if v is None else v for v in r], dtype=np.float64)
   return a
 
 
 def _as_matrix(matrix: Any, name: str) -> np.ndarray:
-  a = (np.asarray(matrix, dtype=np.float64) if isinstance(matrix, np.ndarray)
-       else accuracy_matrix(matrix))
+  a = (
+    np.asarray(matrix, dtype=np.float64)
+    if isinstance(matrix, np.ndarray)
+    else accuracy_matrix(matrix)
+  )
   if a.ndim != 2:
     raise ValueError(f"{name}: the accuracy matrix must be [R, T], got shape {a.shape}")
   return a
@@ -421,8 +430,9 @@ def _check_request(a: np.ndarray, r: int, name: str) -> None:
     raise ValueError(f"{name}: request index {r} is outside the {a.shape[0]} rows of the matrix")
 
 
-def avg_acc(acc_row: Sequence[float | None], learned_tasks: Iterable[int] | None = None
-            ) -> float | None:
+def avg_acc(
+  acc_row: Sequence[float | None], learned_tasks: Iterable[int] | None = None
+) -> float | None:
   r"""Average accuracy over the tasks currently learned (kept).
 
   .. math:: \mathrm{ACC}_r = \frac{1}{|K_r|} \sum_{t \in K_r} a[r, t]

@@ -46,8 +46,9 @@ class MIAFeatures(NamedTuple):
   mask: Any
 
 
-def mia_features(*, logits: jax.Array, labels: jax.Array,
-                 mask: jax.Array | None = None) -> MIAFeatures:
+def mia_features(
+  *, logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+) -> MIAFeatures:
   r"""Per-example attack features of one batch; jittable, fixed shapes.
 
   .. math:: H_i = -\sum_k p_{ik} \log p_{ik}, \qquad \mathrm{conf}_i = p_{i, y_i},
@@ -70,8 +71,9 @@ def mia_features(*, logits: jax.Array, labels: jax.Array,
   entropy = metrics.softmax_entropy(logits)
   conf = metrics.confidence(logits, labels)
   real = m > 0
-  return MIAFeatures(entropy=jnp.where(real, entropy, 0.0), confidence=jnp.where(real, conf, 0.0),
-                     mask=m)
+  return MIAFeatures(
+    entropy=jnp.where(real, entropy, 0.0), confidence=jnp.where(real, conf, 0.0), mask=m
+  )
 
 
 def collect_features(batches: Iterable[MIAFeatures]) -> MIAFeatures:
@@ -89,8 +91,10 @@ def collect_features(batches: Iterable[MIAFeatures]) -> MIAFeatures:
   if not batches:
     empty = np.zeros((0,), np.float64)
     return MIAFeatures(entropy=empty, confidence=empty, mask=empty)
-  cat = {f: np.concatenate([np.asarray(getattr(b, f), np.float64).reshape(-1) for b in batches])
-         for f in MIAFeatures._fields}
+  cat = {
+    f: np.concatenate([np.asarray(getattr(b, f), np.float64).reshape(-1) for b in batches])
+    for f in MIAFeatures._fields
+  }
   n = {f: v.shape[0] for f, v in cat.items()}
   if len(set(n.values())) != 1:
     raise ValueError(f"collect_features: fields have different lengths {n}")
@@ -105,16 +109,24 @@ def _feature_vector(x: Any, field: str, what: str) -> np.ndarray:
   if a.ndim == 2 and a.shape[1] == 1:
     a = a[:, 0]
   if a.ndim != 1:
-    raise ValueError(f"mia_efficacy: {what} must be MIAFeatures or a 1-D array of {field} "
-                     f"values, got shape {a.shape}")
+    raise ValueError(
+      f"mia_efficacy: {what} must be MIAFeatures or a 1-D array of {field} "
+      f"values, got shape {a.shape}"
+    )
   if not np.all(np.isfinite(a)):
     raise ValueError(f"mia_efficacy: {what} hold non-finite values")
   return a
 
 
-def mia_efficacy(*, remain_features: Any, test_features: Any, forget_features: Any,
-                 variant: str = "entropy_logreg", seed: int = 0,
-                 max_samples: int = 2500) -> float | None:
+def mia_efficacy(
+  *,
+  remain_features: Any,
+  test_features: Any,
+  forget_features: Any,
+  variant: str = "entropy_logreg",
+  seed: int = 0,
+  max_samples: int = 2500,
+) -> float | None:
   r"""MIA efficacy: the share of the forget set that a membership attack judges non-member.
 
   The attack is fitted on remaining-train samples (members, label 1) against
@@ -153,8 +165,11 @@ def mia_efficacy(*, remain_features: Any, test_features: Any, forget_features: A
   feature = dict(_VARIANT_FEATURE).get(variant)
   if feature is None:
     raise ValueError(f"mia_efficacy: unknown variant {variant!r}; expected one of {MIA_VARIANTS}")
-  if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) \
-      or max_samples < 1:
+  if (
+    isinstance(max_samples, bool)
+    or not isinstance(max_samples, (int, np.integer))
+    or max_samples < 1
+  ):
     raise ValueError(f"mia_efficacy: max_samples must be a positive integer, got {max_samples!r}")
   members = _feature_vector(remain_features, feature, "remain_features")
   non_members = _feature_vector(test_features, feature, "test_features")

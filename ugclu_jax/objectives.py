@@ -35,15 +35,16 @@ def _check_logits_labels(logits: jax.Array, labels: jax.Array) -> None:
     raise ValueError(f"logits must have shape [batch, classes], got {logits.shape}")
   if labels.shape != logits.shape[:1]:
     raise ValueError(
-        f"labels must have shape {logits.shape[:1]} to match logits {logits.shape}, "
-        f"got {labels.shape}")
+      f"labels must have shape {logits.shape[:1]} to match logits {logits.shape}, "
+      f"got {labels.shape}"
+    )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
 
 
-def cross_entropy(*, logits: jax.Array, labels: jax.Array,
-                  mask: Optional[jax.Array] = None,
-                  reduction: str = "mean") -> jax.Array:
+def cross_entropy(
+  *, logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None, reduction: str = "mean"
+) -> jax.Array:
   r"""Softmax cross-entropy :math:`\ell_i = -\log p_\theta(y_i \mid x_i)`.
 
   Args:
@@ -60,9 +61,13 @@ def cross_entropy(*, logits: jax.Array, labels: jax.Array,
   return _reduce(losses, mask, reduction)
 
 
-def kl_to_reference(*, logits: jax.Array, reference_probs: jax.Array,
-                    mask: Optional[jax.Array] = None,
-                    reduction: str = "mean") -> jax.Array:
+def kl_to_reference(
+  *,
+  logits: jax.Array,
+  reference_probs: jax.Array,
+  mask: Optional[jax.Array] = None,
+  reduction: str = "mean",
+) -> jax.Array:
   r"""Per-example :math:`\mathrm{KL}(p_{ref} \,\|\, p_\theta)`, the unified objective's term.
 
   .. math::
@@ -79,17 +84,19 @@ def kl_to_reference(*, logits: jax.Array, reference_probs: jax.Array,
     reduction: ``"mean"``, ``"sum"`` or ``"none"``.
   """
   if logits.shape != reference_probs.shape:
-    raise ValueError(f"reference_probs shape {reference_probs.shape} must equal "
-                     f"logits shape {logits.shape}")
+    raise ValueError(
+      f"reference_probs shape {reference_probs.shape} must equal logits shape {logits.shape}"
+    )
   log_q = jax.nn.log_softmax(logits)
   losses = jnp.sum(
-      jax.scipy.special.xlogy(reference_probs, reference_probs)
-      - reference_probs * log_q, axis=-1)
+    jax.scipy.special.xlogy(reference_probs, reference_probs) - reference_probs * log_q, axis=-1
+  )
   return _reduce(losses, mask, reduction)
 
 
-def adaptive_weights(per_example_loss: jax.Array, *, temperature: float,
-                     mask: Optional[jax.Array] = None) -> jax.Array:
+def adaptive_weights(
+  per_example_loss: jax.Array, *, temperature: float, mask: Optional[jax.Array] = None
+) -> jax.Array:
   r"""Adaptive per-sample weights (docs/method.md §3), under ``stop_gradient``.
 
   .. math::
@@ -119,9 +126,14 @@ def adaptive_weights(per_example_loss: jax.Array, *, temperature: float,
   return c / jnp.sum(c)
 
 
-def learn_loss(*, logits: jax.Array, labels: jax.Array,
-               mask: Optional[jax.Array] = None, temperature: float = 0.0,
-               reduction: str = "sum") -> jax.Array:
+def learn_loss(
+  *,
+  logits: jax.Array,
+  labels: jax.Array,
+  mask: Optional[jax.Array] = None,
+  temperature: float = 0.0,
+  reduction: str = "sum",
+) -> jax.Array:
   r"""Learn term :math:`L_L^w = \sum_i w_i \ell_i` on new data (descent).
 
   With the default ``temperature = 0`` the weights are uniform and the sum is
@@ -133,16 +145,22 @@ def learn_loss(*, logits: jax.Array, labels: jax.Array,
   return _reduce(w * losses, None, reduction)
 
 
-def preserve_loss(*, logits: jax.Array, labels: jax.Array,
-                  mask: Optional[jax.Array] = None,
-                  reduction: str = "mean") -> jax.Array:
+def preserve_loss(
+  *, logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None, reduction: str = "mean"
+) -> jax.Array:
   r"""Preserve term :math:`L_R`: cross-entropy on remaining data, true labels (no teacher)."""
   return cross_entropy(logits=logits, labels=labels, mask=mask, reduction=reduction)
 
 
-def unlearn_loss(*, logits: jax.Array, labels: jax.Array,
-                 mask: Optional[jax.Array] = None, temperature: float = 0.5,
-                 max_loss: Optional[float] = None, reduction: str = "sum") -> jax.Array:
+def unlearn_loss(
+  *,
+  logits: jax.Array,
+  labels: jax.Array,
+  mask: Optional[jax.Array] = None,
+  temperature: float = 0.5,
+  max_loss: Optional[float] = None,
+  reduction: str = "sum",
+) -> jax.Array:
   r"""Unlearn term: adaptively weighted, bounded gradient *ascent* on the forget data.
 
   Returns the quantity to **minimise**,
@@ -169,15 +187,21 @@ def unlearn_loss(*, logits: jax.Array, labels: jax.Array,
       keep = keep * mask.astype(keep.dtype)
     pushed = jnp.any(keep > 0)
     # All forgotten: no push (the mask of ones only avoids 0 / 0).
-    w = adaptive_weights(losses, temperature=temperature,
-                         mask=jnp.where(pushed, keep, jnp.ones_like(keep)))
+    w = adaptive_weights(
+      losses, temperature=temperature, mask=jnp.where(pushed, keep, jnp.ones_like(keep))
+    )
     w = jnp.where(pushed, w, 0.0)
   return _reduce(-w * losses, None, reduction)
 
 
-def distillation_loss(*, logits: jax.Array, teacher_logits: jax.Array, temperature: float,
-                      mask: Optional[jax.Array] = None,
-                      classes: Optional[jax.Array] = None) -> jax.Array:
+def distillation_loss(
+  *,
+  logits: jax.Array,
+  teacher_logits: jax.Array,
+  temperature: float,
+  mask: Optional[jax.Array] = None,
+  classes: Optional[jax.Array] = None,
+) -> jax.Array:
   r"""Knowledge distillation :math:`\mathrm{KL}(p^T_{teacher} \| p^T_{student})`.
 
   .. math::

@@ -7,12 +7,15 @@ from ugclu_jax.fast_slow import fast_slow
 
 def _sgd(learning_rate, momentum, weight_decay, nesterov=False):
   # PyTorch-style SGD: weight decay is added to the gradient before momentum.
-  return optax.chain(optax.add_decayed_weights(weight_decay),
-                     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay),
+    optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+  )
 
 
-def sgd(*, learning_rate: float, momentum: float = 0.9, weight_decay: float = 5e-4,
-        nesterov: bool = False) -> optax.GradientTransformationExtraArgs:
+def sgd(
+  *, learning_rate: float, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False
+) -> optax.GradientTransformationExtraArgs:
   """SGD with momentum and coupled weight decay, hyperparameters in the state.
 
   ``learning_rate``, ``momentum`` and ``weight_decay`` are injected with
@@ -21,14 +24,20 @@ def sgd(*, learning_rate: float, momentum: float = 0.9, weight_decay: float = 5e
   learning_rate=...)``) without recompiling.
   """
   return optax.inject_hyperparams(_sgd, static_args=("nesterov",))(
-      learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-      nesterov=nesterov)
+    learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+  )
 
 
-def build_optimizer(*, learning_rate: float, momentum: float = 0.9,
-                    weight_decay: float = 5e-4, nesterov: bool = False,
-                    sync_period: int = 1, slow_step_size: float = 1.0,
-                    reset_state: bool = False) -> optax.GradientTransformationExtraArgs:
+def build_optimizer(
+  *,
+  learning_rate: float,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  nesterov: bool = False,
+  sync_period: int = 1,
+  slow_step_size: float = 1.0,
+  reset_state: bool = False,
+) -> optax.GradientTransformationExtraArgs:
   """UG-CLU's optimizer: :func:`fast_slow` over injected-hyperparameter SGD.
 
   With the defaults (``sync_period=1, slow_step_size=1``) this is exactly the
@@ -40,6 +49,10 @@ def build_optimizer(*, learning_rate: float, momentum: float = 0.9,
   keyword-only ``saliency_mask``.
   """
   return fast_slow(
-      sgd(learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-          nesterov=nesterov),
-      sync_period=sync_period, slow_step_size=slow_step_size, reset_state=reset_state)
+    sgd(
+      learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+    ),
+    sync_period=sync_period,
+    slow_step_size=slow_step_size,
+    reset_state=reset_state,
+  )

@@ -39,8 +39,10 @@ def data_mesh(num_devices: int = 0) -> Mesh:
   devices = jax.local_devices()
   n = len(devices) if num_devices == 0 else num_devices
   if not 1 <= n <= len(devices):
-    raise ValueError(f"num_devices={num_devices}: this process has {len(devices)} local "
-                     f"device(s) ({devices[0].platform})")
+    raise ValueError(
+      f"num_devices={num_devices}: this process has {len(devices)} local "
+      f"device(s) ({devices[0].platform})"
+    )
   return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
 
 
@@ -67,8 +69,10 @@ def shard_batch(batch: Any, mesh: Optional[Mesh], *, batch_axis: int = 0) -> Any
   n = num_shards(mesh)
   for leaf in jax.tree.leaves(batch):
     if np.shape(leaf)[batch_axis] % n:
-      raise ValueError(f"a batch of {np.shape(leaf)[batch_axis]} does not split over {n} "
-                       f"devices; make the batch size a multiple of {n}")
+      raise ValueError(
+        f"a batch of {np.shape(leaf)[batch_axis]} does not split over {n} "
+        f"devices; make the batch size a multiple of {n}"
+      )
   return jax.device_put(batch, batch_sharding(mesh, batch_axis))
 
 

@@ -38,21 +38,58 @@ from ugclu_jax.methods import ORACLE  # The retrain oracle's name (a light impor
 UNLEARN_PREFIX = "U:"
 """Stream tokens starting with this prefix are unlearn requests."""
 
-SUMMARY_KEYS = ("avg_gap", "avg_acc", "forgetting", "bwt", "relapse", "seconds", "steps",
-                "grad_evals", "hvp_evals")
+SUMMARY_KEYS = (
+  "avg_gap",
+  "avg_acc",
+  "forgetting",
+  "bwt",
+  "relapse",
+  "seconds",
+  "steps",
+  "grad_evals",
+  "hvp_evals",
+)
 """The keys of each method's :func:`summary` entry, in table order."""
 
-_FRACTION_METRICS = frozenset({"forget_acc", "remain_acc", "test_acc", "mia_efficacy", "avg_gap",
-                               "avg_acc", "forgetting", "bwt", "relapse"})
+_FRACTION_METRICS = frozenset(
+  {
+    "forget_acc",
+    "remain_acc",
+    "test_acc",
+    "mia_efficacy",
+    "avg_gap",
+    "avg_acc",
+    "forgetting",
+    "bwt",
+    "relapse",
+  }
+)
 _COUNT_KEYS = ("steps", "grad_evals", "hvp_evals")
-_REQUEST_COLUMNS = (("FA", "forget_acc"), ("RA", "remain_acc"), ("TA", "test_acc"),
-                    ("MIA", "mia_efficacy"), ("gap", "avg_gap"), ("JS", "js_div"))
-_SUMMARY_HEADERS = (("gap (unlearn mean)", "avg_gap"), ("avg acc (final)", "avg_acc"),
-                    ("forgetting (final)", "forgetting"), ("BWT (final)", "bwt"),
-                    ("relapse (mean)", "relapse"), ("time (s)", "seconds"), ("steps", "steps"),
-                    ("grad evals", "grad_evals"), ("HVP evals", "hvp_evals"))
-_PANELS = (("forget_acc", "forget acc (FA)"), ("remain_acc", "remain acc (RA)"),
-           ("test_acc", "test acc (TA)"), ("mia_efficacy", "MIA efficacy"))
+_REQUEST_COLUMNS = (
+  ("FA", "forget_acc"),
+  ("RA", "remain_acc"),
+  ("TA", "test_acc"),
+  ("MIA", "mia_efficacy"),
+  ("gap", "avg_gap"),
+  ("JS", "js_div"),
+)
+_SUMMARY_HEADERS = (
+  ("gap (unlearn mean)", "avg_gap"),
+  ("avg acc (final)", "avg_acc"),
+  ("forgetting (final)", "forgetting"),
+  ("BWT (final)", "bwt"),
+  ("relapse (mean)", "relapse"),
+  ("time (s)", "seconds"),
+  ("steps", "steps"),
+  ("grad evals", "grad_evals"),
+  ("HVP evals", "hvp_evals"),
+)
+_PANELS = (
+  ("forget_acc", "forget acc (FA)"),
+  ("remain_acc", "remain acc (RA)"),
+  ("test_acc", "test acc (TA)"),
+  ("mia_efficacy", "MIA efficacy"),
+)
 _DASH = "—"
 
 
@@ -186,8 +223,10 @@ def _find_config(config: Mapping[str, Any], want: str) -> Any:
 
 
 def _n_tasks(report: Mapping[str, Any]) -> int:
-  return max((len(r.get("acc_per_task", [])) for e in report["methods"].values()
-              for r in e["requests"]), default=0)
+  return max(
+    (len(r.get("acc_per_task", [])) for e in report["methods"].values() for r in e["requests"]),
+    default=0,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -200,12 +239,12 @@ def _summarize_method(entry: Mapping[str, Any]) -> dict[str, float | None]:
   last = reqs[-1] if reqs else {}
   unlearn = [r for r in reqs if str(r.get("request", "")).startswith(UNLEARN_PREFIX)]
   out = {
-      "avg_gap": _mean([_metric(r, "avg_gap") for r in unlearn]),
-      "avg_acc": _metric(last, "avg_acc"),
-      "forgetting": _metric(last, "forgetting"),
-      "bwt": _metric(last, "bwt"),
-      "relapse": _mean([_metric(r, "relapse") for r in reqs]),
-      "seconds": _total([_num(r.get("seconds")) for r in reqs]),
+    "avg_gap": _mean([_metric(r, "avg_gap") for r in unlearn]),
+    "avg_acc": _metric(last, "avg_acc"),
+    "forgetting": _metric(last, "forgetting"),
+    "bwt": _metric(last, "bwt"),
+    "relapse": _mean([_metric(r, "relapse") for r in reqs]),
+    "seconds": _total([_num(r.get("seconds")) for r in reqs]),
   }
   for key in _COUNT_KEYS:
     out[key] = _total([_metric(r, key) for r in reqs])
@@ -278,19 +317,23 @@ def _check_same(reports: Sequence[Mapping[str, Any]]) -> None:
   first = reports[0]
   for i, rep in enumerate(reports[1:], start=1):
     if list(rep["stream"]) != list(first["stream"]):
-      raise ValueError(f"aggregate: report {i} has stream {' '.join(rep['stream'])!r}, "
-                       f"report 0 has {' '.join(first['stream'])!r}")
+      raise ValueError(
+        f"aggregate: report {i} has stream {' '.join(rep['stream'])!r}, "
+        f"report 0 has {' '.join(first['stream'])!r}"
+      )
     missing = [m for m in first["methods"] if m not in rep["methods"]]
     extra = [m for m in rep["methods"] if m not in first["methods"]]
     if missing or extra:
-      raise ValueError(f"aggregate: report {i} methods differ from report 0: "
-                       f"missing {missing}, extra {extra}")
+      raise ValueError(
+        f"aggregate: report {i} methods differ from report 0: missing {missing}, extra {extra}"
+      )
     for name in first["methods"]:
       a = [r.get("request") for r in _requests(first["methods"][name])]
       b = [r.get("request") for r in _requests(rep["methods"][name])]
       if a != b:
-        raise ValueError(f"aggregate: report {i} method {name!r} has requests {b}, "
-                         f"report 0 has {a}")
+        raise ValueError(
+          f"aggregate: report {i} method {name!r} has requests {b}, report 0 has {a}"
+        )
 
 
 def _aggregate_request(reqs: Sequence[Mapping[str, Any]], index: int) -> dict[str, Any]:
@@ -307,9 +350,16 @@ def _aggregate_request(reqs: Sequence[Mapping[str, Any]], index: int) -> dict[st
     m, s = _mean_std([(r.get("acc_per_task", []) + [None] * width)[t] for r in reqs])
     acc.append(m)
     acc_std.append(s)
-  out = {"index": index, "request": reqs[0].get("request"), "seconds": seconds,
-         "seconds_std": seconds_std, "metrics": metrics, "metrics_std": metrics_std,
-         "acc_per_task": acc, "acc_per_task_std": acc_std}
+  out = {
+    "index": index,
+    "request": reqs[0].get("request"),
+    "seconds": seconds,
+    "seconds_std": seconds_std,
+    "metrics": metrics,
+    "metrics_std": metrics_std,
+    "acc_per_task": acc,
+    "acc_per_task_std": acc_std,
+  }
   if any("collapsed" in r for r in reqs):
     out["collapsed_per_seed"] = [r.get("collapsed") for r in reqs]
   return out
@@ -357,9 +407,12 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   methods = {}
   for name in first["methods"]:
     per_seed = [_requests(rep["methods"][name]) for rep in reports]
-    methods[name] = {"requests": [
+    methods[name] = {
+      "requests": [
         _aggregate_request([reqs[j] for reqs in per_seed], per_seed[0][j].get("index", j))
-        for j in range(len(per_seed[0]))]}
+        for j in range(len(per_seed[0]))
+      ]
+    }
 
   summaries = [summary(rep) for rep in reports]
   summary_mean, summary_std = {}, {}
@@ -369,8 +422,14 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
       summary_mean[name][k], summary_std[name][k] = _mean_std([s[name][k] for s in summaries])
 
   config = {k: copy.deepcopy(v) for k, v in _config(first).items() if k != "seed"}
-  return {"config": config, "stream": list(first["stream"]), "seeds": seeds, "methods": methods,
-          "summary": summary_mean, "summary_std": summary_std}
+  return {
+    "config": config,
+    "stream": list(first["stream"]),
+    "seeds": seeds,
+    "methods": methods,
+    "summary": summary_mean,
+    "summary_std": summary_std,
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -404,8 +463,10 @@ def _cell_text(text: str) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-  lines = ["| " + " | ".join(_cell_text(h) for h in header) + " |",
-           "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+  lines = [
+    "| " + " | ".join(_cell_text(h) for h in header) + " |",
+    "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+  ]
   lines += ["| " + " | ".join(_cell_text(c) for c in row) + " |" for row in rows]
   return lines
 
@@ -445,24 +506,43 @@ def collapses(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         continue
       for seed, reason in zip(seeds, reasons):
         if isinstance(reason, str):
-          out.append({"method": name, "index": req.get("index"),
-                      "request": req.get("request"), "seed": seed, "reason": reason})
+          out.append(
+            {
+              "method": name,
+              "index": req.get("index"),
+              "request": req.get("request"),
+              "seed": seed,
+              "reason": reason,
+            }
+          )
   return out
 
 
 def _collapsed_lines(report: Mapping[str, Any], order: Sequence[str]) -> list[str]:
   """The "Collapsed models" section; empty for reports that predate the detector."""
-  checked = any("collapsed" in r or "collapsed_per_seed" in r
-                for n in order for r in report["methods"][n]["requests"])
+  checked = any(
+    "collapsed" in r or "collapsed_per_seed" in r
+    for n in order
+    for r in report["methods"][n]["requests"]
+  )
   if not checked:
     return []
   lines = ["", "## Collapsed models", ""]
   found = collapses(report)
   if not found:
-    return lines + ["No model collapsed after any request (one class predicted for most of "
-                    "the remaining test set, or accuracy at chance)."]
-  rows = [[_label(c["method"]), f"{c['index']} `{c['request']}`",
-           "?" if c["seed"] is None else str(c["seed"]), c["reason"]] for c in found]
+    return lines + [
+      "No model collapsed after any request (one class predicted for most of "
+      "the remaining test set, or accuracy at chance)."
+    ]
+  rows = [
+    [
+      _label(c["method"]),
+      f"{c['index']} `{c['request']}`",
+      "?" if c["seed"] is None else str(c["seed"]),
+      c["reason"],
+    ]
+    for c in found
+  ]
   return lines + _table(["method", "request", "seed", "reason"], rows)
 
 
@@ -499,14 +579,20 @@ def markdown(report: Mapping[str, Any]) -> str:
   if mia is not None:
     lines.append(f"- MIA variant: `{mia}`")
   lines.append(f"- methods: {', '.join(_label(n) for n in order)}")
-  lines += ["", "Accuracies, MIA, gap, forgetting, BWT and relapse in percent; gap = mean "
-            "|Δ| to the oracle over FA, RA, TA and MIA; JS = Jensen-Shannon divergence to "
-            "the oracle on the forget set; times in seconds; — = undefined.", ""]
+  lines += [
+    "",
+    "Accuracies, MIA, gap, forgetting, BWT and relapse in percent; gap = mean "
+    "|Δ| to the oracle over FA, RA, TA and MIA; JS = Jensen-Shannon divergence to "
+    "the oracle on the forget set; times in seconds; — = undefined.",
+    "",
+  ]
 
   lines += ["## Summary", ""]
   means, stds = summary(report), _summary_std(report)
-  rows = [[_label(n)] + [_fmt(means[n][k], k, stds[n][k], agg) for _, k in _SUMMARY_HEADERS]
-          for n in order]
+  rows = [
+    [_label(n)] + [_fmt(means[n][k], k, stds[n][k], agg) for _, k in _SUMMARY_HEADERS]
+    for n in order
+  ]
   lines += _table(["method"] + [h for h, _ in _SUMMARY_HEADERS], rows)
   lines += _collapsed_lines(report, order)
 
@@ -524,8 +610,12 @@ def markdown(report: Mapping[str, Any]) -> str:
       rows.append([_label(n)] + cells)
     lines += _table(["method"] + [h for h, _ in _REQUEST_COLUMNS] + ["time (s)"], rows)
 
-  lines += ["", "## Accuracy matrices", "",
-            "Test accuracy of each task (columns) after each request (rows), in percent."]
+  lines += [
+    "",
+    "## Accuracy matrices",
+    "",
+    "Test accuracy of each task (columns) after each request (rows), in percent.",
+  ]
   n_tasks = _n_tasks(report)
   for n in order:
     lines += ["", f"### {_label(n)}", ""]
@@ -534,8 +624,15 @@ def markdown(report: Mapping[str, Any]) -> str:
       acc = list(req.get("acc_per_task", []))
       std = req.get("acc_per_task_std", [])
       std = list(std) if isinstance(std, (list, tuple)) else []
-      cells = [_fmt(_num(acc[t]) if t < len(acc) else None, "avg_acc",
-                    _num(std[t]) if t < len(std) else None, agg) for t in range(n_tasks)]
+      cells = [
+        _fmt(
+          _num(acc[t]) if t < len(acc) else None,
+          "avg_acc",
+          _num(std[t]) if t < len(std) else None,
+          agg,
+        )
+        for t in range(n_tasks)
+      ]
       rows.append([f"{req.get('index')} `{req.get('request', '?')}`"] + cells)
     lines += _table(["request"] + [f"t{t}" for t in range(n_tasks)], rows)
   return "\n".join(lines) + "\n"
@@ -549,6 +646,7 @@ def markdown(report: Mapping[str, Any]) -> str:
 def _new_figure(width: float, height: float):
   """A figure detached from pyplot (no backend is selected or changed)."""
   from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
+
   return mpl_figure.Figure(figsize=(width, height), dpi=100)
 
 
@@ -564,6 +662,7 @@ def _file_stem(name: str) -> str:
 
 def _colors(order: Sequence[str]) -> dict[str, Any]:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   others = [n for n in order if n != ORACLE]
   cmap = matplotlib.colormaps["tab10" if len(others) <= 10 else "tab20"]
   out = {n: cmap(i % cmap.N) for i, n in enumerate(others)}
@@ -573,6 +672,7 @@ def _colors(order: Sequence[str]) -> dict[str, Any]:
 
 def _plot_acc_matrix(report: Mapping[str, Any], name: str, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   agg = _is_aggregated(report)
   reqs = _requests(report["methods"][name])
   n_tasks = max(_n_tasks(report), 1)
@@ -590,8 +690,9 @@ def _plot_acc_matrix(report: Mapping[str, Any], name: str, path: str) -> None:
   fig = _new_figure(1.2 + 0.9 * n_tasks * (1.3 if agg else 1.0), 1.2 + 0.45 * mean.shape[0])
   ax = fig.add_subplot()
   cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
-  image = ax.imshow(np.ma.masked_invalid(100.0 * mean), cmap=cmap, vmin=0.0, vmax=100.0,
-                    aspect="auto")
+  image = ax.imshow(
+    np.ma.masked_invalid(100.0 * mean), cmap=cmap, vmin=0.0, vmax=100.0, aspect="auto"
+  )
   for r in range(mean.shape[0]):
     for t in range(n_tasks):
       if np.isnan(mean[r, t]):
@@ -599,8 +700,15 @@ def _plot_acc_matrix(report: Mapping[str, Any], name: str, path: str) -> None:
       text = f"{100 * mean[r, t]:.1f}"
       if agg and not np.isnan(std[r, t]):
         text += f"±{100 * std[r, t]:.1f}"
-      ax.text(t, r, text, ha="center", va="center", fontsize=8,
-              color="black" if mean[r, t] > 0.6 else "white")
+      ax.text(
+        t,
+        r,
+        text,
+        ha="center",
+        va="center",
+        fontsize=8,
+        color="black" if mean[r, t] > 0.6 else "white",
+      )
   ax.set_xticks(range(n_tasks), [f"t{t}" for t in range(n_tasks)])
   ax.set_yticks(range(len(reqs)), [f"{q.get('index')} {q.get('request', '?')}" for q in reqs])
   ax.set_xlabel("task")
@@ -637,13 +745,22 @@ def _plot_metrics_per_request(report: Mapping[str, Any], path: str) -> None:
       if not xs.size:
         continue
       oracle = name == ORACLE
-      ax.plot(xs, 100 * ys, color=colors[name], linestyle="--" if oracle else "-", marker="o",
-              markersize=3, linewidth=2.0 if oracle else 1.2, label=_label(name),
-              zorder=3 if oracle else 2)
+      ax.plot(
+        xs,
+        100 * ys,
+        color=colors[name],
+        linestyle="--" if oracle else "-",
+        marker="o",
+        markersize=3,
+        linewidth=2.0 if oracle else 1.2,
+        label=_label(name),
+        zorder=3 if oracle else 2,
+      )
       if agg and np.isfinite(ss).any():
         s = np.nan_to_num(ss)
-        ax.fill_between(xs, 100 * (ys - s), 100 * (ys + s), color=colors[name], alpha=0.15,
-                        linewidth=0)
+        ax.fill_between(
+          xs, 100 * (ys - s), 100 * (ys + s), color=colors[name], alpha=0.15, linewidth=0
+        )
     ax.set_title(title, fontsize=10)
     ax.set_ylabel("%")
     ax.grid(alpha=0.3)
@@ -672,15 +789,23 @@ def _plot_gap_time(report: Mapping[str, Any], path: str) -> None:
   axes = fig.subplots(1, 2, sharey=True)
   fig.subplots_adjust(wspace=0.08, top=1.0 - 0.6 / height)
   y = np.arange(len(order))
-  panels = (("avg_gap", "mean avg_gap over unlearn requests (%)", 100.0),
-            ("seconds", "total time (s)", 1.0))
+  panels = (
+    ("avg_gap", "mean avg_gap over unlearn requests (%)", 100.0),
+    ("seconds", "total time (s)", 1.0),
+  )
   for ax, (key, title, scale) in zip(axes, panels):
     vals = np.asarray([np.nan if means[n][key] is None else scale * means[n][key] for n in order])
     err = None
     if agg:
       err = np.asarray([0.0 if stds[n][key] is None else scale * stds[n][key] for n in order])
-    ax.barh(y, np.nan_to_num(vals), xerr=err, color=[colors[n] for n in order], capsize=3,
-            error_kw={"ecolor": "0.5"})
+    ax.barh(
+      y,
+      np.nan_to_num(vals),
+      xerr=err,
+      color=[colors[n] for n in order],
+      capsize=3,
+      error_kw={"ecolor": "0.5"},
+    )
     for yi, v in zip(y, vals):
       if np.isnan(v):
         ax.text(0.0, yi, f" {_DASH}", va="center", fontsize=8)

@@ -42,17 +42,26 @@ class RequestCounts(NamedTuple):
     fused: fused ``hvp`` / ``none`` steps (two gradients each, plus ``order``
       Hessian-vector products in ``hvp`` mode).
   """
+
   target: int = 0
   remain: int = 0
   fused: int = 0
 
 
-def run_request(steps: Steps, state: TrainState, *, mode: str, num_iterations: int,
-                forget_freq: int, target_batch: Callable[[int], Batch],
-                remain_batch: Optional[Callable[[int], Batch]], mask: Optional[Params],
-                hp: RequestHParams, has_remain: bool = True,
-                on_step: Optional[Callable[[int, TrainState, dict], None]] = None
-                ) -> tuple[TrainState, RequestCounts]:
+def run_request(
+  steps: Steps,
+  state: TrainState,
+  *,
+  mode: str,
+  num_iterations: int,
+  forget_freq: int,
+  target_batch: Callable[[int], Batch],
+  remain_batch: Optional[Callable[[int], Batch]],
+  mask: Optional[Params],
+  hp: RequestHParams,
+  has_remain: bool = True,
+  on_step: Optional[Callable[[int, TrainState, dict], None]] = None,
+) -> tuple[TrainState, RequestCounts]:
   """Runs the ``num_iterations`` iterations of one request (see the module docstring).
 
   Args:

@@ -52,12 +52,14 @@ class RunError(ValueError):
 
 class WorkdirBusy(RunError):
   """Another run holds the workdir (its lock)."""
+
   exit_code = errors.ENVIRONMENT
 
 
 # ----------------------------------------------------------------------------
 # Validation (before any work)
 # ----------------------------------------------------------------------------
+
 
 def _validate(cfg: C.ExperimentConfig) -> None:
   """The checks a config cannot make itself: registered names and this machine's devices.
@@ -70,11 +72,13 @@ def _validate(cfg: C.ExperimentConfig) -> None:
   if cfg.ugclu.mode not in MODES:
     raise RunError(f"ugclu.mode={cfg.ugclu.mode!r} is unknown; valid: {', '.join(MODES)}")
   if cfg.ugclu.curvature not in CURVATURES:
-    raise RunError(f"ugclu.curvature={cfg.ugclu.curvature!r} is unknown; valid: "
-                   f"{', '.join(CURVATURES)}")
+    raise RunError(
+      f"ugclu.curvature={cfg.ugclu.curvature!r} is unknown; valid: {', '.join(CURVATURES)}"
+    )
   if cfg.mia_variant not in mia.MIA_VARIANTS:
-    raise RunError(f"mia_variant={cfg.mia_variant!r} is unknown; valid: "
-                   f"{', '.join(mia.MIA_VARIANTS)}")
+    raise RunError(
+      f"mia_variant={cfg.mia_variant!r} is unknown; valid: {', '.join(mia.MIA_VARIANTS)}"
+    )
   for name in cfg.methods:
     try:
       MT.check_method_name(name)
@@ -82,13 +86,17 @@ def _validate(cfg: C.ExperimentConfig) -> None:
       raise RunError(str(e)) from None
   devices, available = cfg.train.devices, jax.local_device_count()
   if not 0 <= devices <= available:
-    raise RunError(f"train.devices={devices}: this machine has {available} local device(s); "
-                   f"use 1 to {available}, or 0 for all")
+    raise RunError(
+      f"train.devices={devices}: this machine has {available} local device(s); "
+      f"use 1 to {available}, or 0 for all"
+    )
   n = _num_devices(cfg)
   for key in ("batch_size", "eval_batch_size"):
     if getattr(cfg.data, key) % n:
-      raise RunError(f"data.{key}={getattr(cfg.data, key)} does not split over "
-                     f"train.devices={n}; use a multiple of {n}")
+      raise RunError(
+        f"data.{key}={getattr(cfg.data, key)} does not split over "
+        f"train.devices={n}; use a multiple of {n}"
+      )
 
 
 def _load_data(cfg: C.ExperimentConfig, log: Callable[[str], None]):
@@ -98,10 +106,10 @@ def _load_data(cfg: C.ExperimentConfig, log: Callable[[str], None]):
   except D.DatasetMissingError as e:
     if not cfg.data.fallback:
       raise
-    log(f"dataset {cfg.data.name!r} is unavailable ({e}); falling back to "
-        f"{cfg.data.fallback!r}")
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=cfg.data.fallback,
-                                                            dir=None, fallback=None))
+    log(f"dataset {cfg.data.name!r} is unavailable ({e}); falling back to {cfg.data.fallback!r}")
+    cfg = dataclasses.replace(
+      cfg, data=dataclasses.replace(cfg.data, name=cfg.data.fallback, dir=None, fallback=None)
+    )
     ds = D.load_dataset(cfg.data.name, seed=cfg.seed)
   if cfg.data.max_train_per_class is not None:
     ds = D.limit_train_per_class(ds, cfg.data.max_train_per_class, cfg.seed)
@@ -137,27 +145,59 @@ def prepare(cfg: C.ExperimentConfig, log: Callable[[str], None] = lambda s: None
 # Methods from the config (the config -> kwargs boundary)
 # ----------------------------------------------------------------------------
 
-def _build_method(name, cfg: C.ExperimentConfig, apply_fn, params0, model_state0, *,
-                  num_train: int, num_classes: int):
+
+def _build_method(
+  name,
+  cfg: C.ExperimentConfig,
+  apply_fn,
+  params0,
+  model_state0,
+  *,
+  num_train: int,
+  num_classes: int,
+):
   t = cfg.train
   clip = t.clip_norm or None
   if name == MT.ORACLE:
-    return MT.retrain(apply_fn, init_params=params0, init_model_state=model_state0,
-                      learning_rate=t.learning_rate, momentum=t.momentum,
-                      weight_decay=t.weight_decay, name=name)
+    return MT.retrain(
+      apply_fn,
+      init_params=params0,
+      init_model_state=model_state0,
+      learning_rate=t.learning_rate,
+      momentum=t.momentum,
+      weight_decay=t.weight_decay,
+      name=name,
+    )
   if name in MT.UGCLU_VARIANTS:
-    return MT.ugclu(apply_fn, cfg.ugclu, name=name, num_classes=num_classes,
-                    learn_lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
-                    learn_clip=clip, **MT.UGCLU_VARIANTS[name])
+    return MT.ugclu(
+      apply_fn,
+      cfg.ugclu,
+      name=name,
+      num_classes=num_classes,
+      learn_lr=t.learning_rate,
+      momentum=t.momentum,
+      weight_decay=t.weight_decay,
+      learn_clip=clip,
+      **MT.UGCLU_VARIANTS[name],
+    )
   # A baseline or a CLU pair "X+Y" of baselines.
-  return MT.baseline(apply_fn, name, cfg.baselines, num_train=num_train,
-                     num_classes=num_classes, learn_lr=t.learning_rate, momentum=t.momentum,
-                     weight_decay=t.weight_decay, clip_norm=clip)
+  return MT.baseline(
+    apply_fn,
+    name,
+    cfg.baselines,
+    num_train=num_train,
+    num_classes=num_classes,
+    learn_lr=t.learning_rate,
+    momentum=t.momentum,
+    weight_decay=t.weight_decay,
+    clip_norm=clip,
+  )
 
 
 # ----------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------
+
 
 def _write_json(path: pathlib.Path, obj) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
@@ -176,8 +216,11 @@ def _iterations(epochs: float, n: int, batch_size: int, minimum: int = 1) -> int
 
 
 def _state_tree(states, store, learned):
-  return {"methods": {k: tuple(v) for k, v in states.items()},
-          "store": tuple(store), "learned": learned}
+  return {
+    "methods": {k: tuple(v) for k, v in states.items()},
+    "store": tuple(store),
+    "learned": learned,
+  }
 
 
 def _num_devices(cfg) -> int:
@@ -193,13 +236,20 @@ def _mesh(cfg):
 
 def _initial(cfg, ds, method_names, mesh=None):
   """The model, the methods and the state before the first request."""
-  model = get_model(cfg.train.model, num_classes=ds.num_classes,
-                    input_shape=ds.x_train.shape[1:], rngs=nnx.Rngs(cfg.seed))
+  model = get_model(
+    cfg.train.model,
+    num_classes=ds.num_classes,
+    input_shape=ds.x_train.shape[1:],
+    rngs=nnx.Rngs(cfg.seed),
+  )
   apply_fn, params0, model_state0 = as_functional(model)
   params0, model_state0 = PL.replicate((params0, model_state0), mesh)
-  methods = {n: _build_method(n, cfg, apply_fn, params0, model_state0,
-                             num_train=ds.y_train.size, num_classes=ds.num_classes)
-             for n in method_names}
+  methods = {
+    n: _build_method(
+      n, cfg, apply_fn, params0, model_state0, num_train=ds.y_train.size, num_classes=ds.num_classes
+    )
+    for n in method_names
+  }
   states = {n: m.init(params0, model_state0) for n, m in methods.items()}
   store = D.store_init(cfg.data.store_size, ds.num_classes)
   learned = np.zeros(ds.y_train.shape, bool)
@@ -221,9 +271,12 @@ def load_state(workdir, log: Callable[[str], None] = lambda s: None) -> dict:
   _, _, states, store, learned = _initial(cfg, ds, method_names)
   with Checkpointer(workdir / "checkpoints") as ckpt:
     _, tree, meta = ckpt.restore_latest_good(_state_tree(states, store, learned))
-  return {"methods": {n: MT.MethodState(*v) for n, v in tree["methods"].items()},
-          "store": D.Store(*tree["store"]), "learned": tree["learned"].astype(bool),
-          "meta": meta}
+  return {
+    "methods": {n: MT.MethodState(*v) for n, v in tree["methods"].items()},
+    "store": D.Store(*tree["store"]),
+    "learned": tree["learned"].astype(bool),
+    "meta": meta,
+  }
 
 
 def forget_eval_sets(requests, y_train: np.ndarray, seed: int, max_eval: int) -> dict:
@@ -232,9 +285,11 @@ def forget_eval_sets(requests, y_train: np.ndarray, seed: int, max_eval: int) ->
   Re-derived from the dataset's labels, the stream and the seed (the run's own
   draws, :func:`~ugclu_jax.data.replay_stream`), so no artefact needs to keep them.
   """
-  return {r: E.subsample(idx, max_eval, seed_for((seed, r), "request.eval_forget"))
-          for r, (idx, _) in enumerate(D.replay_stream(requests, y_train=y_train, seed=seed))
-          if requests[r].kind == "unlearn"}
+  return {
+    r: E.subsample(idx, max_eval, seed_for((seed, r), "request.eval_forget"))
+    for r, (idx, _) in enumerate(D.replay_stream(requests, y_train=y_train, seed=seed))
+    if requests[r].kind == "unlearn"
+  }
 
 
 def last_unlearn_step(requests, cursor: int):
@@ -254,30 +309,44 @@ def _delete_before_unlearn(ckpt: Checkpointer, requests, cursor: int, log) -> No
   try:
     ckpt.verify(steps[0])  # The newest: the request's own or a later one.
   except DamagedError as e:
-    raise CheckpointError(f"checkpoint {steps[0]} in {ckpt.directory} fails verification right "
-                          f"after it was written ({e})") from None
+    raise CheckpointError(
+      f"checkpoint {steps[0]} in {ckpt.directory} fails verification right "
+      f"after it was written ({e})"
+    ) from None
   gone = ckpt.delete_older(step)
-  log(f"deleted {len(gone)} checkpoint(s) from before unlearn request [{step - 1}] "
-      f"{requests[step - 1].token}")
+  log(
+    f"deleted {len(gone)} checkpoint(s) from before unlearn request [{step - 1}] "
+    f"{requests[step - 1].token}"
+  )
 
 
-def _eval_sets(r, req, forget_evals, now_learned, learned_idx, test_pool, ds, max_eval,
-               seed) -> E.EvalSets:
+def _eval_sets(
+  r, req, forget_evals, now_learned, learned_idx, test_pool, ds, max_eval, seed
+) -> E.EvalSets:
   """The evaluation sets after request ``r`` (shared by all methods)."""
   learned_classes = np.unique(ds.y_train[now_learned])
   test = test_pool[np.isin(ds.y_test[test_pool], learned_classes)]
   # For relapse: each earlier unlearned set, less its samples learned again since.
   unlearned = {j: s[~now_learned[s]] for j, s in forget_evals.items() if j < r}
   remain = E.subsample(learned_idx, max_eval, seed_for((seed, r), "request.eval_remain"))
-  return E.EvalSets(index=r, request=req.token, forget=forget_evals.get(r), remain=remain,
-                    test=test, test_labels=ds.y_test[test], learned_classes=learned_classes,
-                    unlearned={j: s for j, s in unlearned.items() if s.size})
+  return E.EvalSets(
+    index=r,
+    request=req.token,
+    forget=forget_evals.get(r),
+    remain=remain,
+    test=test,
+    test_labels=ds.y_test[test],
+    learned_classes=learned_classes,
+    unlearned={j: s for j, s in unlearned.items() if s.size},
+  )
 
 
 def _report(header: dict, history: dict) -> dict:
   """``report.json``: the run's header and each method's requests, from its records."""
-  return {**header, "methods": {n: {"requests": E.report_entries(records)}
-                                for n, records in history.items()}}
+  return {
+    **header,
+    "methods": {n: {"requests": E.report_entries(records)} for n, records in history.items()},
+  }
 
 
 def _history_to_meta(history: dict) -> dict:
@@ -288,16 +357,28 @@ def _history_to_meta(history: dict) -> dict:
 def _history_from_meta(meta: dict, method_names, where) -> dict:
   """The typed history a checkpoint holds (:func:`_history_to_meta`)."""
   history = meta.get("history")
-  if not isinstance(history, dict) or set(history) != set(method_names) or any(
-      not isinstance(v, list) for v in history.values()):
-    raise RunError(f"checkpoint {where} holds no request history of this version; pass "
-                   f"--overwrite to run again from the start")
+  if (
+    not isinstance(history, dict)
+    or set(history) != set(method_names)
+    or any(not isinstance(v, list) for v in history.values())
+  ):
+    raise RunError(
+      f"checkpoint {where} holds no request history of this version; pass "
+      f"--overwrite to run again from the start"
+    )
   return {n: [E.record_from_json(q) for q in history[n]] for n in method_names}
 
 
-def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
-                   overwrite: bool = False, progress: bool = True, render: bool = True,
-                   echo: Callable[[str], None] = print) -> dict:
+def run_experiment(
+  cfg: C.ExperimentConfig,
+  workdir,
+  *,
+  resume: bool = False,
+  overwrite: bool = False,
+  progress: bool = True,
+  render: bool = True,
+  echo: Callable[[str], None] = print,
+) -> dict:
   """Runs (or resumes) an experiment in ``workdir`` and returns the report dict.
 
   Writes ``config.json``, ``run.log``, ``report.json`` (after every request),
@@ -318,19 +399,46 @@ def run_experiment(cfg: C.ExperimentConfig, workdir, *, resume: bool = False,
     _lock(workdir / LOCK_FILE).close()
   _check_workdir(workdir, resume=resume, overwrite=overwrite)
   with _hold_workdir(workdir, resume=resume, overwrite=overwrite) as log_file:
-    return _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names,
-                resume=resume, progress=progress, render=render, echo=echo)
+    return _run(
+      cfg,
+      workdir,
+      log_file,
+      messages,
+      ds,
+      tasks,
+      requests,
+      method_names,
+      resume=resume,
+      progress=progress,
+      render=render,
+      echo=echo,
+    )
 
 
-def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *, resume,
-         progress, render, echo) -> dict:
+def _run(
+  cfg,
+  workdir,
+  log_file,
+  messages,
+  ds,
+  tasks,
+  requests,
+  method_names,
+  *,
+  resume,
+  progress,
+  render,
+  echo,
+) -> dict:
   """:func:`run_experiment` once the run holds ``workdir``."""
   ckpt_dir = workdir / "checkpoints"
   skipped = []  # One line per damaged or incomplete checkpoint, logged below.
   meta = read_meta(ckpt_dir, skipped.append)
   if meta is not None and not resume:
-    raise RunError(f"{workdir} already holds a run; pass --resume to continue it, --overwrite "
-                   f"to replace it, or use another --workdir")
+    raise RunError(
+      f"{workdir} already holds a run; pass --resume to continue it, --overwrite "
+      f"to replace it, or use another --workdir"
+    )
   if meta is not None and meta["config"] != C.to_dict(cfg):
     raise RunError(f"--resume: the config differs from the one of the run in {workdir}")
   if meta is None and (workdir / "report.json").exists():
@@ -366,29 +474,43 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
   # One class-balanced test subsample for the whole run (max_eval / classes per
   # class): at every request the test set is its learned classes, so the
   # accuracy matrix compares the same samples across requests.
-  test_pool = D.per_class_subsample(ds.y_test, max(1, cfg.data.max_eval // num_classes),
-                                    seed_for(seed, "run.test_pool"))
+  test_pool = D.per_class_subsample(
+    ds.y_test, max(1, cfg.data.max_eval // num_classes), seed_for(seed, "run.test_pool")
+  )
 
   def model_outputs(state):
     def outputs(indices, test=False):
       xs, ys = (ds.x_test, ds.y_test) if test else (x, y)
-      return E.outputs(output_fn, state.params, state.model_state, xs, ys, indices,
-                       cfg.data.eval_batch_size, num_classes, mesh)
+      return E.outputs(
+        output_fn,
+        state.params,
+        state.model_state,
+        xs,
+        ys,
+        indices,
+        cfg.data.eval_batch_size,
+        num_classes,
+        mesh,
+      )
+
     return outputs
 
   with Checkpointer(ckpt_dir) as ckpt:
     step = None
     if meta is not None:
       step, tree, meta = ckpt.restore_latest_good(_state_tree(states, store, learned), log_new)
-      states = {n: MT.MethodState(*PL.replicate(tuple(v), mesh))
-                for n, v in tree["methods"].items()}
+      states = {
+        n: MT.MethodState(*PL.replicate(tuple(v), mesh)) for n, v in tree["methods"].items()
+      }
       store, learned = D.Store(*tree["store"]), tree["learned"].astype(bool)
       history = _history_from_meta(meta, method_names, ckpt.step_dir(step))
       start = meta["cursor"]
       log(f"resuming {workdir} at request {start} of {len(requests)}")
     else:
-      log(f"run {cfg.name}: dataset {ds.name}, model {cfg.train.model}, methods "
-          f"{', '.join(method_names)}, stream {' '.join(header['stream'])}")
+      log(
+        f"run {cfg.name}: dataset {ds.name}, model {cfg.train.model}, methods "
+        f"{', '.join(method_names)}, stream {' '.join(header['stream'])}"
+      )
     report = _report(header, history)
     # Newer damaged or incomplete steps and unfinished writes go; so do steps
     # from before an unlearn request (left if the run stopped before deleting them).
@@ -398,8 +520,7 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
     for r in range(start, len(requests)):
       # --- The request's data ---------------------------------------------------------
       req = requests[r]
-      idx = D.resolve_request(req, y_train=y, learned_mask=learned,
-                              rng=D.request_rng(seed, r))
+      idx = D.resolve_request(req, y_train=y, learned_mask=learned, rng=D.request_rng(seed, r))
       now_learned = D.apply_request(learned, req, idx)
       if req.kind == "unlearn":
         store = D.store_purge(store, idx, y_train=y)
@@ -408,27 +529,38 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
       # The oracle alone reads all of D_R ∪ D_L (as its target set).
       oracle_access = D.DataAccess(x, y, D.store_init(None, num_classes), learned_idx)
       if req.kind == "learn":
-        n_iter = _iterations(cfg.train.learn_epochs, idx.size, b,
-                             cfg.train.min_learn_iterations)
+        n_iter = _iterations(cfg.train.learn_epochs, idx.size, b, cfg.train.min_learn_iterations)
       else:
         n_iter = cfg.train.unlearn_iterations
-      n_oracle = _iterations(cfg.train.learn_epochs, learned_idx.size, b,
-                             cfg.train.min_learn_iterations)
+      n_oracle = _iterations(
+        cfg.train.learn_epochs, learned_idx.size, b, cfg.train.min_learn_iterations
+      )
 
       # --- Evaluation sets (shared by all methods) ------------------------------------
-      sets = _eval_sets(r, req, forget_evals, now_learned, learned_idx, test_pool, ds,
-                        cfg.data.max_eval, seed)
+      sets = _eval_sets(
+        r, req, forget_evals, now_learned, learned_idx, test_pool, ds, cfg.data.max_eval, seed
+      )
 
       records = {}
       for name in method_names:
         method = methods[name]
         is_oracle = name == MT.ORACLE
-        ctx = MT.Context(access=oracle_access if is_oracle else access, request=req, index=r,
-                         num_iterations=n_oracle if is_oracle else n_iter, batch_size=b,
-                         seed=MT.method_seed(seed, r, name), mesh=mesh)
+        ctx = MT.Context(
+          access=oracle_access if is_oracle else access,
+          request=req,
+          index=r,
+          num_iterations=n_oracle if is_oracle else n_iter,
+          batch_size=b,
+          seed=MT.method_seed(seed, r, name),
+          mesh=mesh,
+        )
         # --- Train -----------------------------------------------------------------
-        with tqdm(total=ctx.num_iterations, desc=f"[{r}] {req.token} {name}", leave=False,
-                  disable=None if progress else True) as bar:
+        with tqdm(
+          total=ctx.num_iterations,
+          desc=f"[{r}] {req.token} {name}",
+          leave=False,
+          disable=None if progress else True,
+        ) as bar:
           ctx = dataclasses.replace(ctx, progress=bar.update)
           t0 = time.perf_counter()
           run = method.learn if req.kind == "learn" else method.unlearn
@@ -437,13 +569,21 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
 
         # --- Evaluate ----------------------------------------------------------------
         q = records[name] = E.evaluate(
-            model_outputs(states[name]), sets,
-            M.Cost(seconds, cost.steps, cost.grad_evals, cost.hvp_evals), tasks=tasks,
-            mia_variant=cfg.mia_variant, seed=seed)
-        log(f"[{r}] {req.token:<10} {name:<14} {seconds:7.1f}s  " + "  ".join(
-            f"{k}={getattr(q, k):.3f}" for k in ("forget_acc", "remain_acc", "test_acc",
-                                                 "mia_efficacy")
-            if getattr(q, k) is not None))
+          model_outputs(states[name]),
+          sets,
+          M.Cost(seconds, cost.steps, cost.grad_evals, cost.hvp_evals),
+          tasks=tasks,
+          mia_variant=cfg.mia_variant,
+          seed=seed,
+        )
+        log(
+          f"[{r}] {req.token:<10} {name:<14} {seconds:7.1f}s  "
+          + "  ".join(
+            f"{k}={getattr(q, k):.3f}"
+            for k in ("forget_acc", "remain_acc", "test_acc", "mia_efficacy")
+            if getattr(q, k) is not None
+          )
+        )
         if q.collapsed is not None:
           log(f"warning: [{r}] {req.token} {name} collapsed: {q.collapsed}")
 
@@ -463,9 +603,11 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
         store = D.store_add(store, new, y, rng)
       learned = now_learned
       with errors.hold_signals():  # SIGINT and SIGTERM wait until the commit is on disk.
-        ckpt.save(r + 1, _state_tree(states, store, learned),
-                  {"cursor": r + 1, "history": _history_to_meta(history),
-                   "config": C.to_dict(cfg)})
+        ckpt.save(
+          r + 1,
+          _state_tree(states, store, learned),
+          {"cursor": r + 1, "history": _history_to_meta(history), "config": C.to_dict(cfg)},
+        )
         _write_json(workdir / "report.json", report)
         _delete_before_unlearn(ckpt, requests, r + 1, log)
 
@@ -483,8 +625,10 @@ def _run(cfg, workdir, log_file, messages, ds, tasks, requests, method_names, *,
 LOCK_FILE = "run.lock"
 # What a run writes into its workdir, besides run.lock and the plots (*.png).
 RUN_OUTPUTS = ("report.json", "report.md", "config.json", "run.log", "checkpoints")
-_NO_CHECKPOINT = ("{workdir} holds report.json but no checkpoint to continue from; pass "
-                  "--overwrite to replace the run, or use another --workdir")
+_NO_CHECKPOINT = (
+  "{workdir} holds report.json but no checkpoint to continue from; pass "
+  "--overwrite to replace the run, or use another --workdir"
+)
 
 
 def _run_outputs(workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -505,8 +649,11 @@ def _lock(path: pathlib.Path):
     lock.seek(0)
     pid = lock.read().strip()
     lock.close()
-    raise WorkdirBusy(f"{path.parent} is in use by another run" + (f" (pid {pid})" if pid else "")
-                      + "; wait for it to end, or use another --workdir") from None
+    raise WorkdirBusy(
+      f"{path.parent} is in use by another run"
+      + (f" (pid {pid})" if pid else "")
+      + "; wait for it to end, or use another --workdir"
+    ) from None
   return lock
 
 
@@ -516,8 +663,10 @@ def _check_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool) -> N
     raise NotADirectoryError(errno.ENOTDIR, "not a folder (--workdir names a file)", str(workdir))
   found = _run_outputs(workdir)
   if found and not (resume or overwrite):
-    raise RunError(f"{workdir} already holds a run ({found[0].name}); pass --resume to continue "
-                   f"it, --overwrite to replace it, or use another --workdir")
+    raise RunError(
+      f"{workdir} already holds a run ({found[0].name}); pass --resume to continue "
+      f"it, --overwrite to replace it, or use another --workdir"
+    )
   if resume and (workdir / "report.json").exists() and not (workdir / "checkpoints").is_dir():
     raise RunError(_NO_CHECKPOINT.format(workdir=workdir))
 
@@ -572,6 +721,7 @@ def _hold_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool):
 
 def _render(report: dict, workdir: pathlib.Path, log) -> None:
   from ugclu_jax import report as R  # matplotlib is imported only when rendering
+
   with errors.writing(workdir / "report.md"):
     (workdir / "report.md").write_text(R.markdown(report))
   paths = R.plot(report, workdir)

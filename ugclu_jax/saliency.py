@@ -8,8 +8,9 @@ import jax.numpy as jnp
 from ugclu_jax.types import Params
 
 
-def fisher_diagonal(loss_fn: Callable[[Params, Any], jax.Array], params: Params,
-                    batches: Any) -> Params:
+def fisher_diagonal(
+  loss_fn: Callable[[Params, Any], jax.Array], params: Params, batches: Any
+) -> Params:
   r"""Diagonal empirical Fisher: mean over batches of the squared batch-mean gradient.
 
   .. math::
@@ -40,14 +41,14 @@ def fisher_diagonal(loss_fn: Callable[[Params, Any], jax.Array], params: Params,
     g = grad_fn(params, batch)
     return jax.tree.map(lambda a, gi: a + jnp.square(gi.astype(a.dtype)), acc, g), None
 
-  acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
-                      params)
+  acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params)
   acc, _ = jax.lax.scan(body, acc0, batches)
   return jax.tree.map(lambda a: a / n, acc)
 
 
-def balanced_saliency_mask(fisher_target: Params, fisher_remain: Params, *,
-                           threshold: float = 1.0, eps: float = 1e-15) -> Params:
+def balanced_saliency_mask(
+  fisher_target: Params, fisher_remain: Params, *, threshold: float = 1.0, eps: float = 1e-15
+) -> Params:
   r"""Balanced saliency mask: keep the weights more salient for the target than the remain set.
 
   .. math::
@@ -68,8 +69,10 @@ def balanced_saliency_mask(fisher_target: Params, fisher_remain: Params, *,
   if jax.tree.structure(fisher_target) != jax.tree.structure(fisher_remain):
     raise ValueError("fisher_target and fisher_remain must have the same tree structure")
   return jax.tree.map(
-      lambda ft, fr: ((ft + eps) / (fr + eps) >= threshold).astype(jnp.float32),
-      fisher_target, fisher_remain)
+    lambda ft, fr: ((ft + eps) / (fr + eps) >= threshold).astype(jnp.float32),
+    fisher_target,
+    fisher_remain,
+  )
 
 
 def mask_density(mask: Params) -> jax.Array:
@@ -110,6 +113,6 @@ def top_fraction_mask(scores: Params, fraction: float) -> Params:
   keep = jnp.zeros(flat.shape, jnp.float32).at[order[:k]].set(1.0)
   out, start = [], 0
   for leaf in leaves:
-    out.append(keep[start:start + leaf.size].reshape(leaf.shape))
+    out.append(keep[start : start + leaf.size].reshape(leaf.shape))
     start += leaf.size
   return jax.tree.unflatten(treedef, out)

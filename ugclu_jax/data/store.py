@@ -89,13 +89,16 @@ def store_init(capacity: Optional[int], num_classes: int) -> Store:
     size, cap = 0, FULL_ACCESS
   else:
     if int(capacity) != capacity or capacity < 1:
-      raise ValueError(f"store capacity must be a positive int or None (full "
-                       f"access), got {capacity!r}")
+      raise ValueError(
+        f"store capacity must be a positive int or None (full access), got {capacity!r}"
+      )
     size = cap = int(capacity)
-  return Store(indices=np.full(size, -1, np.int64),
-               labels=np.full(size, -1, np.int32),
-               seen=np.zeros(num_classes, np.int64),
-               capacity=np.asarray(cap, np.int64))
+  return Store(
+    indices=np.full(size, -1, np.int64),
+    labels=np.full(size, -1, np.int32),
+    seen=np.zeros(num_classes, np.int64),
+    capacity=np.asarray(cap, np.int64),
+  )
 
 
 def store_indices(store: Store) -> np.ndarray:
@@ -109,20 +112,17 @@ def store_class_counts(store: Store) -> np.ndarray:
   return np.bincount(labels, minlength=store.num_classes).astype(np.int64)
 
 
-def _pack(store: Store, indices: np.ndarray, labels: np.ndarray,
-          seen: np.ndarray) -> Store:
+def _pack(store: Store, indices: np.ndarray, labels: np.ndarray, seen: np.ndarray) -> Store:
   order = np.argsort(indices, kind="stable")
   indices, labels = indices[order].astype(np.int64), labels[order]
   if not store.full_access:
     pad = int(store.capacity) - indices.size
     indices = np.concatenate([indices, np.full(pad, -1, np.int64)])
     labels = np.concatenate([labels, np.full(pad, -1, np.int32)])
-  return Store(indices, labels.astype(np.int32), seen.astype(np.int64),
-               store.capacity.copy())
+  return Store(indices, labels.astype(np.int32), seen.astype(np.int64), store.capacity.copy())
 
 
-def _water_fill(capacity: int, available: np.ndarray,
-                held: np.ndarray) -> np.ndarray:
+def _water_fill(capacity: int, available: np.ndarray, held: np.ndarray) -> np.ndarray:
   """Class targets of the reservoir (rule 1 of the module docstring)."""
   if available.sum() <= capacity:
     return available.copy()
@@ -142,8 +142,7 @@ def _water_fill(capacity: int, available: np.ndarray,
   return targets
 
 
-def store_add(store: Store, indices, y_train: np.ndarray,
-              rng: np.random.Generator) -> Store:
+def store_add(store: Store, indices, y_train: np.ndarray, rng: np.random.Generator) -> Store:
   """Offers newly learned samples to the store.
 
   Full access stores them all. The reservoir follows the class-balanced rule
@@ -168,8 +167,7 @@ def store_add(store: Store, indices, y_train: np.ndarray,
     raise ValueError(f"indices must lie in [0, {y_train.size})")
   new = new[~np.isin(new, store.indices)]
   new_labels = y_train[new].astype(np.int64)
-  if new_labels.size and (new_labels.min() < 0
-                          or new_labels.max() >= store.num_classes):
+  if new_labels.size and (new_labels.min() < 0 or new_labels.max() >= store.num_classes):
     raise ValueError(f"labels must lie in [0, {store.num_classes})")
   offered = np.bincount(new_labels, minlength=store.num_classes)
   seen = store.seen + offered
@@ -177,8 +175,7 @@ def store_add(store: Store, indices, y_train: np.ndarray,
   valid = store.indices >= 0
   old_idx, old_lab = store.indices[valid], store.labels[valid].astype(np.int64)
   if store.full_access:
-    return _pack(store, np.concatenate([old_idx, new]),
-                 np.concatenate([old_lab, new_labels]), seen)
+    return _pack(store, np.concatenate([old_idx, new]), np.concatenate([old_lab, new_labels]), seen)
 
   held = np.bincount(old_lab, minlength=store.num_classes)
   targets = _water_fill(int(store.capacity), held + offered, held)
@@ -196,16 +193,14 @@ def store_add(store: Store, indices, y_train: np.ndarray,
     else:
       x = int(rng.hypergeometric(k, n_old, t))
     x = min(max(x, t - m, 0), k, t)
-    keep_idx += [rng.choice(old_c, t - x, replace=False),
-                 rng.choice(new_c, x, replace=False)]
+    keep_idx += [rng.choice(old_c, t - x, replace=False), rng.choice(new_c, x, replace=False)]
     keep_lab.append(np.full(t, c, np.int64))
   if not keep_idx:
     return _pack(store, old_idx[:0], old_lab[:0], seen)
   return _pack(store, np.concatenate(keep_idx), np.concatenate(keep_lab), seen)
 
 
-def store_purge(store: Store, forget_indices, *,
-                y_train: Optional[np.ndarray] = None) -> Store:
+def store_purge(store: Store, forget_indices, *, y_train: Optional[np.ndarray] = None) -> Store:
   """Removes forgotten samples from the store.
 
   Their slots become free (used by the next ``store_add``). With ``y_train``,
@@ -230,8 +225,9 @@ def store_purge(store: Store, forget_indices, *,
     y_train = np.asarray(y_train)
     if forget.size and (forget[0] < 0 or forget[-1] >= y_train.size):
       raise ValueError(f"forget_indices must lie in [0, {y_train.size})")
-    forgotten = np.bincount(y_train[forget].astype(np.int64),
-                            minlength=store.num_classes)[:store.num_classes]
+    forgotten = np.bincount(y_train[forget].astype(np.int64), minlength=store.num_classes)[
+      : store.num_classes
+    ]
     held = np.bincount(lab[keep].astype(np.int64), minlength=store.num_classes)
     seen = np.maximum(seen - forgotten, held)
   return _pack(store, idx[keep], lab[keep], seen)
@@ -264,8 +260,7 @@ class DataAccess:
 
   __slots__ = ("_x", "_y", "_allowed", "target_indices", "remain_indices")
 
-  def __init__(self, x_train: np.ndarray, y_train: np.ndarray, store: Store,
-               request_indices):
+  def __init__(self, x_train: np.ndarray, y_train: np.ndarray, store: Store, request_indices):
     self._x = x_train
     self._y = y_train
     self.target_indices = np.unique(batching.as_indices(request_indices))
@@ -277,9 +272,11 @@ class DataAccess:
   def _check(self, indices: np.ndarray) -> None:
     outside = indices[~np.isin(indices, self._allowed)]
     if outside.size:
-      raise AccessError(f"training index {int(outside[0])} is neither in the "
-                        f"remaining store nor in the current request "
-                        f"({outside.size} such indices requested)")
+      raise AccessError(
+        f"training index {int(outside[0])} is neither in the "
+        f"remaining store nor in the current request "
+        f"({outside.size} such indices requested)"
+      )
 
   def batch(self, indices) -> Batch:
     """The samples at ``indices`` (all must be accessible) as a full batch."""
@@ -295,13 +292,11 @@ class DataAccess:
 
   def target_batch(self, batch_size: int, step: int, seed) -> Batch:
     """Training batch ``step`` of the request's samples."""
-    return self.batch(batching.batch_indices(self.target_indices, batch_size,
-                                             step, seed))
+    return self.batch(batching.batch_indices(self.target_indices, batch_size, step, seed))
 
   def remain_batch(self, batch_size: int, step: int, seed) -> Batch:
     """Training batch ``step`` of the store's samples."""
-    return self.batch(batching.batch_indices(self.remain_indices, batch_size,
-                                             step, seed))
+    return self.batch(batching.batch_indices(self.remain_indices, batch_size, step, seed))
 
   def eval_batches(self, indices, batch_size: int) -> Iterator[Batch]:
     """Padded evaluation batches over ``indices`` (all must be accessible)."""

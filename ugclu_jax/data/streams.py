@@ -39,10 +39,12 @@ CLASSES = "classes"
 RANDOM = "random"
 
 _TOKEN = re.compile(
-    r"^(?P<kind>[^:]*):"
-    r"(?:t(?P<task>\d+)"
-    r"|c(?P<classes>[^@]*)"
-    r"|r(?P<fraction>[^@]*)(?:@t(?P<rtask>\d+))?)$", re.ASCII)
+  r"^(?P<kind>[^:]*):"
+  r"(?:t(?P<task>\d+)"
+  r"|c(?P<classes>[^@]*)"
+  r"|r(?P<fraction>[^@]*)(?:@t(?P<rtask>\d+))?)$",
+  re.ASCII,
+)
 # re.ASCII: \d would also match other scripts' digits, which int() and float() accept.
 _INT = re.compile(r"^\d+$", re.ASCII)
 _FLOAT = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$", re.ASCII)
@@ -78,9 +80,9 @@ class Request(NamedTuple):
 
 
 def make_tasks(
-    num_classes: int,
-    classes_per_task: int,
-    class_order: Optional[Sequence[int]] = None,
+  num_classes: int,
+  classes_per_task: int,
+  class_order: Optional[Sequence[int]] = None,
 ) -> tuple[tuple[int, ...], ...]:
   """Cuts a class order into consecutive tasks.
 
@@ -101,19 +103,18 @@ def make_tasks(
     raise ValueError(f"num_classes must be >= 1, got {num_classes}")
   if classes_per_task < 1:
     raise ValueError(f"classes_per_task must be >= 1, got {classes_per_task}")
-  order = (tuple(range(num_classes)) if class_order is None
-           else tuple(int(c) for c in class_order))
+  order = tuple(range(num_classes)) if class_order is None else tuple(int(c) for c in class_order)
   bad = [c for c in order if not 0 <= c < num_classes]
   if bad:
-    raise ValueError(f"class_order has class {bad[0]} outside "
-                     f"[0, {num_classes})")
+    raise ValueError(f"class_order has class {bad[0]} outside [0, {num_classes})")
   if len(set(order)) != len(order):
     raise ValueError("class_order repeats a class")
   if not order or len(order) % classes_per_task:
-    raise ValueError(f"class_order has {len(order)} classes, not a positive "
-                     f"multiple of classes_per_task={classes_per_task}")
-  return tuple(order[i:i + classes_per_task]
-               for i in range(0, len(order), classes_per_task))
+    raise ValueError(
+      f"class_order has {len(order)} classes, not a positive "
+      f"multiple of classes_per_task={classes_per_task}"
+    )
+  return tuple(order[i : i + classes_per_task] for i in range(0, len(order), classes_per_task))
 
 
 def _error(token: str, position: int, message: str) -> StreamError:
@@ -124,24 +125,20 @@ def _parse_token(token, position, tasks, num_classes) -> Request:
   """Parses one token; raises StreamError naming it."""
   if not token.isascii():
     bad = next(c for c in token if not c.isascii())
-    raise _error(token, position,
-                 f"non-ASCII character {bad!r}; use ASCII letters and digits 0-9")
+    raise _error(token, position, f"non-ASCII character {bad!r}; use ASCII letters and digits 0-9")
   match = _TOKEN.match(token)
   if match is None:
-    raise _error(token, position,
-                 "malformed; expected L:tK, L:cA,B, U:tK, U:cA,B, U:rF or "
-                 "U:rF@tK")
+    raise _error(token, position, "malformed; expected L:tK, L:cA,B, U:tK, U:cA,B, U:rF or U:rF@tK")
   kind = _KINDS.get(match["kind"])
   if kind is None:
-    raise _error(token, position,
-                 f"unknown kind {match['kind']!r}; expected L (learn) or U "
-                 "(unlearn)")
+    raise _error(
+      token, position, f"unknown kind {match['kind']!r}; expected L (learn) or U (unlearn)"
+    )
 
   def task_classes(text):
     task = int(text)
     if task >= len(tasks):
-      raise _error(token, position,
-                   f"unknown task {task}; tasks are 0..{len(tasks) - 1}")
+      raise _error(token, position, f"unknown task {task}; tasks are 0..{len(tasks) - 1}")
     return task, tuple(sorted(tasks[task]))
 
   if match["task"] is not None:
@@ -154,24 +151,20 @@ def _parse_token(token, position, tasks, num_classes) -> Request:
       raise _error(token, position, "empty class list")
     items = text.split(",")
     if not all(_INT.match(item) for item in items):
-      raise _error(token, position,
-                   "malformed class list; expected class ids such as c3,7")
+      raise _error(token, position, "malformed class list; expected class ids such as c3,7")
     classes = [int(item) for item in items]
     for c in classes:
       if c >= num_classes:
-        raise _error(token, position,
-                     f"unknown class {c}; classes are 0..{num_classes - 1}")
+        raise _error(token, position, f"unknown class {c}; classes are 0..{num_classes - 1}")
     if len(set(classes)) != len(classes):
       raise _error(token, position, "class list repeats a class")
     return Request(token, kind, CLASSES, None, tuple(sorted(classes)), None)
 
   if kind == LEARN:
-    raise _error(token, position,
-                 "random-sample requests (r) exist only for unlearning (U:r)")
+    raise _error(token, position, "random-sample requests (r) exist only for unlearning (U:r)")
   text = match["fraction"]
   if not _FLOAT.match(text):
-    raise _error(token, position,
-                 f"malformed fraction {text!r}; expected e.g. U:r0.1")
+    raise _error(token, position, f"malformed fraction {text!r}; expected e.g. U:r0.1")
   fraction = float(text)
   if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
     raise _error(token, position, f"fraction {text} is outside (0, 1]")
@@ -183,10 +176,10 @@ def _parse_token(token, position, tasks, num_classes) -> Request:
 
 
 def parse_stream(
-    stream: Union[str, Sequence[str]],
-    *,
-    tasks: Sequence[Sequence[int]],
-    num_classes: int,
+  stream: Union[str, Sequence[str]],
+  *,
+  tasks: Sequence[Sequence[int]],
+  num_classes: int,
 ) -> tuple[Request, ...]:
   """Parses and validates a whole request stream before anything runs.
 
@@ -237,9 +230,9 @@ def parse_stream(
           what = f"nothing of task {request.task}"
         else:
           what = "nothing"
-        raise _error(token, position,
-                     f"{what} is currently learned (never learned, or already "
-                     "unlearned)")
+        raise _error(
+          token, position, f"{what} is currently learned (never learned, or already unlearned)"
+        )
       if request.scope == RANDOM and request.fraction < 1.0:
         state[scope] = np.minimum(state[scope], 1)
       else:
@@ -253,11 +246,11 @@ def _round_half_up(x: float) -> int:
 
 
 def resolve_request(
-    request: Request,
-    *,
-    y_train: np.ndarray,
-    learned_mask: np.ndarray,
-    rng: np.random.Generator,
+  request: Request,
+  *,
+  y_train: np.ndarray,
+  learned_mask: np.ndarray,
+  rng: np.random.Generator,
 ) -> np.ndarray:
   """Returns the training-sample indices a request acts on.
 
@@ -285,8 +278,10 @@ def resolve_request(
   y_train = np.asarray(y_train)
   learned_mask = np.asarray(learned_mask)
   if learned_mask.dtype != np.bool_ or learned_mask.shape != y_train.shape:
-    raise ValueError(f"learned_mask must be bool of shape {y_train.shape}, got "
-                     f"{learned_mask.dtype} {learned_mask.shape}")
+    raise ValueError(
+      f"learned_mask must be bool of shape {y_train.shape}, got "
+      f"{learned_mask.dtype} {learned_mask.shape}"
+    )
   in_scope = np.isin(y_train, np.asarray(request.classes, dtype=y_train.dtype))
   if request.kind == LEARN:
     indices = np.flatnonzero(in_scope)
@@ -300,9 +295,7 @@ def resolve_request(
   return indices.astype(np.int64)
 
 
-def apply_request(
-    learned_mask: np.ndarray, request: Request, indices: np.ndarray
-) -> np.ndarray:
+def apply_request(learned_mask: np.ndarray, request: Request, indices: np.ndarray) -> np.ndarray:
   """Returns the learned-sample mask after a request (the input is unchanged).
 
   Args:
@@ -324,7 +317,7 @@ def request_rng(seed: int, position: int) -> np.random.Generator:
 
 
 def replay_stream(
-    requests: Sequence[Request], *, y_train: np.ndarray, seed: int
+  requests: Sequence[Request], *, y_train: np.ndarray, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Resolves a stream request by request, as a run seeded ``seed`` does.
 
@@ -340,18 +333,21 @@ def replay_stream(
   learned = np.zeros(y_train.shape, bool)
   for position, request in enumerate(requests):
     try:
-      indices = resolve_request(request, y_train=y_train, learned_mask=learned,
-                                rng=request_rng(seed, position))
+      indices = resolve_request(
+        request, y_train=y_train, learned_mask=learned, rng=request_rng(seed, position)
+      )
     except StreamError:
-      raise _error(request.token, position, "selects no training sample of this dataset "
-                   "(its classes have none, or none is learned now)") from None
+      raise _error(
+        request.token,
+        position,
+        "selects no training sample of this dataset "
+        "(its classes have none, or none is learned now)",
+      ) from None
     learned = apply_request(learned, request, indices)
     yield indices, learned
 
 
-def check_stream_data(
-    requests: Sequence[Request], *, y_train: np.ndarray, seed: int
-) -> None:
+def check_stream_data(requests: Sequence[Request], *, y_train: np.ndarray, seed: int) -> None:
   """Checks a parsed stream against the training labels before any work.
 
   Replays the stream (:func:`replay_stream`) and refuses a request that
@@ -365,12 +361,16 @@ def check_stream_data(
     StreamError: a one-line message naming the token and its position.
   """
   for position, (indices, learned) in enumerate(
-      replay_stream(requests, y_train=y_train, seed=seed)):
+    replay_stream(requests, y_train=y_train, seed=seed)
+  ):
     request = requests[position]
     if request.kind == UNLEARN and not learned.any():
-      raise _error(request.token, position,
-                   f"unlearns all {indices.size} learned samples, so nothing remains for the "
-                   "oracle to retrain on; learn more first, or unlearn less")
+      raise _error(
+        request.token,
+        position,
+        f"unlearns all {indices.size} learned samples, so nothing remains for the "
+        "oracle to retrain on; learn more first, or unlearn less",
+      )
 
 
 def stream_tokens(requests: Sequence[Request]) -> list[str]:
@@ -383,17 +383,17 @@ _KIND_WEIGHTS = {"L:t": 2.0, "L:c": 1.0, "U:t": 1.0, "U:c": 1.0, "U:r": 1.0, "U:
 
 
 def random_stream(
-    rng: np.random.Generator,
-    *,
-    tasks: Sequence[Sequence[int]],
-    num_classes: int,
-    length: int,
-    fractions: Sequence[float] = (0.05, 0.1, 0.2),
-    unlearn_prob: float = 0.45,
-    motif_prob: float = 0.4,
-    min_classes: int = 2,
-    min_kept: float = 0.3,
-    single_class_learn: bool = False,
+  rng: np.random.Generator,
+  *,
+  tasks: Sequence[Sequence[int]],
+  num_classes: int,
+  length: int,
+  fractions: Sequence[float] = (0.05, 0.1, 0.2),
+  unlearn_prob: float = 0.45,
+  motif_prob: float = 0.4,
+  min_classes: int = 2,
+  min_kept: float = 0.3,
+  single_class_learn: bool = False,
 ) -> str:
   """Draws a valid request stream of ``length`` tokens from the grammar.
 
@@ -440,18 +440,22 @@ def random_stream(
   if not fractions or not all(0.0 < f < 1.0 for f in fractions):
     raise ValueError(f"fractions must be non-empty, each in (0, 1), got {tuple(fractions)}")
   if not (0 <= unlearn_prob <= 1 and 0 <= motif_prob <= 1 and 0 <= min_kept < 1):
-    raise ValueError(f"need unlearn_prob, motif_prob in [0, 1] and min_kept in [0, 1), got "
-                     f"{unlearn_prob}, {motif_prob}, {min_kept}")
+    raise ValueError(
+      f"need unlearn_prob, motif_prob in [0, 1] and min_kept in [0, 1), got "
+      f"{unlearn_prob}, {motif_prob}, {min_kept}"
+    )
   tasks = [tuple(int(c) for c in t) for t in tasks]
   classes = sorted({c for t in tasks for c in t})
   if not classes or any(not 0 <= c < num_classes for c in classes):
     raise ValueError(f"tasks must hold classes in [0, {num_classes}), got {tasks}")
   if not 1 <= min_classes < len(classes):
-    raise ValueError(f"min_classes must be in [1, {len(classes) - 1}] for {len(classes)} "
-                     f"classes, got {min_classes}")
+    raise ValueError(
+      f"min_classes must be in [1, {len(classes) - 1}] for {len(classes)} "
+      f"classes, got {min_classes}"
+    )
 
-  kept = np.zeros(num_classes)   # expected share of each class's samples still learned
-  ever = np.zeros(num_classes, bool)   # learned at some point
+  kept = np.zeros(num_classes)  # expected share of each class's samples still learned
+  ever = np.zeros(num_classes, bool)  # learned at some point
   tokens, prev_random = [], False
 
   def cls(cs):
@@ -488,8 +492,7 @@ def random_stream(
           after[cs] = 0
           out["U:c"].append((f"U:{cls(cs)}", after, bool(partial[cs].any())))
     for f in fractions:
-      scopes = [(None, learned)] + [(i, [c for c in t if kept[c] > 0])
-                                    for i, t in enumerate(tasks)]
+      scopes = [(None, learned)] + [(i, [c for c in t if kept[c] > 0]) for i, t in enumerate(tasks)]
       for i, scope in scopes:
         if scope and all(kept[c] * (1 - f) >= min_kept for c in scope):
           after = kept.copy()

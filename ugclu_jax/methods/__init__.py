@@ -14,21 +14,25 @@ from ugclu_jax.methods.ugclu_config import UGCLUConfig
 
 # UG-CLU's ablations (docs/method.md §11): overrides of the ugclu options.
 UGCLU_VARIANTS = {
-    "ugclu": {},
-    "ugclu_none": {"mode": "none"},
-    "ugclu_hvp": {"mode": "hvp"},
-    "ugclu_nomask": {"mask": False},
-    "ugclu_noadapt": {"temperature": 0.0},
+  "ugclu": {},
+  "ugclu_none": {"mode": "none"},
+  "ugclu_hvp": {"mode": "hvp"},
+  "ugclu_nomask": {"mask": False},
+  "ugclu_noadapt": {"temperature": 0.0},
 }
 ORACLE = "retrain"
 
 _EXPORTS = {
-    "base": ("Context", "Method", "MethodState", "NonFiniteError", "max_forget_loss",
-             "method_seed"),
-    "baselines": ("BASELINE_NAMES", "CL_BASELINES", "UNLEARNING_BASELINES", "baseline",
-                  "split_method_name"),
-    "retrain": ("retrain",),
-    "ugclu": ("ugclu",),
+  "base": ("Context", "Method", "MethodState", "NonFiniteError", "max_forget_loss", "method_seed"),
+  "baselines": (
+    "BASELINE_NAMES",
+    "CL_BASELINES",
+    "UNLEARNING_BASELINES",
+    "baseline",
+    "split_method_name",
+  ),
+  "retrain": ("retrain",),
+  "ugclu": ("ugclu",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -45,13 +49,16 @@ def is_method_name(name) -> bool:
 def check_method_name(name) -> None:
   """Raises a one-line ``ValueError`` naming what is wrong unless ``name`` is valid."""
   from ugclu_jax.methods import baselines
+
   if isinstance(name, str) and name in _single_names():
     return
   if isinstance(name, str) and "+" in name:
     baselines.split_method_name(name)  # Names the invalid part.
     return
-  raise ValueError(f"unknown method {name!r}; valid: {', '.join(_method_names())}, or a pair "
-                   f"X+Y of two baselines (X's learn with Y's unlearn)")
+  raise ValueError(
+    f"unknown method {name!r}; valid: {', '.join(_method_names())}, or a pair "
+    f"X+Y of two baselines (X's learn with Y's unlearn)"
+  )
 
 
 class _MethodNames(tuple):
@@ -63,6 +70,7 @@ class _MethodNames(tuple):
 
 def _single_names() -> frozenset:
   from ugclu_jax.methods import baselines
+
   return frozenset((*UGCLU_VARIANTS, ORACLE, *baselines.BASELINE_NAMES))
 
 
@@ -94,10 +102,28 @@ def __dir__():
   return sorted(set(globals()) | set(__all__))
 
 
-__all__ = ("BASELINE_NAMES", "BaselinesConfig", "CL_BASELINES", "Context", "METHOD_NAMES",
-           "Method", "MethodState", "NonFiniteError", "ORACLE", "UGCLUConfig", "UGCLU_VARIANTS",
-           "UNLEARNING_BASELINES", "baseline", "check_hyperparameters", "check_method_name",
-           "is_method_name", "max_forget_loss", "method_seed", "retrain", "split_method_name",
-           "ugclu")
+__all__ = (
+  "BASELINE_NAMES",
+  "BaselinesConfig",
+  "CL_BASELINES",
+  "Context",
+  "METHOD_NAMES",
+  "Method",
+  "MethodState",
+  "NonFiniteError",
+  "ORACLE",
+  "UGCLUConfig",
+  "UGCLU_VARIANTS",
+  "UNLEARNING_BASELINES",
+  "baseline",
+  "check_hyperparameters",
+  "check_method_name",
+  "is_method_name",
+  "max_forget_loss",
+  "method_seed",
+  "retrain",
+  "split_method_name",
+  "ugclu",
+)
 
 sys.modules[__name__].__class__ = _Package

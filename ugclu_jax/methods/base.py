@@ -40,6 +40,7 @@ class MethodState(NamedTuple):
     extra: method-specific pytree of arrays with a structure fixed at ``init``
       (e.g. an EWC Fisher, a teacher); ``()`` when unused.
   """
+
   params: Params
   model_state: ModelState
   extra: Any = ()
@@ -60,6 +61,7 @@ class Context:
     mesh: a ``jax.sharding.Mesh`` to split batches over (data parallelism,
       :mod:`ugclu_jax.parallel`), or ``None`` for the default device.
   """
+
   access: DataAccess
   request: Request
   index: int
@@ -83,6 +85,7 @@ class Method(NamedTuple):
     learn: ``(state, ctx) -> (state, Cost)`` for learn requests.
     unlearn: ``(state, ctx) -> (state, Cost)`` for unlearn requests.
   """
+
   name: str
   init: Callable[[Params, ModelState], MethodState]
   learn: Callable[[MethodState, Context], tuple[MethodState, Cost]]
@@ -95,9 +98,13 @@ def method_seed(seed: int, index: int, name: str) -> tuple[int, ...]:
 
 
 # The run's settings a method factory takes besides its hyperparameters: type and rule.
-_SETTINGS = {"num_train": (int, COUNT), "num_classes": (int, at_least(2)),
-             "learn_lr": (float, POSITIVE), "momentum": (float, NON_NEGATIVE),
-             "weight_decay": (float, NON_NEGATIVE)}
+_SETTINGS = {
+  "num_train": (int, COUNT),
+  "num_classes": (int, at_least(2)),
+  "learn_lr": (float, POSITIVE),
+  "momentum": (float, NON_NEGATIVE),
+  "weight_decay": (float, NON_NEGATIVE),
+}
 
 
 def check_settings(**values) -> None:
@@ -141,8 +148,9 @@ def make_fisher_fn(apply_fn):
   return fisher
 
 
-def check_finite(metrics: dict, *, method: str, ctx: Context, iteration: int,
-                 hint: str | None = None) -> None:
+def check_finite(
+  metrics: dict, *, method: str, ctx: Context, iteration: int, hint: str | None = None
+) -> None:
   """Raises :class:`NonFiniteError` if any logged value is NaN or infinite.
 
   ``hint`` is the advice the message ends with (default: lower the learning
@@ -153,20 +161,25 @@ def check_finite(metrics: dict, *, method: str, ctx: Context, iteration: int,
   for key, value in values.items():
     if not np.all(np.isfinite(value)):
       raise NonFiniteError(
-          f"method {method!r}, request {ctx.request.token!r} (#{ctx.index}): {key} became "
-          f"non-finite near iteration {iteration}; {hint}")
+        f"method {method!r}, request {ctx.request.token!r} (#{ctx.index}): {key} became "
+        f"non-finite near iteration {iteration}; {hint}"
+      )
 
 
 def check_params_finite(params: Params, *, method: str, ctx: Context) -> None:
-  finite = jax.tree.reduce(lambda a, b: a & b,
-                           jax.tree.map(lambda p: jnp.all(jnp.isfinite(p)), params))
+  finite = jax.tree.reduce(
+    lambda a, b: a & b, jax.tree.map(lambda p: jnp.all(jnp.isfinite(p)), params)
+  )
   if not bool(finite):
-    raise NonFiniteError(f"method {method!r}, request {ctx.request.token!r} (#{ctx.index}): "
-                         f"parameters became non-finite")
+    raise NonFiniteError(
+      f"method {method!r}, request {ctx.request.token!r} (#{ctx.index}): "
+      f"parameters became non-finite"
+    )
 
 
-def monitor(*, ctx: Context, name: str, num_iterations: int | None = None,
-            hint: str | None = None) -> Callable[[int, dict], None]:
+def monitor(
+  *, ctx: Context, name: str, num_iterations: int | None = None, hint: str | None = None
+) -> Callable[[int, dict], None]:
   """``on_iteration(k, metrics)``: the runner's per-iteration bookkeeping.
 
   Checks the logged values every ``CHECK_EVERY`` iterations and at the last
@@ -185,8 +198,15 @@ def monitor(*, ctx: Context, name: str, num_iterations: int | None = None,
   return on_iteration
 
 
-def run_iterations(ts, body: Callable, *, ctx: Context, name: str,
-                   num_iterations: int | None = None, hint: str | None = None):
+def run_iterations(
+  ts,
+  body: Callable,
+  *,
+  ctx: Context,
+  name: str,
+  num_iterations: int | None = None,
+  hint: str | None = None,
+):
   """Runs ``body(ts, k) -> (ts, metrics, Cost)`` for ``k`` in ``range(num_iterations)``.
 
   Each iteration ends with the :func:`monitor` checks and progress report;

@@ -40,8 +40,16 @@ from ugclu_jax.methods.learn_rules import LEARN_RULES
 from ugclu_jax.methods.rules import Setup, rule_hparams
 from ugclu_jax.methods.unlearn_rules import UNLEARN_RULES, random_labels
 
-__all__ = ("BASELINE_NAMES", "BaselinesConfig", "CL_BASELINES", "UNLEARNING_BASELINES",
-           "baseline", "check_hyperparameters", "random_labels", "split_method_name")
+__all__ = (
+  "BASELINE_NAMES",
+  "BaselinesConfig",
+  "CL_BASELINES",
+  "UNLEARNING_BASELINES",
+  "baseline",
+  "check_hyperparameters",
+  "random_labels",
+  "split_method_name",
+)
 
 UNLEARNING_BASELINES = tuple(UNLEARN_RULES)
 CL_BASELINES = tuple(LEARN_RULES)
@@ -68,8 +76,10 @@ def split_method_name(name: str) -> tuple[str, str]:
     raise ValueError(f"method pair {name!r} must have exactly two parts, learn+unlearn")
   for part in parts:
     if part not in BASELINE_NAMES:
-      raise ValueError(f"method pair {name!r}: {part!r} is not a baseline; valid parts: "
-                       f"{', '.join(BASELINE_NAMES)}")
+      raise ValueError(
+        f"method pair {name!r}: {part!r} is not a baseline; valid parts: "
+        f"{', '.join(BASELINE_NAMES)}"
+      )
   return parts[0], parts[1]
 
 
@@ -78,9 +88,19 @@ def _build(rule: Callable, setup: Setup, hp: BaselinesConfig):
   return rule(setup, **{key: getattr(hp, key) for key in rule_hparams(rule)})
 
 
-def baseline(apply_fn, name: str, hparams: BaselinesConfig = BaselinesConfig(), *,
-             num_train: int, num_classes: int, learn_lr: float, momentum: float,
-             weight_decay: float, clip_norm: Optional[float], **overrides) -> Method:
+def baseline(
+  apply_fn,
+  name: str,
+  hparams: BaselinesConfig = BaselinesConfig(),
+  *,
+  num_train: int,
+  num_classes: int,
+  learn_lr: float,
+  momentum: float,
+  weight_decay: float,
+  clip_norm: Optional[float],
+  **overrides,
+) -> Method:
   """Builds a baseline, or a CLU pair ``"X+Y"`` of two baselines.
 
   Each rule takes its own hyperparameters from ``hparams``; their defaults,
@@ -111,14 +131,27 @@ def baseline(apply_fn, name: str, hparams: BaselinesConfig = BaselinesConfig(), 
   """
   learn_part, unlearn_part = split_method_name(name)
   hp = H.replace(hparams, overrides)
-  check_settings(num_train=num_train, num_classes=num_classes, learn_lr=learn_lr,
-                 momentum=momentum, weight_decay=weight_decay)
-  setup = Setup(apply_fn=apply_fn, name=name, num_train=num_train, num_classes=num_classes,
-                learn_lr=learn_lr, momentum=momentum, weight_decay=weight_decay,
-                clip_norm=clip_norm)
+  check_settings(
+    num_train=num_train,
+    num_classes=num_classes,
+    learn_lr=learn_lr,
+    momentum=momentum,
+    weight_decay=weight_decay,
+  )
+  setup = Setup(
+    apply_fn=apply_fn,
+    name=name,
+    num_train=num_train,
+    num_classes=num_classes,
+    learn_lr=learn_lr,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    clip_norm=clip_norm,
+  )
   learner = _build(LEARN_RULES.get(learn_part, LEARN_RULES[_DEFAULT_LEARN_RULE]), setup, hp)
-  unlearner = _build(UNLEARN_RULES.get(unlearn_part, UNLEARN_RULES[_DEFAULT_UNLEARN_RULE]),
-                     setup, hp)
+  unlearner = _build(
+    UNLEARN_RULES.get(unlearn_part, UNLEARN_RULES[_DEFAULT_UNLEARN_RULE]), setup, hp
+  )
 
   def init(params, model_state):
     return MethodState(params, model_state, learner.init(params, model_state))
@@ -126,8 +159,7 @@ def baseline(apply_fn, name: str, hparams: BaselinesConfig = BaselinesConfig(), 
   def unlearn(state: MethodState, ctx: Context):
     # Unlearned samples leave every stored artefact before the first step.
     extra = learner.purge(state.extra, ctx)
-    params, model_state, cost = unlearner(MethodState(state.params, state.model_state, extra),
-                                          ctx)
+    params, model_state, cost = unlearner(MethodState(state.params, state.model_state, extra), ctx)
     new = MethodState(params, model_state, extra)
     extra, refresh_cost = learner.refresh(new, ctx)
     return new._replace(extra=extra), cost.add(refresh_cost)

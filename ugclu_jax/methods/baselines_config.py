@@ -8,8 +8,7 @@ with no default there. Standard library only, so that the experiment config
 
 import dataclasses
 
-from ugclu_jax.hparams import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, Checked, field,
-                               replace)
+from ugclu_jax.hparams import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, Checked, field, replace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +64,7 @@ class BaselinesConfig(Checked):
       request collapsed; GA collapsed random-sample requests on digits. The
       bound is the nearest stable setting, the one UG-CLU uses.
   """
+
   KEY = "baselines"
 
   ft_lr: float = field(0.05, POSITIVE)

@@ -21,8 +21,16 @@ import numpy as np
 from ugclu_jax import objectives
 from ugclu_jax.data import batch_indices
 from ugclu_jax.methods.base import Context, MethodState, make_fisher_fn
-from ugclu_jax.methods.rules import (Draw, Learner, Setup, batch_ce, forward, has_remain,
-                                     run_steps, teacher_logits)
+from ugclu_jax.methods.rules import (
+  Draw,
+  Learner,
+  Setup,
+  batch_ce,
+  forward,
+  has_remain,
+  run_steps,
+  teacher_logits,
+)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.seeds import seed_for
 from ugclu_jax.steps import make_gradient_step
@@ -38,8 +46,16 @@ def _learn_term(apply_fn, params, model_state, batches):
 
 def _learn(setup: Setup, state: MethodState, ctx: Context, step, tx, batches, hint=None):
   """A learn request of single steps at ``setup.learn_lr`` (:func:`run_steps`)."""
-  return run_steps(state, ctx, step=step, tx=tx, learning_rate=setup.learn_lr,
-                   batches=batches, name=setup.name, hint=hint)
+  return run_steps(
+    state,
+    ctx,
+    step=step,
+    tx=tx,
+    learning_rate=setup.learn_lr,
+    batches=batches,
+    name=setup.name,
+    hint=hint,
+  )
 
 
 def naive(setup: Setup) -> Learner:
@@ -56,7 +72,8 @@ def naive(setup: Setup) -> Learner:
   def learn(state: MethodState, ctx: Context):
     draw = Draw(ctx)
     params, model_state, cost = _learn(
-        setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k))}, {}))
+      setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k))}, {})
+    )
     return MethodState(params, model_state, state.extra), cost
 
   return Learner(learn=learn)
@@ -129,9 +146,11 @@ def der_pp(setup: Setup, *, der_alpha: float, der_beta: float) -> Learner:
 
   step = make_gradient_step(loss_fn, tx, clip_norm=setup.clip_norm)
   record_batch = jax.jit(
-      lambda buf, params, model_state, x, idx: buf.at[idx].set(
-          apply_fn(params, model_state, x, train=False)[0].astype(buf.dtype), mode="drop"),
-      donate_argnums=0)
+    lambda buf, params, model_state, x, idx: buf.at[idx].set(
+      apply_fn(params, model_state, x, train=False)[0].astype(buf.dtype), mode="drop"
+    ),
+    donate_argnums=0,
+  )
   zero_rows = jax.jit(lambda buf, rows: jnp.where(rows[:, None], jnp.zeros((), buf.dtype), buf))
 
   def record(params, model_state, buf, ctx: Context):
@@ -139,7 +158,7 @@ def der_pp(setup: Setup, *, der_alpha: float, der_beta: float) -> Learner:
     buf = jnp.copy(buf)  # The input state keeps its buffer; the copy is donated.
     b, target = ctx.batch_size, ctx.access.target_indices
     for start in range(0, target.size, b):
-      chunk = target[start:start + b]
+      chunk = target[start : start + b]
       batch = ctx.access.batch(chunk)
       pad = b - chunk.size
       x = np.concatenate([batch.x, np.zeros((pad,) + batch.x.shape[1:], batch.x.dtype)])
@@ -201,8 +220,12 @@ def lwf(setup: Setup, *, lwf_lambda: float, lwf_temperature: float) -> Learner:
     if "teacher" in aux:
       new = batches["target"]
       metrics["distill_loss"] = objectives.distillation_loss(
-          logits=logits, teacher_logits=teacher_logits(apply_fn, aux["teacher"], new),
-          temperature=lwf_temperature, mask=new.mask, classes=aux["old_classes"])
+        logits=logits,
+        teacher_logits=teacher_logits(apply_fn, aux["teacher"], new),
+        temperature=lwf_temperature,
+        mask=new.mask,
+        classes=aux["old_classes"],
+      )
       loss = loss + lwf_lambda * metrics["distill_loss"]
     return loss, (model_state, metrics)
 
@@ -214,17 +237,19 @@ def lwf(setup: Setup, *, lwf_lambda: float, lwf_temperature: float) -> Learner:
       # The old model's outputs on the classes it learned and keeps (those in the store).
       old = np.zeros(setup.num_classes, np.float32)
       old[ctx.access.labels(ctx.access.remain_indices)] = 1.0
-      aux = {"teacher": {"params": state.params, "model_state": state.model_state},
-             "old_classes": jnp.asarray(old)}
+      aux = {
+        "teacher": {"params": state.params, "model_state": state.model_state},
+        "old_classes": jnp.asarray(old),
+      }
     params, model_state, cost = _learn(
-        setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k))}, aux))
+      setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k))}, aux)
+    )
     return MethodState(params, model_state, state.extra), cost
 
   return Learner(learn=learn)
 
 
-def ewc(setup: Setup, *, ewc_lambda: float, ewc_gamma: float,
-        ewc_fisher_samples: int) -> Learner:
+def ewc(setup: Setup, *, ewc_lambda: float, ewc_gamma: float, ewc_fisher_samples: int) -> Learner:
   r"""Online EWC (Schwarz et al. 2018).
 
   .. math::
@@ -254,8 +279,10 @@ def ewc(setup: Setup, *, ewc_lambda: float, ewc_gamma: float,
     return loss, (model_state, metrics)
 
   step = make_gradient_step(loss_fn, tx, clip_norm=setup.clip_norm)
-  hint = (f"lower ewc_lambda ({ewc_lambda:g}) or the learning rate: SGD on the penalty "
-          f"diverges once ewc_lambda * max(F) * learning rate exceeds 2 (1 + momentum)")
+  hint = (
+    f"lower ewc_lambda ({ewc_lambda:g}) or the learning rate: SGD on the penalty "
+    f"diverges once ewc_lambda * max(F) * learning rate exceeds 2 (1 + momentum)"
+  )
 
   def update(params, model_state, extra, ctx: Context, *, target: bool):
     """``F <- gamma F + F(D_L)`` after a learn request; ``F <- F(store)`` after an unlearn."""
@@ -264,8 +291,7 @@ def ewc(setup: Setup, *, ewc_lambda: float, ewc_gamma: float,
     if indices.size == 0:
       fisher = jax.tree.map(jnp.zeros_like, extra["fisher"])
       return {"fisher": fisher, "anchor": params}, 0
-    idx = batch_indices(indices, ewc_fisher_samples, 0,
-                        seed_for(ctx.seed, "baseline.ewc_fisher"))
+    idx = batch_indices(indices, ewc_fisher_samples, 0, seed_for(ctx.seed, "baseline.ewc_fisher"))
     singles = access.batch(idx)
     batches = Batch(*(jnp.asarray(a.reshape((a.shape[0], 1) + a.shape[1:])) for a in singles))
     new = fisher_fn(params, model_state, batches)
@@ -275,14 +301,16 @@ def ewc(setup: Setup, *, ewc_lambda: float, ewc_gamma: float,
 
   def init(params, model_state):
     del model_state
-    return {"fisher": jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
-            "anchor": params}
+    return {
+      "fisher": jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+      "anchor": params,
+    }
 
   def learn(state: MethodState, ctx: Context):
     draw, aux = Draw(ctx), {"fisher": state.extra["fisher"], "anchor": state.extra["anchor"]}
     params, model_state, cost = _learn(
-        setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k))}, aux),
-        hint=hint)
+      setup, state, ctx, step, tx, lambda k: ({"target": ctx.put(draw.target(k))}, aux), hint=hint
+    )
     extra, grads = update(params, model_state, state.extra, ctx, target=True)
     return MethodState(params, model_state, extra), cost.add(Cost(0.0, 0, grads, 0))
 

@@ -28,10 +28,12 @@ from ugclu_jax.types import Batch, ModelState, Params
 # Rules, their settings and their registries
 # ----------------------------------------------------------------------------
 
+
 def rule_hparams(rule: Callable) -> tuple[str, ...]:
   """The hyperparameters a rule factory takes: its keyword-only parameters, in order."""
-  return tuple(name for name, p in inspect.signature(rule).parameters.items()
-               if p.kind == p.KEYWORD_ONLY)
+  return tuple(
+    name for name, p in inspect.signature(rule).parameters.items() if p.kind == p.KEYWORD_ONLY
+  )
 
 
 class Setup(NamedTuple):
@@ -47,6 +49,7 @@ class Setup(NamedTuple):
     weight_decay: coupled weight decay of every request.
     clip_norm: global-norm clip of every gradient step (None: off).
   """
+
   apply_fn: Callable
   name: str
   num_train: int
@@ -58,8 +61,9 @@ class Setup(NamedTuple):
 
   def optimizer(self, learning_rate: float):
     """A fresh request's SGD (:func:`ugclu_jax.build_optimizer`) at ``learning_rate``."""
-    return build_optimizer(learning_rate=learning_rate, momentum=self.momentum,
-                           weight_decay=self.weight_decay)
+    return build_optimizer(
+      learning_rate=learning_rate, momentum=self.momentum, weight_decay=self.weight_decay
+    )
 
 
 def no_extra(params: Params, model_state: ModelState):
@@ -90,6 +94,7 @@ class Learner(NamedTuple):
       request's forget data, before an unlearn request's first step.
     refresh: ``(state, ctx) -> (extra, Cost)``: after an unlearn request.
   """
+
   learn: Callable
   init: Callable = no_extra
   purge: Callable = no_purge
@@ -103,6 +108,7 @@ Unlearner = Callable[[MethodState, Context], tuple[Params, ModelState, Cost]]
 # ----------------------------------------------------------------------------
 # Pieces of the rules
 # ----------------------------------------------------------------------------
+
 
 class Draw:
   """Host-side batch draws of one request, each from its named seed stream (scope
@@ -122,8 +128,7 @@ class Draw:
   def remain(self, k: int, stream: str = "remain_batches") -> Batch:
     return self.ctx.access.remain_batch(self.ctx.batch_size, k, self.seed(stream))
 
-  def remain_with_indices(self, k: int,
-                          stream: str = "remain_batches") -> tuple[Batch, np.ndarray]:
+  def remain_with_indices(self, k: int, stream: str = "remain_batches") -> tuple[Batch, np.ndarray]:
     access = self.ctx.access
     idx = batch_indices(access.remain_indices, self.ctx.batch_size, k, self.seed(stream))
     return access.batch(idx), idx
@@ -149,9 +154,18 @@ def teacher_logits(apply_fn, teacher, batch: Batch):
   return jax.lax.stop_gradient(logits)
 
 
-def run_steps(state: MethodState, ctx: Context, *, step: Callable, tx, learning_rate: float,
-              batches: Callable, name: str, mask: Optional[Params] = None,
-              hint: Optional[str] = None) -> tuple[Params, ModelState, Cost]:
+def run_steps(
+  state: MethodState,
+  ctx: Context,
+  *,
+  step: Callable,
+  tx,
+  learning_rate: float,
+  batches: Callable,
+  name: str,
+  mask: Optional[Params] = None,
+  hint: Optional[str] = None,
+) -> tuple[Params, ModelState, Cost]:
   """A request of ``ctx.num_iterations`` steps of one jitted gradient step.
 
   Starts a fresh train state and optimizer at ``state``; iteration ``k`` draws
@@ -163,8 +177,9 @@ def run_steps(state: MethodState, ctx: Context, *, step: Callable, tx, learning_
   Returns:
     ``(params, model_state, Cost)`` after the final sync, checked finite.
   """
-  hp = RequestHParams.create(learning_rate=learning_rate, a_target=1.0,
-                             num_iterations=ctx.num_iterations)
+  hp = RequestHParams.create(
+    learning_rate=learning_rate, a_target=1.0, num_iterations=ctx.num_iterations
+  )
 
   def body(ts, k):
     step_batches, aux = batches(k)

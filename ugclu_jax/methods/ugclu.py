@@ -13,8 +13,16 @@ import functools
 from typing import Optional
 
 from ugclu_jax import hparams as H
-from ugclu_jax.methods.base import (Method, MethodState, check_settings, finish, make_fisher_fn,
-                                    max_forget_loss, monitor, stacked_batches)
+from ugclu_jax.methods.base import (
+  Method,
+  MethodState,
+  check_settings,
+  finish,
+  make_fisher_fn,
+  max_forget_loss,
+  monitor,
+  stacked_batches,
+)
 from ugclu_jax.methods.ugclu_config import UGCLUConfig
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
@@ -24,9 +32,18 @@ from ugclu_jax.seeds import seed_for
 from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
 
 
-def ugclu(apply_fn, hparams: UGCLUConfig = UGCLUConfig(), *, num_classes: int, learn_lr: float,
-          momentum: float, weight_decay: float, learn_clip: Optional[float],
-          name: str = "ugclu", **overrides) -> Method:
+def ugclu(
+  apply_fn,
+  hparams: UGCLUConfig = UGCLUConfig(),
+  *,
+  num_classes: int,
+  learn_lr: float,
+  momentum: float,
+  weight_decay: float,
+  learn_clip: Optional[float],
+  name: str = "ugclu",
+  **overrides,
+) -> Method:
   """Builds the UG-CLU method.
 
   Each request: a balanced saliency mask from Fisher diagonals of the target
@@ -55,43 +72,65 @@ def ugclu(apply_fn, hparams: UGCLUConfig = UGCLUConfig(), *, num_classes: int, l
     ValueError: a hyperparameter or setting out of range, or an unknown one.
   """
   hp = H.replace(hparams, overrides)
-  check_settings(num_classes=num_classes, learn_lr=learn_lr, momentum=momentum,
-                 weight_decay=weight_decay)
+  check_settings(
+    num_classes=num_classes, learn_lr=learn_lr, momentum=momentum, weight_decay=weight_decay
+  )
   mode, order = hp.mode, hp.order
   clip_norm = hp.clip if hp.clip > 0 else None
 
   def optimizer(lr, freq):
     period = hp.sync_period or (freq + 1 if mode == "fast_slow" else 1)
-    return build_optimizer(learning_rate=lr, momentum=momentum, weight_decay=weight_decay,
-                           sync_period=period, slow_step_size=hp.slow_step_size)
+    return build_optimizer(
+      learning_rate=lr,
+      momentum=momentum,
+      weight_decay=weight_decay,
+      sync_period=period,
+      slow_step_size=hp.slow_step_size,
+    )
 
   phases = {}
-  for kind, lr, freq, temp in (("learn", learn_lr, hp.learn_freq, hp.learn_temperature),
-                               ("unlearn", hp.unlearn_lr, hp.forget_freq, hp.temperature)):
+  for kind, lr, freq, temp in (
+    ("learn", learn_lr, hp.learn_freq, hp.learn_temperature),
+    ("unlearn", hp.unlearn_lr, hp.forget_freq, hp.temperature),
+  ):
     tx = optimizer(lr, freq)
-    phases[kind] = (tx, make_steps(
-        apply_fn, tx, kind=kind, mode=mode,
-        clip_norm=clip_norm if kind == "unlearn" else learn_clip, temperature=temp,
-        curvature=hp.curvature, order=order,
+    phases[kind] = (
+      tx,
+      make_steps(
+        apply_fn,
+        tx,
+        kind=kind,
+        mode=mode,
+        clip_norm=clip_norm if kind == "unlearn" else learn_clip,
+        temperature=temp,
+        curvature=hp.curvature,
+        order=order,
         remain_clip_norm=learn_clip if kind == "learn" else None,
-        max_forget_loss=max_forget_loss(hp.ascent_bound, num_classes)))
+        max_forget_loss=max_forget_loss(hp.ascent_bound, num_classes),
+      ),
+    )
   fisher = make_fisher_fn(apply_fn)
 
   def request_cost(counts):
     """One step and one gradient per target or remain step; a fused step takes two
     gradients and, in ``hvp`` mode, ``order`` HVPs."""
-    return Cost(0.0, counts.target + counts.remain + counts.fused,
-                counts.target + counts.remain + 2 * counts.fused,
-                counts.fused * order if mode == "hvp" else 0)
+    return Cost(
+      0.0,
+      counts.target + counts.remain + counts.fused,
+      counts.target + counts.remain + 2 * counts.fused,
+      counts.fused * order if mode == "hvp" else 0,
+    )
 
   def saliency(state, ctx, threshold):
     access, b = ctx.access, ctx.batch_size
     target_seed = seed_for(ctx.seed, "ugclu.fisher_target")
     remain_seed = seed_for(ctx.seed, "ugclu.fisher_remain")
-    target = stacked_batches(lambda s: access.target_batch(b, s, target_seed),
-                             hp.fisher_batches, ctx.mesh)
-    remain = stacked_batches(lambda s: access.remain_batch(b, s, remain_seed),
-                             hp.fisher_batches, ctx.mesh)
+    target = stacked_batches(
+      lambda s: access.target_batch(b, s, target_seed), hp.fisher_batches, ctx.mesh
+    )
+    remain = stacked_batches(
+      lambda s: access.remain_batch(b, s, remain_seed), hp.fisher_batches, ctx.mesh
+    )
     f_t = fisher(state.params, state.model_state, target)
     f_r = fisher(state.params, state.model_state, remain)
     return balanced_saliency_mask(f_t, f_r, threshold=threshold)
@@ -107,24 +146,41 @@ def ugclu(apply_fn, hparams: UGCLUConfig = UGCLUConfig(), *, num_classes: int, l
     lr = hp.unlearn_lr if unlearn else learn_lr
     freq = hp.forget_freq if unlearn else hp.learn_freq
     a_t = hp.a_unlearn if unlearn else hp.a_learn
-    request_hp = RequestHParams.create(learning_rate=lr, a_target=a_t, a_remain=hp.a_remain,
-                                       beta=hp.beta or lr, damping=hp.damping,
-                                       num_iterations=n)
+    request_hp = RequestHParams.create(
+      learning_rate=lr,
+      a_target=a_t,
+      a_remain=hp.a_remain,
+      beta=hp.beta or lr,
+      damping=hp.damping,
+      num_iterations=n,
+    )
     target_seed = seed_for(ctx.seed, "ugclu.target_batches")
     remain_seed = seed_for(ctx.seed, "ugclu.remain_batches")
     target = lambda j: ctx.put(access.target_batch(b, j, target_seed))
     remain = lambda k: ctx.put(access.remain_batch(b, k, remain_seed))
     on_iteration = monitor(ctx=ctx, name=name)
-    ts, counts = run_request(steps, init_train_state(state.params, state.model_state, tx),
-                             mode=mode, num_iterations=n, forget_freq=freq,
-                             target_batch=target, remain_batch=remain, mask=m, hp=request_hp,
-                             has_remain=has_remain,
-                             on_step=lambda k, ts, metrics: on_iteration(k, metrics))
+    ts, counts = run_request(
+      steps,
+      init_train_state(state.params, state.model_state, tx),
+      mode=mode,
+      num_iterations=n,
+      forget_freq=freq,
+      target_batch=target,
+      remain_batch=remain,
+      mask=m,
+      hp=request_hp,
+      has_remain=has_remain,
+      on_step=lambda k, ts, metrics: on_iteration(k, metrics),
+    )
     params, model_state = finish(ts, ctx=ctx, name=name, slow_step_size=hp.slow_step_size)
     cost = request_cost(counts)
     if use_mask:
       cost = cost.add(Cost(0.0, 0, 2 * hp.fisher_batches, 0))
     return MethodState(params, model_state, state.extra), cost
 
-  return Method(name=name, init=lambda params, model_state: MethodState(params, model_state),
-                learn=functools.partial(run, "learn"), unlearn=functools.partial(run, "unlearn"))
+  return Method(
+    name=name,
+    init=lambda params, model_state: MethodState(params, model_state),
+    learn=functools.partial(run, "learn"),
+    unlearn=functools.partial(run, "unlearn"),
+  )

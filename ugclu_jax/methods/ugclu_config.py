@@ -47,6 +47,7 @@ class UGCLUConfig(Checked):
       forgotten samples drift back under the remain steps (forget accuracy 0.49
       after a task-unlearning request on digits); 3 (p_y < 1/C^3) did not.
   """
+
   KEY = "ugclu"
 
   mode: str = "fast_slow"

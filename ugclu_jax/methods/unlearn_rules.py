@@ -24,10 +24,24 @@ import numpy as np
 
 from ugclu_jax import objectives
 from ugclu_jax.data import batch_indices
-from ugclu_jax.methods.base import (Context, MethodState, finish, max_forget_loss,
-                                    run_iterations, stacked_batches)
-from ugclu_jax.methods.rules import (Draw, Setup, Unlearner, batch_ce, forward, has_remain,
-                                     run_steps, teacher_logits)
+from ugclu_jax.methods.base import (
+  Context,
+  MethodState,
+  finish,
+  max_forget_loss,
+  run_iterations,
+  stacked_batches,
+)
+from ugclu_jax.methods.rules import (
+  Draw,
+  Setup,
+  Unlearner,
+  batch_ce,
+  forward,
+  has_remain,
+  run_steps,
+  teacher_logits,
+)
 from ugclu_jax.metrics import Cost
 from ugclu_jax.saliency import top_fraction_mask
 from ugclu_jax.steps import RequestHParams, init_train_state, make_gradient_step
@@ -57,8 +71,9 @@ def random_labels(labels: np.ndarray, num_classes: int, seed) -> np.ndarray:
 def _ascent_loss(logits, batch: Batch, max_loss: Optional[float]):
   r"""Bounded ascent with uniform weights: :math:`-\mathrm{CE}(D_U)` over the samples still
   below ``max_loss`` (:func:`ugclu_jax.unlearn_loss`); unbounded when ``max_loss`` is None."""
-  return objectives.unlearn_loss(logits=logits, labels=batch.y, mask=batch.mask,
-                                 temperature=0.0, max_loss=max_loss)
+  return objectives.unlearn_loss(
+    logits=logits, labels=batch.y, mask=batch.mask, temperature=0.0, max_loss=max_loss
+  )
 
 
 def ft(setup: Setup, *, ft_lr: float) -> Unlearner:
@@ -86,8 +101,15 @@ def ft(setup: Setup, *, ft_lr: float) -> Unlearner:
     if not has_remain(ctx):
       return state.params, state.model_state, Cost()
     draw = Draw(ctx)
-    return run_steps(state, ctx, step=step, tx=tx, learning_rate=ft_lr, name=setup.name,
-                     batches=lambda k: ({"remain": ctx.put(draw.remain(k))}, ()))
+    return run_steps(
+      state,
+      ctx,
+      step=step,
+      tx=tx,
+      learning_rate=ft_lr,
+      name=setup.name,
+      batches=lambda k: ({"remain": ctx.put(draw.remain(k))}, ()),
+    )
 
   return unlearn
 
@@ -119,14 +141,22 @@ def ga(setup: Setup, *, ga_lr: float, ga_clip: float, ascent_bound: float) -> Un
 
   def unlearn(state: MethodState, ctx: Context):
     draw = Draw(ctx)
-    return run_steps(state, ctx, step=step, tx=tx, learning_rate=ga_lr, name=setup.name,
-                     batches=lambda k: ({"target": ctx.put(draw.target(k))}, ()))
+    return run_steps(
+      state,
+      ctx,
+      step=step,
+      tx=tx,
+      learning_rate=ga_lr,
+      name=setup.name,
+      batches=lambda k: ({"target": ctx.put(draw.target(k))}, ()),
+    )
 
   return unlearn
 
 
-def neggrad_plus(setup: Setup, *, neggrad_lr: float, neggrad_alpha: float,
-                 ascent_bound: float) -> Unlearner:
+def neggrad_plus(
+  setup: Setup, *, neggrad_lr: float, neggrad_alpha: float, ascent_bound: float
+) -> Unlearner:
   r"""NegGrad+ (Kurmanji et al. 2023): descent on the store, ascent on the forget data.
 
   .. math::
@@ -166,14 +196,16 @@ def neggrad_plus(setup: Setup, *, neggrad_lr: float, neggrad_alpha: float,
         out["remain"] = ctx.put(draw.remain(k))
       return out, ()
 
-    return run_steps(state, ctx, step=step, tx=tx, learning_rate=neggrad_lr,
-                     name=setup.name, batches=batches)
+    return run_steps(
+      state, ctx, step=step, tx=tx, learning_rate=neggrad_lr, name=setup.name, batches=batches
+    )
 
   return unlearn
 
 
-def _random_label_descent(setup: Setup, learning_rate: float,
-                          saliency: Optional[Callable] = None) -> Unlearner:
+def _random_label_descent(
+  setup: Setup, learning_rate: float, saliency: Optional[Callable] = None
+) -> Unlearner:
   r"""RL's request: :math:`\mathrm{CE}(D_U, \tilde y) + \mathrm{CE}(D_R)`, optionally masked.
 
   One random label :math:`\tilde y_i \ne y_i` per forget sample, drawn
@@ -199,8 +231,7 @@ def _random_label_descent(setup: Setup, learning_rate: float,
   def unlearn(state: MethodState, ctx: Context):
     draw, remain, access = Draw(ctx), has_remain(ctx), ctx.access
     targets = access.target_indices
-    fake = random_labels(access.labels(targets), setup.num_classes,
-                         draw.seed("random_labels"))
+    fake = random_labels(access.labels(targets), setup.num_classes, draw.seed("random_labels"))
     mask, mask_grads = saliency(state, ctx) if saliency is not None else (None, 0)
 
     def batches(k):
@@ -211,9 +242,16 @@ def _random_label_descent(setup: Setup, learning_rate: float,
         out["remain"] = ctx.put(draw.remain(k))
       return out, ()
 
-    params, model_state, cost = run_steps(state, ctx, step=step, tx=tx,
-                                          learning_rate=learning_rate, name=setup.name,
-                                          batches=batches, mask=mask)
+    params, model_state, cost = run_steps(
+      state,
+      ctx,
+      step=step,
+      tx=tx,
+      learning_rate=learning_rate,
+      name=setup.name,
+      batches=batches,
+      mask=mask,
+    )
     return params, model_state, cost.add(Cost(0.0, 0, mask_grads, 0))
 
   return unlearn
@@ -232,8 +270,9 @@ def rl(setup: Setup, *, rl_lr: float) -> Unlearner:
   return _random_label_descent(setup, rl_lr)
 
 
-def salun(setup: Setup, *, salun_lr: float, salun_fraction: float,
-          salun_mask_batches: int) -> Unlearner:
+def salun(
+  setup: Setup, *, salun_lr: float, salun_fraction: float, salun_mask_batches: int
+) -> Unlearner:
   r"""SalUn (Fan et al. 2024): RL with every update masked by weight saliency.
 
   The mask keeps the global top ``salun_fraction`` of
@@ -252,24 +291,32 @@ def salun(setup: Setup, *, salun_lr: float, salun_fraction: float,
   @jax.jit
   def saliency_fn(params, model_state, batches):
     def body(acc, batch):
-      g = jax.grad(lambda p: batch_ce(forward(apply_fn, p, model_state, batch, train=False)[0],
-                                      batch))(params)
+      g = jax.grad(
+        lambda p: batch_ce(forward(apply_fn, p, model_state, batch, train=False)[0], batch)
+      )(params)
       return jax.tree.map(jnp.add, acc, g), None
+
     acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     acc, _ = jax.lax.scan(body, acc0, batches)
     return top_fraction_mask(jax.tree.map(jnp.abs, acc), salun_fraction)
 
   def saliency(state: MethodState, ctx: Context):
     draw = Draw(ctx)
-    batches = stacked_batches(lambda s: draw.target(s, "salun_mask"), salun_mask_batches,
-                              ctx.mesh)
+    batches = stacked_batches(lambda s: draw.target(s, "salun_mask"), salun_mask_batches, ctx.mesh)
     return saliency_fn(state.params, state.model_state, batches), salun_mask_batches
 
   return _random_label_descent(setup, salun_lr, saliency)
 
 
-def scrub(setup: Setup, *, scrub_lr: float, scrub_temperature: float, scrub_alpha: float,
-          scrub_gamma: float, scrub_max_fraction: float) -> Unlearner:
+def scrub(
+  setup: Setup,
+  *,
+  scrub_lr: float,
+  scrub_temperature: float,
+  scrub_alpha: float,
+  scrub_gamma: float,
+  scrub_max_fraction: float,
+) -> Unlearner:
   r"""SCRUB (Kurmanji et al. 2023): max steps on :math:`D_U`, then min steps on the store.
 
   The model at the request start is a teacher kept for the request only. The
@@ -291,9 +338,12 @@ def scrub(setup: Setup, *, scrub_lr: float, scrub_temperature: float, scrub_alph
 
   def kl(logits, batch, teacher):
     """:math:`T^2 \\mathrm{KL}(p^T_{teacher} \\| p^T_{student})` on ``batch``."""
-    return scrub_temperature ** 2 * objectives.distillation_loss(
-        logits=logits, teacher_logits=teacher_logits(apply_fn, teacher, batch),
-        temperature=scrub_temperature, mask=batch.mask)
+    return scrub_temperature**2 * objectives.distillation_loss(
+      logits=logits,
+      teacher_logits=teacher_logits(apply_fn, teacher, batch),
+      temperature=scrub_temperature,
+      mask=batch.mask,
+    )
 
   def max_loss(params, model_state, batches, teacher):
     forget = batches["target"]
@@ -306,8 +356,10 @@ def scrub(setup: Setup, *, scrub_lr: float, scrub_temperature: float, scrub_alph
     logits, model_state = forward(apply_fn, params, model_state, remain)
     remain_kl = kl(logits, remain, teacher)
     ce = batch_ce(logits, remain)
-    return (scrub_alpha * remain_kl + scrub_gamma * ce,
-            (model_state, {"remain_kl": remain_kl, "remain_loss": ce}))
+    return (
+      scrub_alpha * remain_kl + scrub_gamma * ce,
+      (model_state, {"remain_kl": remain_kl, "remain_loss": ce}),
+    )
 
   max_step = make_gradient_step(max_loss, tx, clip_norm=setup.clip_norm)
   min_step = make_gradient_step(min_loss, tx, clip_norm=setup.clip_norm)
@@ -321,8 +373,9 @@ def scrub(setup: Setup, *, scrub_lr: float, scrub_temperature: float, scrub_alph
     def body(ts, k):
       metrics, count = {}, 0
       if k < n_max:  # A max step does not end the iteration when a min step follows.
-        ts, metrics = max_step(ts, {"target": ctx.put(draw.target(k))}, teacher, hp, None,
-                               0 if remain else 1)
+        ts, metrics = max_step(
+          ts, {"target": ctx.put(draw.target(k))}, teacher, hp, None, 0 if remain else 1
+        )
         count += 1
       if remain:
         ts, m = min_step(ts, {"remain": ctx.put(draw.remain(k))}, teacher, hp, None, 1)
@@ -330,8 +383,7 @@ def scrub(setup: Setup, *, scrub_lr: float, scrub_temperature: float, scrub_alph
       return ts, metrics, Cost(0.0, count, count, 0)
 
     ts = init_train_state(state.params, state.model_state, tx)
-    ts, cost = run_iterations(ts, body, ctx=ctx, name=name,
-                              num_iterations=n if remain else n_max)
+    ts, cost = run_iterations(ts, body, ctx=ctx, name=name, num_iterations=n if remain else n_max)
     params, model_state = finish(ts, ctx=ctx, name=name)
     return params, model_state, cost
 
@@ -339,5 +391,11 @@ def scrub(setup: Setup, *, scrub_lr: float, scrub_temperature: float, scrub_alph
 
 
 # The unlearn rules by name (their keyword-only parameters: rules.rule_hparams).
-UNLEARN_RULES = {"ft": ft, "ga": ga, "neggrad_plus": neggrad_plus, "rl": rl, "salun": salun,
-                 "scrub": scrub}
+UNLEARN_RULES = {
+  "ft": ft,
+  "ga": ga,
+  "neggrad_plus": neggrad_plus,
+  "rl": rl,
+  "salun": salun,
+  "scrub": scrub,
+}

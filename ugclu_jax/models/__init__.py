@@ -11,13 +11,13 @@ from ugclu_jax.models.resnet import BasicBlock
 from ugclu_jax.models.resnet import ResNet18
 
 __all__ = (
-    "ApplyFn",
-    "BasicBlock",
-    "MLP",
-    "MODELS",
-    "ResNet18",
-    "SmallCNN",
-    "as_functional",
-    "count_params",
-    "get_model",
+  "ApplyFn",
+  "BasicBlock",
+  "MLP",
+  "MODELS",
+  "ResNet18",
+  "SmallCNN",
+  "as_functional",
+  "count_params",
+  "get_model",
 )

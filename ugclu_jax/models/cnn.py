@@ -33,14 +33,14 @@ class SmallCNN(nnx.Module):
   """
 
   def __init__(
-      self,
-      num_classes: int,
-      *,
-      in_channels: int = 1,
-      input_size: tuple[int, int] = (28, 28),
-      dtype: jnp.dtype | None = None,
-      param_dtype: jnp.dtype = jnp.float32,
-      rngs: nnx.Rngs,
+    self,
+    num_classes: int,
+    *,
+    in_channels: int = 1,
+    input_size: tuple[int, int] = (28, 28),
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
   ):
     """Builds the layers.
 
@@ -59,8 +59,7 @@ class SmallCNN(nnx.Module):
       raise ValueError(f"SmallCNN: in_channels must be >= 1, got {in_channels}.")
     if height < _MIN_SIZE or width < _MIN_SIZE:
       raise ValueError(
-          f"SmallCNN: input_size must be at least {_MIN_SIZE}x{_MIN_SIZE}, got"
-          f" {height}x{width}."
+        f"SmallCNN: input_size must be at least {_MIN_SIZE}x{_MIN_SIZE}, got {height}x{width}."
       )
     self.input_shape = (height, width, in_channels)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -81,8 +80,8 @@ class SmallCNN(nnx.Module):
     del train
     if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
       raise ValueError(
-          f"SmallCNN: expected inputs [B, {', '.join(map(str, self.input_shape))}],"
-          f" got shape {x.shape}."
+        f"SmallCNN: expected inputs [B, {', '.join(map(str, self.input_shape))}],"
+        f" got shape {x.shape}."
       )
     x = _max_pool_2x2(nnx.relu(self.conv1(x)))
     x = _max_pool_2x2(nnx.relu(self.conv2(x)))

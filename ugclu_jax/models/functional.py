@@ -76,12 +76,12 @@ class ApplyFn:
     return self._hash
 
   def __call__(
-      self,
-      params: Params,
-      model_state: ModelState,
-      x: jax.Array,
-      *,
-      train: bool,
+    self,
+    params: Params,
+    model_state: ModelState,
+    x: jax.Array,
+    *,
+    train: bool,
   ) -> tuple[jax.Array, ModelState]:
     """Computes logits and the updated non-parameter state.
 
@@ -100,8 +100,7 @@ class ApplyFn:
     """
     if not isinstance(train, (bool, np.bool_)):
       raise ValueError(
-          f"apply_fn: train must be a Python bool (static under jit), got"
-          f" {type(train).__name__}."
+        f"apply_fn: train must be a Python bool (static under jit), got {type(train).__name__}."
       )
     model = nnx.merge(self.graphdef, params, model_state, copy=True)
     logits = model(x, train=train)
@@ -125,14 +124,12 @@ def as_functional(model: nnx.Module) -> tuple[ApplyFn, Params, ModelState]:
     original module must not be used.
   """
   if not isinstance(model, nnx.Module):
-    raise ValueError(
-        f"as_functional: expected an nnx.Module, got {type(model).__name__}."
-    )
+    raise ValueError(f"as_functional: expected an nnx.Module, got {type(model).__name__}.")
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   return (
-      ApplyFn(graphdef),
-      nnx.to_pure_dict(params),
-      nnx.to_pure_dict(model_state),
+    ApplyFn(graphdef),
+    nnx.to_pure_dict(params),
+    nnx.to_pure_dict(model_state),
   )
 
 
@@ -155,31 +152,31 @@ def _build_mlp(*, num_classes, input_shape, **kw):
 
 def _build_cnn(*, num_classes, input_shape, **kw):
   height, width, channels = input_shape
-  return SmallCNN(
-      num_classes, in_channels=channels, input_size=(height, width), **kw
-  )
+  return SmallCNN(num_classes, in_channels=channels, input_size=(height, width), **kw)
 
 
 def _build_resnet18(*, num_classes, input_shape, **kw):
   return ResNet18(num_classes, in_channels=input_shape[-1], **kw)
 
 
-_MODELS: Mapping[str, Callable[..., nnx.Module]] = types.MappingProxyType({
+_MODELS: Mapping[str, Callable[..., nnx.Module]] = types.MappingProxyType(
+  {
     "mlp": _build_mlp,
     "cnn": _build_cnn,
     "resnet18": _build_resnet18,
-})
+  }
+)
 MODELS = tuple(_MODELS)  # The names get_model knows.
 
 
 def get_model(
-    name: str,
-    *,
-    num_classes: int,
-    input_shape: tuple[int, int, int],
-    rngs: nnx.Rngs,
-    dtype: Any = None,
-    param_dtype: Any = jnp.float32,
+  name: str,
+  *,
+  num_classes: int,
+  input_shape: tuple[int, int, int],
+  rngs: nnx.Rngs,
+  dtype: Any = None,
+  param_dtype: Any = jnp.float32,
 ) -> nnx.Module:
   """Builds a model by name.
 
@@ -200,23 +197,20 @@ def get_model(
     The initialised ``nnx.Module``; call ``as_functional`` on it for training.
   """
   if name not in _MODELS:
-    raise ValueError(
-        f"Unknown model {name!r}; valid names: {', '.join(sorted(_MODELS))}."
-    )
+    raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(sorted(_MODELS))}.")
   input_shape = tuple(input_shape)
   if len(input_shape) != 3 or not all(
-      isinstance(d, (int, np.integer)) and d >= 1 for d in input_shape
+    isinstance(d, (int, np.integer)) and d >= 1 for d in input_shape
   ):
     raise ValueError(
-        f"get_model: input_shape must be (H, W, C) of positive ints, got"
-        f" {input_shape}."
+      f"get_model: input_shape must be (H, W, C) of positive ints, got {input_shape}."
     )
   if num_classes < 1:
     raise ValueError(f"get_model: num_classes must be >= 1, got {num_classes}.")
   return _MODELS[name](
-      num_classes=num_classes,
-      input_shape=tuple(int(d) for d in input_shape),
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
+    num_classes=num_classes,
+    input_shape=tuple(int(d) for d in input_shape),
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
   )

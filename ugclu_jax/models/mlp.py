@@ -20,14 +20,14 @@ class MLP(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      num_classes: int,
-      *,
-      hidden: Sequence[int] = (256, 256),
-      dtype: jnp.dtype | None = None,
-      param_dtype: jnp.dtype = jnp.float32,
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    num_classes: int,
+    *,
+    hidden: Sequence[int] = (256, 256),
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
   ):
     """Builds the layers.
 
@@ -49,13 +49,13 @@ class MLP(nnx.Module):
       raise ValueError(f"MLP: hidden widths must all be >= 1, got {hidden}.")
     self.in_features = in_features
     widths = (in_features, *hidden)
-    self.hidden = nnx.List([
+    self.hidden = nnx.List(
+      [
         nnx.Linear(a, b, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         for a, b in zip(widths[:-1], widths[1:])
-    ])
-    self.head = nnx.Linear(
-        widths[-1], num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+      ]
     )
+    self.head = nnx.Linear(widths[-1], num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """Returns logits ``[B, num_classes]`` for inputs ``[B, ...]``.
@@ -69,8 +69,8 @@ class MLP(nnx.Module):
     del train
     if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
       raise ValueError(
-          f"MLP: expected inputs [B, ...] with {self.in_features} features per"
-          f" example, got shape {x.shape}."
+        f"MLP: expected inputs [B, ...] with {self.in_features} features per"
+        f" example, got shape {x.shape}."
       )
     x = x.reshape((x.shape[0], -1))
     for layer in self.hidden:

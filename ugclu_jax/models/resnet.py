@@ -15,27 +15,27 @@ def _conv(in_ch, out_ch, *, kernel, stride, dtype, param_dtype, rngs):
   """A bias-free convolution padded like PyTorch's (``kernel // 2`` each side)."""
   pad = kernel // 2
   return nnx.Conv(
-      in_ch,
-      out_ch,
-      kernel_size=(kernel, kernel),
-      strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      use_bias=False,
-      kernel_init=_CONV_INIT,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
+    in_ch,
+    out_ch,
+    kernel_size=(kernel, kernel),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=_CONV_INIT,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
   )
 
 
 def _batch_norm(channels, *, dtype, param_dtype, rngs):
   return nnx.BatchNorm(
-      channels,
-      momentum=_BN_MOMENTUM,
-      epsilon=_BN_EPSILON,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
+    channels,
+    momentum=_BN_MOMENTUM,
+    epsilon=_BN_EPSILON,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
   )
 
 
@@ -60,14 +60,14 @@ class BasicBlock(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_ch: int,
-      out_ch: int,
-      *,
-      stride: int,
-      dtype: jnp.dtype | None,
-      param_dtype: jnp.dtype,
-      rngs: nnx.Rngs,
+    self,
+    in_ch: int,
+    out_ch: int,
+    *,
+    stride: int,
+    dtype: jnp.dtype | None,
+    param_dtype: jnp.dtype,
+    rngs: nnx.Rngs,
   ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.conv1 = _conv(in_ch, out_ch, kernel=3, stride=stride, **kw)
@@ -110,13 +110,13 @@ class ResNet18(nnx.Module):
   """
 
   def __init__(
-      self,
-      num_classes: int,
-      *,
-      in_channels: int = 3,
-      dtype: jnp.dtype | None = None,
-      param_dtype: jnp.dtype = jnp.float32,
-      rngs: nnx.Rngs,
+    self,
+    num_classes: int,
+    *,
+    in_channels: int = 3,
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
   ):
     """Builds the layers.
 
@@ -144,10 +144,12 @@ class ResNet18(nnx.Module):
 
   @staticmethod
   def _stage(in_ch, out_ch, *, stride, **kw) -> nnx.List:
-    return nnx.List([
+    return nnx.List(
+      [
         BasicBlock(in_ch, out_ch, stride=stride, **kw),
         BasicBlock(out_ch, out_ch, stride=1, **kw),
-    ])
+      ]
+    )
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """Returns logits ``[B, num_classes]`` for NHWC inputs ``[B, H, W, C]``.
@@ -159,8 +161,7 @@ class ResNet18(nnx.Module):
     """
     if x.ndim != 4 or x.shape[-1] != self.in_channels:
       raise ValueError(
-          f"ResNet18: expected inputs [B, H, W, {self.in_channels}], got shape"
-          f" {x.shape}."
+        f"ResNet18: expected inputs [B, H, W, {self.in_channels}], got shape {x.shape}."
       )
     x = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
     for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
