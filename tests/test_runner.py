@@ -299,14 +299,14 @@ def test_three_seeds_aggregate(tmp_path):
 
 
 def _same(old, new, path=""):
-  """Differences between two report trees: floats within 1e-7, timings ignored."""
+  """Differences between two report trees: floats within 1e-6, timings ignored."""
   if isinstance(old, dict) and isinstance(new, dict):
     keys = (set(old) | set(new)) - {"seconds"}
     return [d for k in sorted(keys) for d in _same(old.get(k), new.get(k), f"{path}/{k}")]
   if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
     return [d for i, (a, b) in enumerate(zip(old, new)) for d in _same(a, b, f"{path}[{i}]")]
   if isinstance(old, float) or isinstance(new, float):
-    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and abs(old - new) <= 1e-7:
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and abs(old - new) <= 1e-6:
       return []
   elif old == new:
     return []
@@ -315,8 +315,10 @@ def _same(old, new, path=""):
 
 def test_the_smoke_report_is_the_one_from_before_the_refactor(smoke_run):
   # tests/data/smoke_report_before_refactor.json: this smoke run at ca6497a, before the
-  # library path became the executed path. The one documented change since: relapse
-  # is computed from float64 forget accuracies (it lost a float32 rounding of ~1e-8).
+  # library path became the executed path. Two documented changes since, both at float32
+  # rounding: relapse comes from float64 forget accuracies (~1e-8), and the target step
+  # masks its direction once instead of again inside the optimizer (JS and KL move by
+  # < 1e-7). Any changed prediction moves an accuracy by at least 1/2000.
   before = json.loads((ROOT / "tests" / "data" / "smoke_report_before_refactor.json").read_text())
   report = json.loads((smoke_run / "report.json").read_text())
   now = {"stream": report["stream"], "methods": report["methods"]}

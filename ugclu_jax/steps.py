@@ -371,12 +371,10 @@ def make_steps(
       d, norm = target_direction(optax.tree.scale(a_t, g), mask, clip_norm)
       return d, {"target_grad_norm": norm, "a_target": a_t}
 
-    # The mask is given twice. M ⊙ g before the clip defines d (§5: the clip
-    # measures the salient coordinates only). saliency_mask=M is the optimizer's
-    # own mask argument: fast_slow multiplies its incoming update by it before
-    # the inner SGD, which changes no value of d here (M ⊙ d = d), so momentum
-    # and weight decay still move masked coordinates; an optimizer that masked
-    # its output or its state would act on those too. Fused steps pass None.
+    # The mask is applied once, here, before the clip (§5: the clip measures the
+    # salient coordinates only). The optimizer gets none: fast_slow's saliency_mask
+    # multiplies its incoming update, which d already is (M ⊙ d = d), so it would
+    # change no value; momentum and weight decay move masked coordinates either way.
     new, loss, _, metrics = _gradient_step(
       tx,
       state,
@@ -384,7 +382,7 @@ def make_steps(
       target_loss,
       (batch,),
       direction,
-      mask=mask,
+      mask=None,
       advance=advance,
       cosine_lr=cosine_lr,
     )
