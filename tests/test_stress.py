@@ -221,3 +221,23 @@ def test_stress_streams_are_fixed_by_the_stream_seed():
   assert a == stress.draw_streams(3, tasks=tasks, num_classes=10, length=6)
   assert a != stress.draw_streams(3, tasks=tasks, num_classes=10, length=6, stream_seed=1)
   assert len(set(a)) == 3
+
+
+def test_paired_lines_by_hand():
+  stress = _stress_module()
+  runs = [
+    _run(0, 0, (0.1, 0.3), (0.9, 0.8)),
+    _run(0, 1, (0.0, 0.2), (0.95, 0.6)),
+    _run(1, 0, (0.4, 0.4), (0.7, 0.9)),
+  ]
+  # FT's run gaps 0.3, 0.3, 0.4 against UG-CLU's 0.2, 0.1, 0.4: Δ = -0.1, -0.2, 0.0,
+  # mean -0.1, sd 0.1, t(0.975, 2) = 4.303: half-width 0.2484.
+  for r, ft_gap in zip(runs, (0.3, 0.3, 0.4)):
+    ft = json.loads(json.dumps(r["report"]["methods"]["ugclu"]))
+    for q in ft["requests"][1:]:
+      q["metrics"]["avg_gap"] = ft_gap
+    r["report"]["methods"]["ft"] = ft
+  lines = stress.paired_lines(runs)
+  assert lines[0] == "## Paired with ugclu"
+  assert lines[-2].startswith("| ft | 3 | -10.0 | [-34.8, +14.8] | 2/3 | ")
+  assert stress.paired_lines(runs, reference="nobody") == []
