@@ -5,8 +5,8 @@ The public API: pure, jittable functions on parameter pytrees.
 
 import importlib
 import importlib.util
-import sys
-import types
+
+from ugclu_jax import _lazy
 
 # Public names load their module on first use (PEP 562), so that importing the
 # package, and `python -m ugclu_jax --help`, does not import JAX.
@@ -44,7 +44,6 @@ _EXPORTS = {
   ),
   "types": ("Batch",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __version__ = "0.1.0"
 
@@ -89,28 +88,10 @@ __all__ = (
 )
 
 
-class _Package(types.ModuleType):
-  """``ugclu_jax.hvp`` and ``ugclu_jax.fast_slow`` stay functions once their modules load."""
-
-  def __setattr__(self, name, value):
-    if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name:
-      value = getattr(value, name)
-    super().__setattr__(name, value)
-
-
-def __getattr__(name):
-  module = _MODULE_OF.get(name)
-  if module is None:
-    if importlib.util.find_spec(f"ugclu_jax.{name}") is not None:
-      return importlib.import_module(f"ugclu_jax.{name}")  # A submodule, e.g. ugclu_jax.steps.
+def _submodule(name):
+  if importlib.util.find_spec(f"ugclu_jax.{name}") is None:
     raise AttributeError(f"module 'ugclu_jax' has no attribute {name!r}")
-  value = getattr(importlib.import_module(f"ugclu_jax.{module}"), name)
-  globals()[name] = value
-  return value
+  return importlib.import_module(f"ugclu_jax.{name}")  # A submodule, e.g. ugclu_jax.steps.
 
 
-def __dir__():
-  return sorted(set(globals()) | set(__all__))
-
-
-sys.modules[__name__].__class__ = _Package
+_lazy.install(__name__, _EXPORTS, _submodule)

@@ -5,10 +5,7 @@ the names below import no JAX, so that the experiment config can hold them;
 the methods themselves load their modules on first use (PEP 562).
 """
 
-import importlib
-import sys
-import types
-
+from ugclu_jax import _lazy
 from ugclu_jax.methods.baselines_config import BaselinesConfig, check_hyperparameters
 from ugclu_jax.methods.ugclu_config import UGCLUConfig
 
@@ -34,7 +31,6 @@ _EXPORTS = {
   "retrain": ("retrain",),
   "ugclu": ("ugclu",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 def is_method_name(name) -> bool:
@@ -78,28 +74,10 @@ def _method_names() -> _MethodNames:
   return _MethodNames(sorted(_single_names()))
 
 
-class _Package(types.ModuleType):
-  """``methods.ugclu`` and ``methods.retrain`` stay functions once their modules load."""
-
-  def __setattr__(self, name, value):
-    if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name:
-      value = getattr(value, name)
-    super().__setattr__(name, value)
-
-
-def __getattr__(name):
+def _computed(name):
   if name == "METHOD_NAMES":
     return _method_names()
-  module = _MODULE_OF.get(name)
-  if module is None:
-    raise AttributeError(f"module 'ugclu_jax.methods' has no attribute {name!r}")
-  value = getattr(importlib.import_module(f"ugclu_jax.methods.{module}"), name)
-  globals()[name] = value
-  return value
-
-
-def __dir__():
-  return sorted(set(globals()) | set(__all__))
+  raise AttributeError(f"module 'ugclu_jax.methods' has no attribute {name!r}")
 
 
 __all__ = (
@@ -126,4 +104,4 @@ __all__ = (
   "ugclu",
 )
 
-sys.modules[__name__].__class__ = _Package
+_lazy.install(__name__, _EXPORTS, _computed)

@@ -96,14 +96,8 @@ def er(setup: Setup) -> Learner:
   step = make_gradient_step(loss_fn, tx, clip_norm=setup.clip_norm)
 
   def learn(state: MethodState, ctx: Context):
-    draw, replay = Draw(ctx), has_remain(ctx)
-
-    def batches(k):
-      out = {"target": ctx.put(draw.target(k))}
-      if replay:
-        out["remain"] = ctx.put(draw.remain(k))
-      return out, {}
-
+    draw = Draw(ctx)
+    batches = lambda k: (draw.target_and_remain(k), {})
     params, model_state, cost = _learn(setup, state, ctx, step, tx, batches)
     return MethodState(params, model_state, state.extra), cost
 

@@ -128,6 +128,14 @@ class Draw:
   def remain(self, k: int, stream: str = "remain_batches") -> Batch:
     return self.ctx.access.remain_batch(self.ctx.batch_size, k, self.seed(stream))
 
+  def target_and_remain(self, k: int) -> dict:
+    """``{"target": ..., "remain": ...}`` on the request's devices; no ``remain`` while
+    the store is empty."""
+    out = {"target": self.ctx.put(self.target(k))}
+    if has_remain(self.ctx):
+      out["remain"] = self.ctx.put(self.remain(k))
+    return out
+
   def remain_with_indices(self, k: int, stream: str = "remain_batches") -> tuple[Batch, np.ndarray]:
     access = self.ctx.access
     idx = batch_indices(access.remain_indices, self.ctx.batch_size, k, self.seed(stream))

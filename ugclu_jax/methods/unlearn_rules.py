@@ -188,14 +188,8 @@ def neggrad_plus(
   step = make_gradient_step(loss_fn, tx, clip_norm=setup.clip_norm)
 
   def unlearn(state: MethodState, ctx: Context):
-    draw, remain = Draw(ctx), has_remain(ctx)
-
-    def batches(k):
-      out = {"target": ctx.put(draw.target(k))}
-      if remain:
-        out["remain"] = ctx.put(draw.remain(k))
-      return out, ()
-
+    draw = Draw(ctx)
+    batches = lambda k: (draw.target_and_remain(k), ())
     return run_steps(
       state, ctx, step=step, tx=tx, learning_rate=neggrad_lr, name=setup.name, batches=batches
     )
