@@ -221,7 +221,9 @@ def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
     idx = np.flatnonzero(y < 8)
     request, n = digits["requests"][0], N_LEARN
   ctx = MT.Context(D.DataAccess(x, y, store, idx), request, 1, n, B, MT.method_seed(0, 1, "ugclu"))
-  # The inline loop's settings: unbounded ascent (ascent_bound 0), momentum 0.9.
+  # The inline loop's settings: unbounded ascent (ascent_bound 0), momentum 0.9. An
+  # unlearn clip of 0.2 binds on the remain gradients too (both take ugclu.clip).
+  unlearn = kind == "unlearn"
   method = ugclu(
     digits["apply_fn"],
     mode=mode,
@@ -232,11 +234,11 @@ def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
     momentum=0.9,
     weight_decay=5e-4,
     learn_clip=1.0,
+    clip=0.2,
   )
   state = method.init(digits["params"], digits["model_state"])
-  new, cost = (method.unlearn if kind == "unlearn" else method.learn)(state, ctx)
+  new, cost = (method.unlearn if unlearn else method.learn)(state, ctx)
 
-  unlearn = kind == "unlearn"
   params, expected_cost = _inline_request(
     digits["apply_fn"],
     kind,
@@ -245,8 +247,8 @@ def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
     mode=mode,
     lr=0.01 if unlearn else 0.05,
     a_t=25.0 if unlearn else 1.0,
-    clip=7.0 if unlearn else 1.0,
-    remain_clip=None if unlearn else 1.0,
+    clip=0.2 if unlearn else 1.0,
+    remain_clip=0.2 if unlearn else 1.0,
     temperature=0.5 if unlearn else 0.0,
     freq=5 if unlearn else 1,
     use_mask=unlearn,

@@ -115,7 +115,7 @@ class TrainConfig(Checked):
       all local devices. ``data.batch_size`` and ``data.eval_batch_size`` must
       be multiples of it.
     clip_norm: global-norm clip of every learn-request gradient of every
-      method, of UG-CLU's remain steps on learn requests and of every baseline
+      method, UG-CLU's target and remain steps included, and of every baseline
       unlearn step except GA's (0: off; the oracle, trained from scratch on all
       classes at once, is not clipped). At the start of a learn request the new classes'
       logits lie far below the learned ones (a loss of 27-55 measured on the
@@ -123,7 +123,8 @@ class TrainConfig(Checked):
       with momentum 0.9 integrates them into a step that kills the ReLUs. The
       clip bounds that transient; 1 kept plain fine-tuning alive on every
       seed tried, 2 and 3 did not. FT's unlearn steps (lr 0.05) unclipped left
-      the CNN to die at the next learn request on a random stream.
+      the CNN to die at the next learn request on a random stream. UG-CLU's
+      unlearn requests take ``ugclu.clip`` instead, on both of their gradients.
   """
 
   KEY = "train"

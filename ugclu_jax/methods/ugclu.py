@@ -64,7 +64,8 @@ def ugclu(
     weight_decay: coupled weight decay of every request.
     learn_clip: global-norm clip of every gradient of a learn request (target
       and remain steps), the learn rule every method shares; None: off.
-      ``hparams.clip`` clips the unlearn target direction.
+      ``hparams.clip`` clips both parts of an unlearn request: the target
+      direction and the remain gradient.
     name: the method's name (progress and error messages).
     **overrides: fields of ``hparams`` to replace, e.g. ``mode="hvp"``.
 
@@ -105,7 +106,7 @@ def ugclu(
         temperature=temp,
         curvature=hp.curvature,
         order=order,
-        remain_clip_norm=learn_clip if kind == "learn" else None,
+        remain_clip_norm=clip_norm if kind == "unlearn" else learn_clip,
         max_forget_loss=max_forget_loss(hp.ascent_bound, num_classes),
       ),
     )

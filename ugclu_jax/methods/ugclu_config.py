@@ -25,7 +25,8 @@ class UGCLUConfig(Checked):
     a_unlearn: :math:`a_{U0}` (cosine-decayed over the request), ``>= 0``.
     a_learn: :math:`a_L`.
     a_remain: :math:`a_R`.
-    clip: global-norm clip of the target gradient (0: off).
+    clip: global-norm clip of an unlearn request's two gradients, the target
+      direction and the remain gradient (0: off).
     temperature: :math:`\\lambda` of the adaptive forget weights (0: plain GA).
     learn_temperature: learn-side weights (0: uniform; negative: hard samples up).
     mask: use the balanced saliency mask on unlearn requests.
