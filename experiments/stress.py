@@ -16,6 +16,10 @@ the same command continues a stopped stress run.
 The base config is ``--config`` (default: ``default``, Split Fashion-MNIST with the
 CNN) with ``--set key=value`` overrides; ``--methods``, ``--max-train-per-class``,
 ``--learn-epochs`` and ``--unlearn-iterations`` are shortcuts for common ones.
+
+``--merge OTHER`` adds the methods of another stress run over the same streams, seeds and
+data (e.g. more baselines, run apart to share the cores) to each run of the table, so
+they are compared and paired on the same runs; the oracle of both must agree.
 """
 
 import argparse
@@ -86,6 +90,14 @@ def _args(argv):
     help="any other config override (repeatable)",
   )
   p.add_argument(
+    "--merge",
+    action="append",
+    default=[],
+    metavar="OTHER",
+    help="the --out of another stress run of the same streams, seeds and data: the "
+    "methods of its finished runs join this table (repeatable)",
+  )
+  p.add_argument(
     "--plots",
     action="store_true",
     help="also render each run's report.md and plots (the table reads only "
@@ -131,6 +143,30 @@ def _finished(workdir: pathlib.Path, cfg) -> bool:
     raise ValueError(f"{workdir} holds a run of another config; use another --out")
   length = len(report["stream"])
   return all(len(e["requests"]) == length for e in report["methods"].values())
+
+
+def merge_reports(report: dict, other: dict, where: str = "") -> dict:
+  """``report`` with the methods of ``other`` that it lacks: two runs of one stream, seed
+  and data (their configs differ in ``methods`` at most), e.g. a stress run of more methods.
+
+  Raises:
+    ValueError: the runs differ in anything but their methods, or their oracles disagree
+      (every metric within 1e-9).
+  """
+  strip = lambda r: {k: v for k, v in r["config"].items() if k != "methods"}
+  if other["stream"] != report["stream"] or strip(other) != strip(report):
+    raise ValueError(f"{where}: the runs to merge differ in more than their methods")
+  mine, theirs = report["methods"], other["methods"]
+  if any(len(e["requests"]) != len(other["stream"]) for e in theirs.values()):
+    raise ValueError(f"{where}: that run is not finished")
+  if ORACLE in mine and ORACLE in theirs:
+    for a, b in zip(mine[ORACLE]["requests"], theirs[ORACLE]["requests"]):
+      for key, value in a["metrics"].items():
+        v = b["metrics"].get(key)
+        if (value is None) != (v is None) or (value is not None and abs(value - v) > 1e-9):
+          raise ValueError(f"{where}: the oracles disagree on [{a['index']}] {key}")
+  methods = {**mine, **{m: e for m, e in theirs.items() if m not in mine}}
+  return {**report, "methods": methods}
 
 
 def _pct(x):
@@ -182,7 +218,7 @@ def paired_lines(runs, reference: str = "ugclu") -> list:
   ]
 
 
-def stress_table(runs, *, command: str, wall_seconds: float, failed=()) -> str:
+def stress_table(runs, *, command: str, wall_seconds: float, failed=(), merged=()) -> str:
   """The Markdown table of a stress run.
 
   Args:
@@ -193,6 +229,7 @@ def stress_table(runs, *, command: str, wall_seconds: float, failed=()) -> str:
       diverging method (listed, and left out of the table).
     command: the command line, printed in the header.
     wall_seconds: the wall time of the command that wrote the table.
+    merged: the ``--merge`` folders, named in the header.
 
   Returns:
     The Markdown text: header, per-method table, collapses, worst cases, streams.
@@ -259,6 +296,11 @@ def stress_table(runs, *, command: str, wall_seconds: float, failed=()) -> str:
     f"- wall time of this command: {wall_seconds:.0f} s; the runs took {sum(seconds):.0f} s "
     f"in all, each timed when it ran ({len(seconds)} of {len(runs)} timed; a resumed run "
     f"counts its last part)",
+    *[
+      f"- merged: the methods of `{m}`'s runs of the same streams and seeds (their times are "
+      "not in the line above)"
+      for m in merged
+    ],
     "",
     "Collapsed: the share of runs with at least one request after which the model predicted "
     "one class for most of the remaining test set or scored chance accuracy on it. Gap: "
@@ -358,6 +400,14 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - t0
         timing.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
       report = json.loads((workdir / "report.json").read_text())
+      for other in args.merge:
+        path = pathlib.Path(other) / workdir.name / "report.json"
+        if path.is_file():
+          try:
+            report = merge_reports(report, json.loads(path.read_text()), str(path))
+          except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
       seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
       runs.append(
         {"stream_id": i, "seed": seed, "stream": stream, "report": report, "seconds": seconds}
@@ -365,7 +415,13 @@ def main(argv=None) -> int:
   table = pathlib.Path(args.table) if args.table else out / "stress.md"
   table.parent.mkdir(parents=True, exist_ok=True)
   table.write_text(
-    stress_table(runs, command=command, failed=failed, wall_seconds=time.perf_counter() - start)
+    stress_table(
+      runs,
+      command=command,
+      failed=failed,
+      merged=args.merge,
+      wall_seconds=time.perf_counter() - start,
+    )
   )
   print(f"wrote {table}")
   return 0

@@ -241,3 +241,26 @@ def test_paired_lines_by_hand():
   assert lines[0] == "## Paired with ugclu"
   assert lines[-2].startswith("| ft | 3 | -10.0 | [-34.8, +14.8] | 2/3 | ")
   assert stress.paired_lines(runs, reference="nobody") == []
+
+
+def test_merge_reports_adds_methods_and_checks_the_oracle():
+  stress = _stress_module()
+  a = _run(0, 0, (0.1, 0.3), (0.9, 0.8))["report"]
+  b = json.loads(json.dumps(a))
+  b["config"]["methods"] = ["ft"]
+  b["methods"]["ft"] = b["methods"].pop("ugclu")
+  b["methods"]["ugclu"] = json.loads(json.dumps(b["methods"]["ft"]))
+  b["methods"]["ugclu"]["requests"][1]["metrics"]["avg_gap"] = 0.99  # a's own entry wins
+  merged = stress.merge_reports(a, b)
+  assert list(merged["methods"]) == ["ugclu", "retrain", "ft"]
+  assert merged["methods"]["ugclu"] == a["methods"]["ugclu"]
+  assert "ft" not in a["methods"]  # a is not modified
+  with pytest.raises(ValueError, match="not finished"):
+    stress.merge_reports(a, {**b, "methods": {**b["methods"], "x": {"requests": []}}})
+  other_seed = json.loads(json.dumps(b))
+  other_seed["config"]["seed"] = 1
+  with pytest.raises(ValueError, match="differ in more than their methods"):
+    stress.merge_reports(a, other_seed)
+  b["methods"]["retrain"]["requests"][1]["metrics"]["avg_gap"] = 0.01
+  with pytest.raises(ValueError, match=r"oracles disagree on \[1\] avg_gap"):
+    stress.merge_reports(a, b)
