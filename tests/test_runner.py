@@ -3,14 +3,17 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
+import ugclu_jax
 from ugclu_jax import cli
 from ugclu_jax import data as D
 from ugclu_jax import report as R
@@ -112,6 +115,24 @@ def test_store_holds_no_forgotten_sample(smoke_run):
   assert not np.isin(ds.y_train[stored], [1, 5]).any()
 
 
+def test_report_records_its_provenance(smoke_run):
+  report = json.loads((smoke_run / "report.json").read_text())
+  prov = report["provenance"]
+  assert prov["versions"]["jax"] == jax.__version__
+  assert prov["versions"]["ugclu_jax"] == ugclu_jax.__version__
+  assert prov["devices"]["platform"] == jax.devices()[0].platform
+  assert prov["devices"]["count"] == jax.device_count()
+  head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+  if head.returncode == 0:  # The tests run from a git checkout.
+    assert prov["source"]["commit"] == head.stdout.strip()
+  assert prov["resumed_at"] is None and "earlier" not in prov
+  stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+  assert stamp.match(prov["started"]) and stamp.match(prov["finished"])
+  assert prov["started"] <= prov["finished"]
+  text = (smoke_run / "report.md").read_text()
+  assert f"- run: ugclu_jax {ugclu_jax.__version__}" in text and f"jax {jax.__version__}" in text
+
+
 def test_same_seed_same_report(smoke_run, tmp_path):
   proc = subprocess.run(
     _cli(tmp_path / "again"), capture_output=True, text=True, cwd=ROOT, timeout=600
@@ -147,6 +168,16 @@ def test_sigkill_mid_request_then_resume(smoke_run, tmp_path):
   expected = json.loads((smoke_run / "report.json").read_text())
   got = json.loads((workdir / "report.json").read_text())
   assert R.without_timings(got) == R.without_timings(expected)
+  # The resumed run says where it resumed, and keeps the killed invocation's record.
+  assert got["provenance"]["resumed_at"] == 3
+  assert got["provenance"]["earlier"]["resumed_at"] is None
+  assert got["provenance"]["earlier"]["finished"] is None
+  # Resuming a finished run only re-renders it: its record stays.
+  again = subprocess.run(
+    _cli(workdir, resume=True), capture_output=True, text=True, cwd=ROOT, timeout=600
+  )
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads((workdir / "report.json").read_text())["provenance"] == got["provenance"]
 
 
 def test_the_order_of_the_methods_changes_no_result(tmp_path):

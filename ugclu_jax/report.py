@@ -251,12 +251,30 @@ def _summarize_method(entry: Mapping[str, Any]) -> dict[str, float | None]:
   return {k: out[k] for k in SUMMARY_KEYS}
 
 
+def _provenance_lines(record) -> list[str]:
+  """report.md's line on where the report comes from (none without a record)."""
+  if not isinstance(record, Mapping):
+    return []
+  versions, source, devices = (record.get(k) or {} for k in ("versions", "source", "devices"))
+  code = f"ugclu_jax {versions.get('ugclu_jax')}"
+  if source.get("commit"):
+    code += f" at {source['commit'][:10]}" + (" with local changes" if source.get("dirty") else "")
+  where = f"{devices.get('count')} {devices.get('kind')} device(s)"
+  span = f"{record.get('started')} to {record.get('finished') or 'unfinished'}"
+  resumed = record.get("resumed_at")
+  if resumed is not None:
+    span += f", resumed at request {resumed}"
+  return [f"- run: {code}, jax {versions.get('jax')}, {where}; {span} (UTC)"]
+
+
 def without_timings(report: Mapping[str, Any]) -> dict[str, Any]:
-  """A deep copy of ``report`` without its wall-clock ``seconds`` fields.
+  """A deep copy of ``report`` without its wall-clock fields: ``seconds`` and the
+  ``provenance`` record (:mod:`ugclu_jax.provenance`).
 
   Two runs with one seed, or a run and its resumed copy, give equal results.
   """
   out = copy.deepcopy(dict(report))
+  out.pop("provenance", None)
   for entry in out["methods"].values():
     for request in entry["requests"]:
       request.pop("seconds", None)
@@ -579,6 +597,7 @@ def markdown(report: Mapping[str, Any]) -> str:
   if mia is not None:
     lines.append(f"- MIA variant: `{mia}`")
   lines.append(f"- methods: {', '.join(_label(n) for n in order)}")
+  lines += _provenance_lines(report.get("provenance"))
   lines += [
     "",
     "Accuracies, MIA, gap, forgetting, BWT and relapse in percent; gap = mean "

@@ -42,6 +42,7 @@ from ugclu_jax import mia
 from ugclu_jax import parallel as PL
 from ugclu_jax.checkpointing import CheckpointError, Checkpointer, DamagedError, read_meta
 from ugclu_jax.models import MODELS, as_functional, get_model
+from ugclu_jax.provenance import provenance, utc_now
 from ugclu_jax.seeds import seed_for
 from ugclu_jax.steps import CURVATURES, MODES
 
@@ -349,6 +350,24 @@ def _report(header: dict, history: dict) -> dict:
   }
 
 
+def _provenance(workdir: pathlib.Path, started: str, resumed_at, num_requests: int) -> dict:
+  """The report's provenance (:mod:`ugclu_jax.provenance`). A resumed run keeps the
+  record of the invocation before it under ``earlier``; a finished run that is only
+  re-rendered keeps its record as it was."""
+  earlier = None
+  if resumed_at is not None:
+    try:
+      earlier = json.loads((workdir / "report.json").read_text()).get("provenance")
+    except (OSError, ValueError, AttributeError):
+      earlier = None
+  if earlier is not None and resumed_at == num_requests and earlier.get("finished"):
+    return earlier
+  record = provenance(started=started, resumed_at=resumed_at)
+  if earlier is not None:
+    record["earlier"] = earlier
+  return record
+
+
 def _history_to_meta(history: dict) -> dict:
   """The typed history as checkpoint metadata: numbers per request, no per-sample output."""
   return {n: [E.record_to_json(q) for q in records] for n, records in history.items()}
@@ -431,6 +450,7 @@ def _run(
   echo,
 ) -> dict:
   """:func:`run_experiment` once the run holds ``workdir``."""
+  started = utc_now()
   ckpt_dir = workdir / "checkpoints"
   skipped = []  # One line per damaged or incomplete checkpoint, logged below.
   meta = read_meta(ckpt_dir, skipped.append)
@@ -511,6 +531,9 @@ def _run(
         f"run {cfg.name}: dataset {ds.name}, model {cfg.train.model}, methods "
         f"{', '.join(method_names)}, stream {' '.join(header['stream'])}"
       )
+    header["provenance"] = _provenance(
+      workdir, started, start if meta is not None else None, len(requests)
+    )
     report = _report(header, history)
     # Newer damaged or incomplete steps and unfinished writes go; so do steps
     # from before an unlearn request (left if the run stopped before deleting them).
@@ -611,6 +634,8 @@ def _run(
         _write_json(workdir / "report.json", report)
         _delete_before_unlearn(ckpt, requests, r + 1, log)
 
+  if report["provenance"]["finished"] is None:
+    report["provenance"]["finished"] = utc_now()
   _write_json(workdir / "report.json", report)
   if render:
     _render(report, workdir, log)
