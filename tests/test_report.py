@@ -6,6 +6,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from ugclu_jax import report as rp
@@ -370,6 +371,8 @@ def test_plot_writes_pngs(tmp_path):
       "acc_matrix_ugclu.png",
       "acc_matrix_ft.png",
       "acc_matrix_retrain.png",
+      "acc_diff_ugclu.png",
+      "acc_diff_ft.png",
       "metrics_per_request.png",
       "gap_time.png",
     ]
@@ -413,7 +416,7 @@ def test_aggregate_markdown_and_plot(tmp_path):
   assert "| 7.0 ± 3.6% |" in md and "| 1.50 ± 1.00 |" in md
   assert "| — |" in md
   paths = rp.plot(agg, str(tmp_path))
-  assert len(paths) == 5
+  assert len(paths) == 7
   for p in paths:
     _assert_png(p)
 
@@ -476,3 +479,57 @@ def test_render_missing_or_invalid_report(tmp_path):
   with pytest.raises(ValueError, match="bad.*methods"):
     rp.render([str(bad)])
   assert not (bad / "report.md").exists()
+
+
+def _png_size(path):
+  """(width, height) in pixels, from the PNG's IHDR chunk."""
+  with open(path, "rb") as f:
+    head = f.read(24)
+  return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_series_breaks_where_a_metric_is_undefined():
+  # ft's forget accuracy: undefined at the two first requests, then 0.5 and 0.4.
+  xs, ys, _ = rp._series(_report(), "ft", "forget_acc")
+  assert list(xs) == [0, 1, 2, 3]
+  assert math.isnan(ys[0]) and math.isnan(ys[1]) and list(ys[2:]) == [0.5, 0.4]
+
+
+def test_accuracy_difference_by_hand():
+  report = _report()
+  mean, std = rp.accuracy_matrix(report, "ft")
+  assert mean.shape == (4, 3) and np.isnan(std).all()
+  assert mean[1, 0] == pytest.approx(0.78) and math.isnan(mean[0, 1])
+  oracle = rp.accuracy_matrix(report, "retrain")[0]
+  diff = rp.accuracy_difference(report, "ft")
+  both = ~(np.isnan(mean) | np.isnan(oracle))
+  np.testing.assert_allclose(diff[both], (mean - oracle)[both])
+  assert np.isnan(diff[~both]).all()
+  del report["methods"]["retrain"]
+  assert rp.accuracy_difference(report, "ft") is None
+
+
+def test_accuracy_colours_separate_85_from_100():
+  import matplotlib
+  from matplotlib import colors as mcolors
+
+  cmap = matplotlib.colormaps["viridis"]
+  norm = mcolors.BoundaryNorm(rp.ACC_LEVELS, cmap.N)
+  assert cmap(norm(86.0)) != cmap(norm(99.0))
+  assert cmap(norm(86.0)) != cmap(norm(91.0)) != cmap(norm(96.0))
+
+
+def test_long_streams_make_bounded_figures(tmp_path):
+  report = _report()
+  n = 300
+  report["stream"] = [("U:t0" if i % 7 == 3 else "L:t0") for i in range(n)]
+  for entry in report["methods"].values():
+    last = entry["requests"][-1]
+    entry["requests"] = [
+      {**copy.deepcopy(last), "index": i, "request": report["stream"][i]} for i in range(n)
+    ]
+  paths = rp.plot(report, str(tmp_path))
+  limit = (rp.MAX_INCHES + 1) * 100  # dpi 100, plus the padding and outside labels
+  for p in paths:
+    width, height = _png_size(p)
+    assert width <= limit + 400 and height <= limit, (p, width, height)

@@ -689,10 +689,28 @@ def _colors(order: Sequence[str]) -> dict[str, Any]:
   return out
 
 
-def _plot_acc_matrix(report: Mapping[str, Any], name: str, path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+# Colour levels of the accuracy heat maps (percent): finer near the top, so that 85 %
+# and 100 % fall in different colours.
+ACC_LEVELS = (0, 20, 40, 60, 70, 80, 85, 90, 95, 100)
+# Figures stop growing here (inches); beyond ANNOTATE_CELLS cells a heat map drops its
+# numbers, and beyond TICK_LABELS requests only every k-th request is labelled.
+MAX_INCHES = 24.0
+ANNOTATE_CELLS = 400
+TICK_LABELS = 40
 
-  agg = _is_aggregated(report)
+
+def _capped(inches: float) -> float:
+  return min(inches, MAX_INCHES)
+
+
+def _every(n: int) -> int:
+  """The label stride that keeps at most TICK_LABELS of ``n`` tick labels."""
+  return max(1, -(-n // TICK_LABELS))
+
+
+def accuracy_matrix(report: Mapping[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
+  """``(mean, std)``: method ``name``'s test accuracy per request (rows) and task (columns),
+  NaN where undefined (``std`` NaN without seeds to aggregate)."""
   reqs = _requests(report["methods"][name])
   n_tasks = max(_n_tasks(report), 1)
   mean = np.full((max(len(reqs), 1), n_tasks), np.nan)
@@ -706,47 +724,111 @@ def _plot_acc_matrix(report: Mapping[str, Any], name: str, path: str) -> None:
       mean[r, t] = np.nan if v is None else v
       s = _num(acc_std[t]) if t < len(acc_std) else None
       std[r, t] = np.nan if s is None else s
-  fig = _new_figure(1.2 + 0.9 * n_tasks * (1.3 if agg else 1.0), 1.2 + 0.45 * mean.shape[0])
-  ax = fig.add_subplot()
-  cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
-  image = ax.imshow(
-    np.ma.masked_invalid(100.0 * mean), cmap=cmap, vmin=0.0, vmax=100.0, aspect="auto"
+  return mean, std
+
+
+def accuracy_difference(report: Mapping[str, Any], name: str) -> np.ndarray | None:
+  """Method ``name``'s accuracy matrix minus the oracle's (:func:`accuracy_matrix`),
+  NaN where either is undefined; None without an oracle."""
+  if ORACLE not in report["methods"]:
+    return None
+  mine, oracle = accuracy_matrix(report, name)[0], accuracy_matrix(report, ORACLE)[0]
+  if mine.shape != oracle.shape:
+    return None
+  return mine - oracle
+
+
+def _heat_map(fig, ax, values, std, *, cmap, norm, fmt, light) -> None:
+  """Draws ``values`` (percent) with its colour bar; numbers in small grids only."""
+  image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
+  rows, cols = values.shape
+  if rows * cols <= ANNOTATE_CELLS:
+    for r in range(rows):
+      for t in range(cols):
+        if np.isnan(values[r, t]):
+          continue
+        text = fmt(values[r, t]) + ("" if np.isnan(std[r, t]) else f"±{std[r, t]:.1f}")
+        color = "black" if light(values[r, t]) else "white"
+        ax.text(t, r, text, ha="center", va="center", fontsize=8, color=color)
+  fig.colorbar(image, ax=ax, fraction=0.05)
+
+
+def _matrix_axes(report, name, ax, rows: int, cols: int) -> None:
+  reqs = _requests(report["methods"][name])
+  k = _every(rows)
+  ax.set_xticks(range(cols), [f"t{t}" for t in range(cols)])
+  ax.set_yticks(
+    range(0, len(reqs), k), [f"{q.get('index')} {q.get('request', '?')}" for q in reqs[::k]]
   )
-  for r in range(mean.shape[0]):
-    for t in range(n_tasks):
-      if np.isnan(mean[r, t]):
-        continue
-      text = f"{100 * mean[r, t]:.1f}"
-      if agg and not np.isnan(std[r, t]):
-        text += f"±{100 * std[r, t]:.1f}"
-      ax.text(
-        t,
-        r,
-        text,
-        ha="center",
-        va="center",
-        fontsize=8,
-        color="black" if mean[r, t] > 0.6 else "white",
-      )
-  ax.set_xticks(range(n_tasks), [f"t{t}" for t in range(n_tasks)])
-  ax.set_yticks(range(len(reqs)), [f"{q.get('index')} {q.get('request', '?')}" for q in reqs])
   ax.set_xlabel("task")
   ax.set_ylabel("request")
+
+
+def _matrix_figure(rows: int, cols: int, agg: bool):
+  return _new_figure(_capped(1.2 + 0.9 * cols * (1.3 if agg else 1.0)), _capped(1.2 + 0.45 * rows))
+
+
+def _plot_acc_matrix(report: Mapping[str, Any], name: str, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
+
+  agg = _is_aggregated(report)
+  mean, std = accuracy_matrix(report, name)
+  fig = _matrix_figure(*mean.shape, agg)
+  ax = fig.add_subplot()
+  cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
+  norm = mcolors.BoundaryNorm(ACC_LEVELS, cmap.N)
+  _heat_map(
+    fig,
+    ax,
+    100.0 * mean,
+    100.0 * std,
+    cmap=cmap,
+    norm=norm,
+    fmt=lambda v: f"{v:.1f}",
+    light=lambda v: v > 60,
+  )
+  _matrix_axes(report, name, ax, *mean.shape)
   ax.set_title(f"{_label(name)}: test accuracy (%)" + (" mean±std" if agg else ""), fontsize=9)
-  fig.colorbar(image, ax=ax, fraction=0.05)
+  _save(fig, path)
+
+
+def _plot_acc_difference(report: Mapping[str, Any], name: str, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
+
+  diff = 100.0 * accuracy_difference(report, name)
+  fig = _matrix_figure(*diff.shape, False)
+  ax = fig.add_subplot()
+  cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.8")
+  span = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 0.0
+  span = max(5.0, span)
+  _heat_map(
+    fig,
+    ax,
+    diff,
+    np.full_like(diff, np.nan),
+    cmap=cmap,
+    norm=mcolors.Normalize(vmin=-span, vmax=span),
+    fmt=lambda v: f"{v:+.1f}",
+    light=lambda v: abs(v) < 0.6 * span,
+  )
+  _matrix_axes(report, name, ax, *diff.shape)
+  ax.set_title(f"{_label(name)} minus the oracle: test accuracy (points)", fontsize=9)
   _save(fig, path)
 
 
 def _series(report: Mapping[str, Any], name: str, key: str) -> tuple[np.ndarray, ...]:
-  """Request indices, means and stds where ``key`` is defined for method ``name``."""
+  """Request indices, means and stds of ``key`` for method ``name``: every request,
+  NaN where ``key`` is undefined, so that a line breaks there instead of joining its
+  neighbours."""
   xs, ys, ss = [], [], []
   for i, req in enumerate(_requests(report["methods"][name])):
     v = _metric(req, key)
-    if v is not None:
-      xs.append(req.get("index", i))
-      ys.append(v)
-      s = _std_metric(req, key)
-      ss.append(np.nan if s is None else s)
+    s = _std_metric(req, key)
+    xs.append(req.get("index", i))
+    ys.append(np.nan if v is None else v)
+    ss.append(np.nan if s is None else s)
   return np.asarray(xs, float), np.asarray(ys, float), np.asarray(ss, float)
 
 
@@ -755,13 +837,16 @@ def _plot_metrics_per_request(report: Mapping[str, Any], path: str) -> None:
   order = _method_order(report)
   colors = _colors(order)
   stream = list(report["stream"])
-  fig = _new_figure(max(8.0, 0.6 * len(stream) + 6.0), 6.5)
+  fig = _new_figure(_capped(max(8.0, 0.6 * len(stream) + 6.0)), 6.5)
   axes = fig.subplots(2, 2, sharex=True).ravel()
   fig.subplots_adjust(hspace=0.2, wspace=0.25, top=0.9)
   for ax, (key, title) in zip(axes, _PANELS):
+    for i, token in enumerate(stream):
+      if token.startswith("U:"):
+        ax.axvspan(i - 0.5, i + 0.5, color="0.9", linewidth=0, zorder=0)
     for name in order:
       xs, ys, ss = _series(report, name, key)
-      if not xs.size:
+      if not np.isfinite(ys).any():
         continue
       oracle = name == ORACLE
       ax.plot(
@@ -769,7 +854,7 @@ def _plot_metrics_per_request(report: Mapping[str, Any], path: str) -> None:
         100 * ys,
         color=colors[name],
         linestyle="--" if oracle else "-",
-        marker="o",
+        marker="o" if len(stream) <= TICK_LABELS else None,
         markersize=3,
         linewidth=2.0 if oracle else 1.2,
         label=_label(name),
@@ -783,9 +868,12 @@ def _plot_metrics_per_request(report: Mapping[str, Any], path: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.set_ylabel("%")
     ax.grid(alpha=0.3)
+  k = _every(len(stream))
   for ax in axes[2:]:
-    ax.set_xticks(range(len(stream)), [f"{i}\n{t}" for i, t in enumerate(stream)], fontsize=7)
-    ax.set_xlabel("request")
+    ax.set_xticks(
+      range(0, len(stream), k), [f"{i}\n{stream[i]}" for i in range(0, len(stream), k)], fontsize=7
+    )
+    ax.set_xlabel("request (grey: unlearn)")
   handles, labels = axes[0].get_legend_handles_labels()
   for ax in axes[1:]:
     for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -840,18 +928,23 @@ def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
   """Draws a report's figures as PNG files.
 
   Writes ``acc_matrix_<method>.png`` (a heat map of test accuracy per task and
-  request, undefined cells grey, values annotated), ``metrics_per_request.png``
-  (FA, RA, TA and MIA against the request index, one line per method, the
-  oracle dashed black) and ``gap_time.png`` (the mean ``avg_gap`` over unlearn
-  requests and the total time per method). Aggregated reports get
-  ``mean±std`` annotations, bands and error bars.
+  request, undefined cells grey, values annotated; colour levels :data:`ACC_LEVELS`,
+  finer near 100 %), ``acc_diff_<method>.png`` for every method but the oracle when
+  there is one (the method's matrix minus the oracle's, in points, on a diverging
+  scale), ``metrics_per_request.png`` (FA, RA, TA and MIA against the request index,
+  one line per method, the oracle dashed black, broken where a metric is undefined,
+  unlearn requests shaded) and ``gap_time.png`` (the mean ``avg_gap`` over unlearn
+  requests and the total time per method). Aggregated reports get ``mean±std``
+  annotations, bands and error bars. Figures stop growing at :data:`MAX_INCHES`;
+  long streams get fewer labels and heat maps without numbers.
 
   Args:
     report: a report.json dict, or an aggregated report (:func:`aggregate`).
     out_dir: the folder to write into (created if needed).
 
   Returns:
-    The paths written, heat maps first (methods in table order).
+    The paths written: accuracy heat maps, then difference maps (methods in table
+    order), then the two summary figures.
   """
   _check_report(report, "plot")
   order = _method_order(report)
@@ -864,6 +957,11 @@ def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
     path = os.path.join(out_dir, f"acc_matrix_{stem}.png")
     _plot_acc_matrix(report, name, path)
     paths.append(path)
+  for name, stem in zip(order, stems):
+    if name != ORACLE and accuracy_difference(report, name) is not None:
+      path = os.path.join(out_dir, f"acc_diff_{stem}.png")
+      _plot_acc_difference(report, name, path)
+      paths.append(path)
   path = os.path.join(out_dir, "metrics_per_request.png")
   _plot_metrics_per_request(report, path)
   paths.append(path)
