@@ -133,10 +133,11 @@ def draw_streams(n: int, *, tasks, num_classes: int, length: int, stream_seed: i
   ]
 
 
-def _finished(workdir: pathlib.Path, cfg) -> bool:
-  """Whether ``workdir`` holds a finished run of ``cfg``; a ValueError if of another config."""
+def _finished(workdir: pathlib.Path, cfg, plots: bool = False) -> bool:
+  """Whether ``workdir`` holds a finished run of ``cfg`` (rendered too, with ``plots``); a
+  ValueError if of another config."""
   path = workdir / "report.json"
-  if not (path.is_file() and (workdir / "report.md").is_file()):
+  if not path.is_file() or (plots and not (workdir / "report.md").is_file()):
     return False
   report = json.loads(path.read_text())
   if report.get("config") != C.to_dict(cfg):
@@ -375,7 +376,7 @@ def main(argv=None) -> int:
       label = f"[{len(runs) + len(failed) + 1}/{total}] s{i} seed {seed}"
       cfg = C.apply_overrides(base, [f"seed={seed}", f"stream={stream}"])
       try:
-        finished = _finished(workdir, cfg)
+        finished = _finished(workdir, cfg, args.plots)
         if finished:
           print(f"{label}: finished before, skipped")
         else:
