@@ -793,11 +793,11 @@ def _plot_acc_matrix(report: Mapping[str, Any], name: str, path: str) -> None:
   _save(fig, path)
 
 
-def _plot_acc_difference(report: Mapping[str, Any], name: str, path: str) -> None:
+def _plot_acc_difference(report: Mapping[str, Any], name: str, diff: np.ndarray, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
 
-  diff = 100.0 * accuracy_difference(report, name)
+  diff = 100.0 * diff
   fig = _matrix_figure(*diff.shape, False)
   ax = fig.add_subplot()
   cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.8")
@@ -958,9 +958,10 @@ def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
     _plot_acc_matrix(report, name, path)
     paths.append(path)
   for name, stem in zip(order, stems):
-    if name != ORACLE and accuracy_difference(report, name) is not None:
+    diff = None if name == ORACLE else accuracy_difference(report, name)
+    if diff is not None:
       path = os.path.join(out_dir, f"acc_diff_{stem}.png")
-      _plot_acc_difference(report, name, path)
+      _plot_acc_difference(report, name, diff, path)
       paths.append(path)
   path = os.path.join(out_dir, "metrics_per_request.png")
   _plot_metrics_per_request(report, path)
