@@ -18,6 +18,8 @@ Measured, on the mean softmax cross-entropy of one batch (train-mode forward):
 * ``hvp_fwd_over_rev``: :math:`H v` by :func:`ugclu_jax.hvp` (``jax.jvp`` of ``jax.grad``);
 * ``hvp_rev_over_rev``: :math:`H v = \nabla_\theta \langle \nabla L(\theta), v \rangle`;
 * ``ggn_vp``: :math:`G v` by :func:`ugclu_jax.ggn_vp`;
+* ``fisher_batch``: :func:`ugclu_jax.fisher_diagonal` over 8 stacked batches
+  (one ``lax.scan``), per batch;
 * ``sgd_step``: one jitted ``optax.sgd`` (momentum 0.9) training step (the
   baseline of the second group);
 * ``remain_step``: one remain (preserve) step of :func:`ugclu_jax.make_steps`,
@@ -52,12 +54,15 @@ import optax
 from flax import nnx
 
 import ugclu_jax as ug
+from ugclu_jax.host import keep_freed_host_memory
 from ugclu_jax.models import as_functional, count_params, get_model
 
 NUM_CLASSES = 10
 INPUT_SHAPES = {"mlp": (28, 28, 1), "cnn": (28, 28, 1), "resnet18": (32, 32, 3)}
 QUICK_INPUT_SHAPES = {"mlp": (8, 8, 1), "cnn": (8, 8, 1), "resnet18": (8, 8, 3)}
 LEARNING_RATE = 0.01
+HOST_MEMORY_KEPT = False  # set at start-up by __main__ (a library caller leaves malloc alone)
+FISHER_BATCHES = 8  # batches of one fisher_diagonal call (a lax.scan over them)
 # --quick checks the harness, not speed: on CPU, the small models' unoptimised XLA
 # code without the fusion emitters compiles about 3x faster. (ResNet-18's compiles
 # no faster and runs 20-30x slower, so it keeps the default options.)
@@ -81,6 +86,12 @@ RATIOS = (
     "Hessian-vector product by jax.grad of <jax.grad(L), v>, in gradients",
   ),
   ("ggn_vp", "ggn_vp", "grad", "Gauss-Newton vector product by ugclu_jax.ggn_vp, in gradients"),
+  (
+    "fisher_batch",
+    "fisher_batch",
+    "grad",
+    f"one batch of ugclu_jax.fisher_diagonal (a lax.scan over {FISHER_BATCHES}), in gradients",
+  ),
   (
     "remain_step",
     "remain_step",
@@ -116,6 +127,7 @@ _DESCRIPTIONS = {
   "hvp_fwd_over_rev": "HVP forward-over-reverse",
   "hvp_rev_over_rev": "HVP reverse-over-reverse",
   "ggn_vp": "GGN-vector product",
+  "fisher_batch": "Fisher diagonal, per scanned batch",
   "sgd_step": "plain SGD step (optax.sgd)",
   "remain_step": "remain step (make_steps)",
   "fast_slow_iteration": "fast_slow iteration (target+remain)",
@@ -132,11 +144,13 @@ class _Case(NamedTuple):
     run: performs one unit of work and returns its outputs (to block on).
     compile_s: wall seconds spent tracing, lowering and compiling each of its
       programs, in call order.
+    units: units of work one call performs (its time is divided by them).
   """
 
   name: str
   run: Callable[[], Any]
   compile_s: tuple[float, ...]
+  units: int = 1
 
 
 def _aot_compile(
@@ -271,6 +285,10 @@ def _build_cases(
   rng = np.random.default_rng(seed)
   target = _random_batch(rng, batch_size, input_shape)
   remain = _random_batch(rng, batch_size, input_shape)
+  stacked = jax.tree.map(
+    lambda *b: jnp.stack(b),
+    *[_random_batch(rng, batch_size, input_shape) for _ in range(FISHER_BATCHES)],
+  )
   v = _random_like(rng, params)
   saliency = _random_like(rng, params, p=0.5)
 
@@ -280,6 +298,9 @@ def _build_cases(
 
   def grad_fn(p, ms, batch):
     return jax.grad(mean_ce)(p, ms, batch)
+
+  def fisher(p, ms, batches):
+    return ug.fisher_diagonal(lambda q, b: mean_ce(q, ms, b), p, batches)
 
   def hvp_fwd_rev(p, ms, batch, v):
     return ug.hvp(lambda q: mean_ce(q, ms, batch), p, v)
@@ -347,6 +368,9 @@ def _build_cases(
     _stateless_case("hvp_fwd_over_rev", hvp_fwd_rev, params, model_state, remain, v, **opts),
     _stateless_case("hvp_rev_over_rev", hvp_rev_rev, params, model_state, remain, v, **opts),
     _stateless_case("ggn_vp", ggn, params, model_state, remain, v, **opts),
+    _stateless_case("fisher_batch", fisher, params, model_state, stacked, **opts)._replace(
+      units=FISHER_BATCHES
+    ),
     _threaded_case("sgd_step", sgd_prog[0], sgd_state, sgd_prog[1]),
     _threaded_case("fast_slow_iteration", fs_prog[0], first, fs_prog[1]),
     # The remain step alone reuses the fast_slow case's compiled remain step.
@@ -372,8 +396,8 @@ def _measure(
     shift = r % len(cases)
     for case in list(cases[shift:]) + list(cases[:shift]):
       w, c = _seconds_per_call(case.run, calls[case.name])
-      wall[case.name].append(w)
-      cpu[case.name].append(c)
+      wall[case.name].append(w / case.units)
+      cpu[case.name].append(c / case.units)
   return {
     name: {
       "median_ms": 1e3 * statistics.median(s),
@@ -464,6 +488,8 @@ def _environment(batch_size: int) -> dict[str, Any]:
     "cpu_count": os.cpu_count(),
     "batch": batch_size,
     "load_average_start": _load_average(),
+    # ugclu_jax.host.keep_freed_host_memory applied at start-up (the command line's default).
+    "host_memory_kept": HOST_MEMORY_KEPT,
   }
 
 
@@ -482,7 +508,8 @@ def _format_table(results: dict[str, Any]) -> str:
     f"devices: {', '.join(env['devices'])}  (backend {env['backend']}, {env['cpu_count']} CPUs)",
     f"jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, "
     f"optax {env['optax']}; batch {env['batch']}, repeats {results['repeats']}; "
-    f"load average {env['load_average_start']} -> {env.get('load_average_end')}",
+    f"load average {env['load_average_start']} -> {env.get('load_average_end')}; "
+    f"freed host memory kept: {env.get('host_memory_kept')}",
     "",
   ]
   header = (
@@ -628,4 +655,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+  HOST_MEMORY_KEPT = keep_freed_host_memory()
   main()

@@ -39,6 +39,7 @@ from ugclu_jax import data as D
 from ugclu_jax import methods as MT
 from ugclu_jax import report as R
 from ugclu_jax import runner
+from ugclu_jax.host import keep_freed_host_memory
 
 ORACLE = R.ORACLE
 
@@ -429,4 +430,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  keep_freed_host_memory()  # before JAX starts its threads, as python -m ugclu_jax does
   sys.exit(main())

@@ -15,6 +15,7 @@ _RATIO_KEYS = {
   "hvp_fwd_over_rev",
   "hvp_rev_over_rev",
   "ggn_vp",
+  "fisher_batch",
   "remain_step",
   "fast_slow_iteration",
   "hvp_fused_step",
@@ -26,6 +27,7 @@ _TIMED = {
   "hvp_fwd_over_rev",
   "hvp_rev_over_rev",
   "ggn_vp",
+  "fisher_batch",
   "sgd_step",
   "remain_step",
   "fast_slow_iteration",
@@ -110,3 +112,13 @@ def test_bad_arguments_exit_before_any_work(bench, argv, tmp_path):
   with pytest.raises(SystemExit):
     bench.main([*argv, "--quick", "--out", str(out)])
   assert not out.exists()
+
+
+def test_a_case_of_several_units_is_timed_per_unit(monkeypatch):
+  bench = _load_bench()
+  monkeypatch.setattr(bench, "_seconds_per_call", lambda run, n: (0.8, 1.6))
+  cases = [bench._Case("one", lambda: None, (0.0,)), bench._Case("eight", lambda: None, (0.0,), 8)]
+  times = bench._measure(cases, repeats=2, min_time=0.0, max_calls=1)
+  assert times["one"]["median_ms"] == pytest.approx(800.0)
+  assert times["eight"]["median_ms"] == pytest.approx(100.0)
+  assert times["eight"]["cpu_median_ms"] == pytest.approx(200.0)

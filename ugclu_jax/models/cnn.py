@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ugclu_jax.models.conv import conv_general_dilated
+
 # Two 2x2 max-pools with floor division: the input must be at least 4x4.
 _MIN_SIZE = 4
 
@@ -22,7 +24,8 @@ def _max_pool_2x2(x: jax.Array) -> jax.Array:
 class SmallCNN(nnx.Module):
   """Conv32-ReLU-MaxPool, Conv64-ReLU-MaxPool, Dense128-ReLU, Dense(num_classes).
 
-  Convolutions are 3x3 with ``SAME`` padding; the 2x2 max-pools (stride 2) halve
+  Convolutions are 3x3 with ``SAME`` padding (on CPU their kernel gradient is a
+  patch GEMM, :mod:`ugclu_jax.models.conv`); the 2x2 max-pools (stride 2) halve
   the spatial size with floor division, so a 28x28 input reaches the dense
   layers as 7x7x64 and an 8x8 input (scikit-learn digits) as 2x2x64. The spatial
   size is fixed at construction (``input_size``, minimum 4x4) because it sets
@@ -63,8 +66,9 @@ class SmallCNN(nnx.Module):
       )
     self.input_shape = (height, width, in_channels)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.conv1 = nnx.Conv(in_channels, 32, kernel_size=(3, 3), padding="SAME", **kw)
-    self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), padding="SAME", **kw)
+    conv = dict(kernel_size=(3, 3), padding="SAME", conv_general_dilated=conv_general_dilated, **kw)
+    self.conv1 = nnx.Conv(in_channels, 32, **conv)
+    self.conv2 = nnx.Conv(32, 64, **conv)
     flat = (height // 4) * (width // 4) * 64
     self.dense = nnx.Linear(flat, 128, **kw)
     self.head = nnx.Linear(128, num_classes, **kw)
