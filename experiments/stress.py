@@ -24,13 +24,11 @@ they are compared and paired on the same runs; the oracle of both must agree.
 
 import argparse
 import json
-import os
 import pathlib
 import shlex
 import sys
 import time
 
-import jax
 import numpy as np
 from scipy import stats
 
@@ -39,7 +37,7 @@ from ugclu_jax import data as D
 from ugclu_jax import methods as MT
 from ugclu_jax import report as R
 from ugclu_jax import runner
-from ugclu_jax.host import keep_freed_host_memory
+from ugclu_jax.host import keep_freed_host_memory, use_compilation_cache
 
 ORACLE = R.ORACLE
 
@@ -344,12 +342,8 @@ def stress_table(runs, *, command: str, wall_seconds: float, failed=(), merged=(
 def main(argv=None) -> int:
   args = _args(sys.argv[1:] if argv is None else argv)
   start = time.perf_counter()
-  if not jax.config.jax_compilation_cache_dir:
-    # As `python -m ugclu_jax run`: every run reuses the compiled steps of the others.
-    jax.config.update(
-      "jax_compilation_cache_dir",
-      os.path.join(os.path.expanduser("~"), ".cache", "ugclu_jax", "xla"),
-    )
+  # As `python -m ugclu_jax run`: every run reuses the compiled steps of the others.
+  use_compilation_cache()
   command = " ".join(
     shlex.quote(a)
     for a in ["python", "experiments/stress.py", *(sys.argv[1:] if argv is None else argv)]

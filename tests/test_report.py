@@ -37,6 +37,7 @@ def _req(
     "index": index,
     "request": token,
     "seconds": seconds,
+    "compile_seconds": 0.25,
     "metrics": {
       "forget_acc": fa,
       "remain_acc": ra,
@@ -287,6 +288,8 @@ def test_summary_hand_values():
   assert s["ugclu"]["bwt"] == pytest.approx(-0.04)
   assert s["ugclu"]["relapse"] is None
   assert s["ugclu"]["seconds"] == pytest.approx(4.25)
+  n_requests = len(_report()["methods"]["ugclu"]["requests"])
+  assert s["ugclu"]["compile_seconds"] == pytest.approx(0.25 * n_requests)
   assert s["ugclu"]["steps"] == 28 and s["ugclu"]["grad_evals"] == 56
   assert s["ugclu"]["hvp_evals"] is None
   # ft: relapse defined on one request only; final values from the last request.
@@ -296,17 +299,18 @@ def test_summary_hand_values():
   assert s["retrain"]["avg_gap"] == 0.0
 
 
-def test_without_timings_drops_only_the_seconds():
+def test_without_timings_drops_only_the_timings():
   report = _report()
   before = copy.deepcopy(report)
   stripped = rp.without_timings(report)
   assert report == before  # the input is untouched
   for name, entry in stripped["methods"].items():
     for got, want in zip(entry["requests"], report["methods"][name]["requests"]):
-      assert "seconds" not in got
-      assert got == {k: v for k, v in want.items() if k != "seconds"}
+      assert "seconds" not in got and "compile_seconds" not in got
+      assert got == {k: v for k, v in want.items() if k not in rp.TIMING_KEYS}
   changed = copy.deepcopy(report)
   changed["methods"]["ugclu"]["requests"][0]["seconds"] += 1.0
+  changed["methods"]["ugclu"]["requests"][1]["compile_seconds"] += 3.0
   assert rp.without_timings(changed) == stripped
   changed["methods"]["ugclu"]["requests"][0]["metrics"]["remain_acc"] = 0.0
   assert rp.without_timings(changed) != stripped

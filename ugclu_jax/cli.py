@@ -112,14 +112,10 @@ def _resume_command(args) -> str:
 
 
 def _run(args) -> None:
-  import jax
+  from ugclu_jax.host import use_compilation_cache
 
-  if not jax.config.jax_compilation_cache_dir:
-    # Reuse compiled steps across runs (JAX_COMPILATION_CACHE_DIR overrides).
-    jax.config.update(
-      "jax_compilation_cache_dir",
-      os.path.join(os.path.expanduser("~"), ".cache", "ugclu_jax", "xla"),
-    )
+  # Reuse compiled steps across runs (JAX_COMPILATION_CACHE_DIR overrides).
+  use_compilation_cache()
   from ugclu_jax import config as C
   from ugclu_jax import runner
 
@@ -150,6 +146,15 @@ def _audit(args) -> None:
 
 
 COMMANDS = {"run": _run, "report": _report, "audit": _audit}
+
+
+def entry() -> None:
+  """Process entry point (`python -m ugclu_jax`, `ugclu-jax`): host memory, then main."""
+  from ugclu_jax.host import keep_freed_host_memory
+
+  # Before JAX starts its threads: XLA's per-call host buffers stay in the process.
+  keep_freed_host_memory()
+  sys.exit(main())
 
 
 def main(argv=None) -> int:

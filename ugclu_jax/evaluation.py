@@ -362,6 +362,7 @@ def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
         "index": q.index,
         "request": q.request,
         "seconds": round(q.cost.seconds, 3),
+        "compile_seconds": round(q.cost.compile_seconds, 3),
         "metrics": metrics,
         "acc_per_task": list(q.acc_per_task),
         "collapsed": q.collapsed,

@@ -18,6 +18,7 @@ turns it off). The cost: the process keeps its peak host memory until it exits.
 
 import ctypes
 import ctypes.util
+import importlib.util
 import os
 import platform
 
@@ -51,3 +52,75 @@ def keep_freed_host_memory() -> bool:
   ok &= libc.mallopt(_M_TRIM_THRESHOLD, _LARGEST) == 1
   ok &= libc.mallopt(_M_ARENA_MAX, 1) == 1
   return bool(ok)
+
+
+# JAX's monitoring events for the work of turning a traced function into an executable:
+# tracing, lowering, XLA compilation, or loading it from the persistent cache instead.
+COMPILE_EVENTS = frozenset(
+  {
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+    "/jax/compilation_cache/cache_retrieval_time_sec",
+  }
+)
+
+
+class CompileClock:
+  """Seconds JAX spends compiling while the clock runs (a context manager).
+
+  Sums the durations of :data:`COMPILE_EVENTS` that ``jax.monitoring`` reports
+  between ``__enter__`` and ``__exit__``, from any thread::
+
+    with CompileClock() as clock:
+      train()
+    run_seconds = wall_seconds - clock.seconds
+  """
+
+  def __init__(self):
+    self.seconds = 0.0
+    self._listening = False
+
+  def _listen(self, event: str, duration: float, **kwargs) -> None:
+    del kwargs
+    if event in COMPILE_EVENTS:
+      self.seconds += float(duration)
+
+  def __enter__(self) -> "CompileClock":
+    import jax.monitoring  # here: the module stays importable without JAX
+
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    self._listening = True
+    return self
+
+  def __exit__(self, *exc) -> None:
+    import jax.monitoring
+
+    if self._listening:
+      jax.monitoring.unregister_event_duration_listener(self._listen)
+      self._listening = False
+
+
+CACHE_DIR = os.path.join("~", ".cache", "ugclu_jax", "xla")
+CACHE_MAX_BYTES = 2 * 2**30
+
+
+def use_compilation_cache(directory: str = CACHE_DIR, max_bytes: int = CACHE_MAX_BYTES) -> str:
+  """Turns on JAX's persistent compilation cache, unless the environment chose one.
+
+  Compiled steps are then shared by every later run on this machine. Where neither
+  ``JAX_COMPILATION_CACHE_DIR`` nor ``jax.config`` names a directory, the cache
+  goes to ``directory`` (``~`` expanded); where no size limit is set, JAX deletes
+  the least recently used entries beyond ``max_bytes`` (JAX needs the ``filelock``
+  package for that; without it the cache is not capped).
+
+  Returns:
+    The cache directory in use.
+  """
+  import jax
+
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+  if jax.config.jax_compilation_cache_max_size == -1 and importlib.util.find_spec("filelock"):
+    jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
+  return jax.config.jax_compilation_cache_dir

@@ -583,16 +583,19 @@ class Cost(NamedTuple):
   """Compute spent on one request.
 
   Attributes:
-    seconds: wall-clock seconds (after ``block_until_ready``).
+    seconds: wall-clock seconds (after ``block_until_ready``), compilation excluded.
     steps: optimizer steps.
     grad_evals: gradient evaluations (one per batch gradient).
     hvp_evals: Hessian-vector-product evaluations.
+    compile_seconds: seconds spent tracing, lowering and compiling (or loading
+      from the persistent compilation cache) during the request.
   """
 
   seconds: float = 0.0
   steps: int = 0
   grad_evals: int = 0
   hvp_evals: int = 0
+  compile_seconds: float = 0.0
 
   def add(self, other: "Cost") -> "Cost":
     """Field-wise sum (``+`` on a NamedTuple would concatenate)."""

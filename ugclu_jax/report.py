@@ -45,6 +45,7 @@ SUMMARY_KEYS = (
   "bwt",
   "relapse",
   "seconds",
+  "compile_seconds",
   "steps",
   "grad_evals",
   "hvp_evals",
@@ -65,6 +66,8 @@ _FRACTION_METRICS = frozenset(
   }
 )
 _COUNT_KEYS = ("steps", "grad_evals", "hvp_evals")
+# A request's wall-clock fields: training time without compilation, and compilation.
+TIMING_KEYS = ("seconds", "compile_seconds")
 _REQUEST_COLUMNS = (
   ("FA", "forget_acc"),
   ("RA", "remain_acc"),
@@ -80,6 +83,7 @@ _SUMMARY_HEADERS = (
   ("BWT (final)", "bwt"),
   ("relapse (mean)", "relapse"),
   ("time (s)", "seconds"),
+  ("compile (s)", "compile_seconds"),
   ("steps", "steps"),
   ("grad evals", "grad_evals"),
   ("HVP evals", "hvp_evals"),
@@ -245,6 +249,7 @@ def _summarize_method(entry: Mapping[str, Any]) -> dict[str, float | None]:
     "bwt": _metric(last, "bwt"),
     "relapse": _mean([_metric(r, "relapse") for r in reqs]),
     "seconds": _total([_num(r.get("seconds")) for r in reqs]),
+    "compile_seconds": _total([_num(r.get("compile_seconds")) for r in reqs]),
   }
   for key in _COUNT_KEYS:
     out[key] = _total([_metric(r, key) for r in reqs])
@@ -268,8 +273,8 @@ def _provenance_lines(record) -> list[str]:
 
 
 def without_timings(report: Mapping[str, Any]) -> dict[str, Any]:
-  """A deep copy of ``report`` without its wall-clock fields: ``seconds`` and the
-  ``provenance`` record (:mod:`ugclu_jax.provenance`).
+  """A deep copy of ``report`` without its wall-clock fields: ``seconds``,
+  ``compile_seconds`` and the ``provenance`` record (:mod:`ugclu_jax.provenance`).
 
   Two runs with one seed, or a run and its resumed copy, give equal results.
   """
@@ -277,8 +282,9 @@ def without_timings(report: Mapping[str, Any]) -> dict[str, Any]:
   out.pop("provenance", None)
   for entry in out["methods"].values():
     for request in entry["requests"]:
-      request.pop("seconds", None)
-      request.pop("seconds_std", None)
+      for key in TIMING_KEYS:
+        request.pop(key, None)
+        request.pop(f"{key}_std", None)
   return out
 
 
@@ -291,7 +297,8 @@ def summary(report: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
     ``U:...``) where it is defined;
   * ``avg_acc``, ``forgetting``, ``bwt``: their values after the last request;
   * ``relapse``: the mean over the requests where it is defined;
-  * ``seconds``, ``steps``, ``grad_evals``, ``hvp_evals``: totals over requests.
+  * ``seconds`` (training, compilation excluded), ``compile_seconds``, ``steps``,
+    ``grad_evals``, ``hvp_evals``: totals over requests.
 
   Each is ``None`` where undefined. For an aggregated report (:func:`aggregate`)
   the values are the means over seeds of the per-seed summaries.
@@ -362,6 +369,7 @@ def _aggregate_request(reqs: Sequence[Mapping[str, Any]], index: int) -> dict[st
   for k in keys:
     metrics[k], metrics_std[k] = _mean_std([r.get("metrics", {}).get(k) for r in reqs])
   seconds, seconds_std = _mean_std([r.get("seconds") for r in reqs])
+  compile_s, compile_std = _mean_std([r.get("compile_seconds") for r in reqs])
   width = max(len(r.get("acc_per_task", [])) for r in reqs)
   acc, acc_std = [], []
   for t in range(width):
@@ -373,6 +381,8 @@ def _aggregate_request(reqs: Sequence[Mapping[str, Any]], index: int) -> dict[st
     "request": reqs[0].get("request"),
     "seconds": seconds,
     "seconds_std": seconds_std,
+    "compile_seconds": compile_s,
+    "compile_seconds_std": compile_std,
     "metrics": metrics,
     "metrics_std": metrics_std,
     "acc_per_task": acc,
@@ -458,7 +468,7 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def _fmt_number(x: float, key: str) -> str:
   if key in _FRACTION_METRICS:
     return f"{100.0 * x:.1f}"
-  if key == "seconds":
+  if key in TIMING_KEYS:
     return f"{x:.2f}"
   if key in _COUNT_KEYS:
     return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"

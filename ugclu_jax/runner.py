@@ -40,6 +40,7 @@ from ugclu_jax import metrics as M
 from ugclu_jax import methods as MT
 from ugclu_jax import mia
 from ugclu_jax import parallel as PL
+from ugclu_jax.host import CompileClock
 from ugclu_jax.checkpointing import CheckpointError, Checkpointer, DamagedError, read_meta
 from ugclu_jax.models import MODELS, as_functional, get_model
 from ugclu_jax.provenance import provenance, utc_now
@@ -587,20 +588,21 @@ def _run(
           ctx = dataclasses.replace(ctx, progress=bar.update)
           t0 = time.perf_counter()
           run = method.learn if req.kind == "learn" else method.unlearn
-          states[name], cost = run(states[name], ctx)
-          seconds = time.perf_counter() - t0
+          with CompileClock() as clock:
+            states[name], cost = run(states[name], ctx)
+          seconds = time.perf_counter() - t0 - clock.seconds
 
         # --- Evaluate ----------------------------------------------------------------
         q = records[name] = E.evaluate(
           model_outputs(states[name]),
           sets,
-          M.Cost(seconds, cost.steps, cost.grad_evals, cost.hvp_evals),
+          M.Cost(seconds, cost.steps, cost.grad_evals, cost.hvp_evals, clock.seconds),
           tasks=tasks,
           mia_variant=cfg.mia_variant,
           seed=seed,
         )
         log(
-          f"[{r}] {req.token:<10} {name:<14} {seconds:7.1f}s  "
+          f"[{r}] {req.token:<10} {name:<14} {seconds:7.1f}s (+{clock.seconds:.1f}s compile)  "
           + "  ".join(
             f"{k}={getattr(q, k):.3f}"
             for k in ("forget_acc", "remain_acc", "test_acc", "mia_efficacy")
