@@ -43,3 +43,44 @@ def test_freed_blocks_stay_in_the_process():
   # 100 MB faulted in anew on every call (4 KiB pages) without, almost nothing with.
   assert system_faults > 10_000
   assert faults < system_faults / 10
+
+
+_CACHE_PROBE = r"""
+import sys, jax
+from ugclu_jax.host import use_compilation_cache
+print(use_compilation_cache(sys.argv[1]), jax.config.jax_compilation_cache_max_size)
+"""
+
+
+def _cache(tmp_path, **env):
+  base = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  out = subprocess.run(
+    [sys.executable, "-c", _CACHE_PROBE, str(tmp_path / "default")],
+    env={**base, **env},
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  directory, cap = out.stdout.split()
+  return directory, int(cap)
+
+
+def test_the_compilation_cache_goes_where_the_environment_says_and_is_capped(tmp_path):
+  assert _cache(tmp_path) == (str(tmp_path / "default"), host.CACHE_MAX_BYTES)
+  mine = str(tmp_path / "mine")
+  got = _cache(tmp_path, JAX_COMPILATION_CACHE_DIR=mine, JAX_COMPILATION_CACHE_MAX_SIZE="12345")
+  assert got == (mine, 12345)
+
+
+def test_compile_clock_counts_compilation_only():
+  import jax
+  import jax.numpy as jnp
+
+  f = jax.jit(lambda x: jnp.tanh(x) * 3.0)
+  x = jnp.ones(7)
+  with host.CompileClock() as first:
+    f(x).block_until_ready()
+  with host.CompileClock() as again:
+    f(x).block_until_ready()  # compiled already: nothing to count
+  assert first.seconds > 0.0
+  assert again.seconds == 0.0
