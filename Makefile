@@ -34,8 +34,11 @@ run: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m ugclu_jax run --config smoke --workdir runs/smoke --resume
 
+# The PyTorch reference of `make bench` (on CPU the CPU-only wheel; BENCH_TORCH= skips it).
+BENCH_TORCH ?= torch==2.13.0+cpu
 bench: $(STAMP)
-	$(PY) benchmarks/bench.py
+	@if [ -n "$(BENCH_TORCH)" ]; then $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(BENCH_TORCH)"; fi
+	$(PY) benchmarks/bench.py --readme benchmarks/README.md
 
 # Random streams x seeds with every method of the default config; resumable, skips
 # finished runs (python experiments/stress.py --help). E.g. a quick look:

@@ -38,6 +38,8 @@ import argparse
 from collections.abc import Callable, Sequence
 import functools
 import importlib.metadata
+import importlib.util
+import re
 import json
 import math
 import os
@@ -115,6 +117,37 @@ RATIOS = (
     "none_fused_step",
     "sgd_step",
     "one none-mode fused unlearn step (target grad + remain grad), in plain SGD steps",
+  ),
+)
+# ugclu_jax against the PyTorch reference (benchmarks/torch_ref.py), same model, batch and
+# data: below 1 means ugclu_jax is faster.
+TORCH_MODELS = ("mlp", "cnn")  # the models benchmarks/torch_ref.py mirrors
+TORCH_RATIOS = (
+  ("sgd_step", "sgd_step", "torch_sgd_step", "SGD step (momentum 0.9) / PyTorch's, NCHW"),
+  (
+    "sgd_step_channels_last",
+    "sgd_step",
+    "torch_sgd_step_channels_last",
+    "SGD step / PyTorch's in channels-last layout (CNN only)",
+  ),
+  ("grad", "grad", "torch_grad", "gradient / PyTorch's autograd.grad, NCHW"),
+  (
+    "grad_channels_last",
+    "grad",
+    "torch_grad_channels_last",
+    "gradient / PyTorch's, channels-last (CNN only)",
+  ),
+  (
+    "fisher_batch",
+    "fisher_batch",
+    "torch_fisher_batch",
+    "one batch of the Fisher-diagonal pass / PyTorch's loop of autograd.grad + addcmul_",
+  ),
+  (
+    "fisher_batch_channels_last",
+    "fisher_batch",
+    "torch_fisher_batch_channels_last",
+    "the same, PyTorch channels-last (CNN only)",
   ),
 )
 COMPILE_RATIO = (
@@ -279,8 +312,13 @@ def _build_cases(
   input_shape: tuple[int, ...],
   seed: int,
   options: Optional[dict[str, Any]],
-) -> tuple[list[_Case], int]:
-  """Builds and compiles every case of one model; returns them and the parameter count."""
+) -> tuple[list[_Case], int, list[tuple[np.ndarray, np.ndarray]]]:
+  """Builds and compiles every case of one model.
+
+  Returns:
+    The cases, the parameter count, and the step's batch followed by the Fisher
+    pass's batches as NumPy ``(x, y)`` pairs (for the PyTorch reference).
+  """
   apply_fn, params, model_state = as_functional(_init_model(model_name, input_shape, seed, options))
   rng = np.random.default_rng(seed)
   target = _random_batch(rng, batch_size, input_shape)
@@ -378,7 +416,21 @@ def _build_cases(
     _threaded_case("hvp_fused_step", hvp_prog[0], fresh_state(), hvp_prog[1]),
     _threaded_case("none_fused_step", none_prog[0], fresh_state(), none_prog[1]),
   ]
-  return cases, count_params(params)
+  numpy_batches = [(np.asarray(remain.x), np.asarray(remain.y))] + [
+    (np.asarray(x), np.asarray(y)) for x, y in zip(stacked.x, stacked.y)
+  ]
+  return cases, count_params(params), numpy_batches
+
+
+def _torch_cases(model_name: str, batches) -> list[_Case]:
+  """The PyTorch reference's cases (benchmarks/torch_ref.py), all threads of this machine."""
+  import torch
+
+  import torch_ref
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  refs = torch_ref.cases(model_name, batches, learning_rate=LEARNING_RATE)
+  return [_Case(name, run, (0.0,), units) for name, (run, units) in refs.items()]
 
 
 def _measure(
@@ -422,6 +474,7 @@ def bench_model(
   max_calls: int,
   seed: int,
   compiler_options: Optional[dict[str, Any]] = None,
+  with_torch: bool = False,
 ) -> dict[str, Any]:
   """Benchmarks one model.
 
@@ -436,6 +489,8 @@ def bench_model(
     seed: seed of the model initialisation and the random data.
     compiler_options: XLA compiler options for every compilation (None: the
       defaults, which the timings and compile times are meant for).
+    with_torch: also time the PyTorch reference (benchmarks/torch_ref.py),
+      interleaved with the JAX cases, and return ``torch_ratios``.
 
   Returns:
     A JSON-ready dict: ``times`` (milliseconds per call, per function),
@@ -443,8 +498,12 @@ def bench_model(
     ``ratios_of_min``, ``ratios_cpu``, ``compile_s`` (seconds), the XLA
     ``compiler_options`` used and the model's size.
   """
-  cases, num_params = _build_cases(model_name, batch_size, input_shape, seed, compiler_options)
+  cases, num_params, batches = _build_cases(
+    model_name, batch_size, input_shape, seed, compiler_options
+  )
   compile_s = {case.name: sum(case.compile_s) for case in cases}
+  if with_torch:
+    cases += _torch_cases(model_name, batches)
   compile_s["target_step"] = next(
     case.compile_s[0] for case in cases if case.name == "fast_slow_iteration"
   )
@@ -457,7 +516,16 @@ def bench_model(
     key: times[num]["cpu_median_ms"] / times[den]["cpu_median_ms"] for key, num, den, _ in RATIOS
   }
   ratios[COMPILE_RATIO[0]] = compile_s["hvp_fused_step"] / compile_s["remain_step"]
+  torch_ratios = {
+    key: {
+      "median": times[num]["median_ms"] / times[den]["median_ms"],
+      "of_min": times[num]["min_ms"] / times[den]["min_ms"],
+    }
+    for key, num, den, _ in TORCH_RATIOS
+    if den in times
+  }
   return {
+    "torch_ratios": torch_ratios,
     "input_shape": list(input_shape),
     "num_params": num_params,
     "times": times,
@@ -487,6 +555,7 @@ def _environment(batch_size: int) -> dict[str, Any]:
     "machine": platform.machine(),
     "cpu_count": os.cpu_count(),
     "batch": batch_size,
+    "torch": version("torch"),
     "load_average_start": _load_average(),
     # ugclu_jax.host.keep_freed_host_memory applied at start-up (the command line's default).
     "host_memory_kept": HOST_MEMORY_KEPT,
@@ -499,6 +568,43 @@ def _load_average() -> Optional[list[float]]:
     return [round(x, 2) for x in os.getloadavg()]
   except OSError:
     return None
+
+
+README_START = "<!-- bench.py --readme: start -->"
+README_END = "<!-- bench.py --readme: end -->"
+
+
+def write_readme_block(path: str, results: dict[str, Any], command: str) -> None:
+  """Replaces the text between :data:`README_START` and :data:`README_END` in ``path``
+  with the PyTorch ratios of ``results``, the command and the machine's load."""
+  env = results["environment"]
+  lines = [
+    README_START,
+    f"`{command}` on {env['cpu_count']} CPU(s) (`{', '.join(env['devices'])}`), "
+    f"jax {env['jax']}, PyTorch {env.get('torch')}, batch {env['batch']}, "
+    f"{results['repeats']} repeats, interleaved; 1-minute load average "
+    f"{env['load_average_start']} -> {env.get('load_average_end')} (other processes "
+    f"included); freed host memory kept: {env.get('host_memory_kept')}; "
+    f"wall {results['wall_s']:.0f} s.",
+    "",
+    "| model | ugclu_jax / PyTorch | median | of fastest repeats | ugclu_jax ms | PyTorch ms |",
+    "|---|---|---:|---:|---:|---:|",
+  ]
+  for model_name, res in results["models"].items():
+    for key, num, den, _ in TORCH_RATIOS:
+      if key in res.get("torch_ratios", {}):
+        r = res["torch_ratios"][key]
+        lines.append(
+          f"| {model_name} | `{key}` | {r['median']:.2f} | {r['of_min']:.2f} | "
+          f"{res['times'][num]['median_ms']:.1f} | {res['times'][den]['median_ms']:.1f} |"
+        )
+  lines.append(README_END)
+  text = open(path).read()
+  pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+  if not pattern.search(text):
+    raise ValueError(f"{path}: no {README_START} ... {README_END} block to replace")
+  with open(path, "w") as f:
+    f.write(pattern.sub(lambda _: "\n".join(lines), text, count=1))
 
 
 def _format_table(results: dict[str, Any]) -> str:
@@ -537,6 +643,10 @@ def _format_table(results: dict[str, Any]) -> str:
         f"{_DESCRIPTIONS[num]:<37} {t['median_ms']:>10.2f} {spread:>19} "
         f"{ratio:>7.2f} {of_min:>7.2f} {of_cpu:>7.2f}  {den}"
       )
+    if res.get("torch_ratios"):
+      lines.append(f"against PyTorch {env.get('torch')} (ugclu_jax / PyTorch; below 1: faster):")
+      for key, r in res["torch_ratios"].items():
+        lines.append(f"  {key:<28} {r['median']:>6.2f}  (of min {r['of_min']:.2f})")
     c = res["compile_s"]
     lines += [
       f"compile: hvp fused step {c['hvp_fused_step']:.2f} s, remain step "
@@ -590,6 +700,19 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     action="store_true",
     help="tiny inputs and batch, few repeats, unoptimised XLA code: checks the harness, not speed",
   )
+  parser.add_argument(
+    "--torch",
+    choices=("auto", "on", "off"),
+    default="auto",
+    help="time the PyTorch reference (benchmarks/torch_ref.py) of the mlp and cnn beside "
+    "them; auto: when PyTorch is installed and not --quick (default auto)",
+  )
+  parser.add_argument(
+    "--readme",
+    default=None,
+    help="also write the PyTorch ratios into this Markdown file, between its "
+    f"'{README_START}' and '{README_END}' lines (make bench: benchmarks/README.md)",
+  )
   args = parser.parse_args(argv)
   args.models = [m.strip() for m in args.models.split(",") if m.strip()]
   unknown = [m for m in args.models if m not in INPUT_SHAPES]
@@ -601,6 +724,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args.repeats = 2 if args.quick else 7
   if args.min_time is None:
     args.min_time = 0.0 if args.quick else 0.25
+  if args.torch == "on" and importlib.util.find_spec("torch") is None:
+    parser.error("--torch on: PyTorch is not installed (pip install -e .[bench])")
   if args.batch < 1 or args.repeats < 1 or args.max_calls < 1 or args.min_time < 0:
     parser.error("--batch, --repeats and --max-calls must be >= 1 and --min-time >= 0")
   return args
@@ -617,6 +742,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ``ratio_meanings`` and, per model, ``times``, ``ratios``, ``ratios_of_min``,
     ``ratios_cpu`` and ``compile_s``.
   """
+  argv_used = list(sys.argv[1:] if argv is None else argv)
   args = _parse_args(argv)
   shapes = QUICK_INPUT_SHAPES if args.quick else INPUT_SHAPES
   fast_compile = args.quick and jax.default_backend() == "cpu"
@@ -630,6 +756,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     "models": {},
   }
   results["ratio_meanings"][COMPILE_RATIO[0]] = COMPILE_RATIO[1]
+  with_torch = args.torch == "on" or (
+    args.torch == "auto" and not args.quick and importlib.util.find_spec("torch") is not None
+  )
+  if with_torch:
+    results["torch_ratio_meanings"] = {key: meaning for key, _, _, meaning in TORCH_RATIOS}
   for i, model_name in enumerate(args.models):
     print(f"[bench] {model_name}: compiling and timing ...", file=sys.stderr, flush=True)
     results["models"][model_name] = bench_model(
@@ -641,6 +772,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
       max_calls=args.max_calls,
       seed=args.seed + i,
       compiler_options=QUICK_COMPILER_OPTIONS.get(model_name) if fast_compile else None,
+      with_torch=with_torch and model_name in TORCH_MODELS,
     )
   results["wall_s"] = time.perf_counter() - start
   results["environment"]["load_average_end"] = _load_average()
@@ -651,6 +783,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     os.makedirs(out_dir, exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
+  if args.readme and with_torch:
+    write_readme_block(args.readme, results, " ".join(["python benchmarks/bench.py", *argv_used]))
   return results
 
 

@@ -122,3 +122,38 @@ def test_a_case_of_several_units_is_timed_per_unit(monkeypatch):
   assert times["one"]["median_ms"] == pytest.approx(800.0)
   assert times["eight"]["median_ms"] == pytest.approx(100.0)
   assert times["eight"]["cpu_median_ms"] == pytest.approx(200.0)
+
+
+def test_the_readme_block_is_replaced_and_nothing_else(tmp_path):
+  bench = _load_bench()
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# title\n\n{bench.README_START}\nold\n{bench.README_END}\n\ntail\n")
+  results = {
+    "environment": {
+      "cpu_count": 2,
+      "devices": ["cpu:0"],
+      "jax": "0.10.2",
+      "torch": "2.13.0+cpu",
+      "batch": 128,
+      "load_average_start": [1.0, 1.0, 1.0],
+      "load_average_end": [1.5, 1.0, 1.0],
+      "host_memory_kept": True,
+    },
+    "repeats": 3,
+    "wall_s": 12.0,
+    "models": {
+      "cnn": {
+        "times": {"sgd_step": {"median_ms": 50.0}, "torch_sgd_step": {"median_ms": 62.5}},
+        "torch_ratios": {"sgd_step": {"median": 0.8, "of_min": 0.75}},
+      }
+    },
+  }
+  bench.write_readme_block(str(readme), results, "python benchmarks/bench.py --models cnn")
+  text = readme.read_text()
+  assert text.startswith("# title\n\n") and text.endswith("\n\ntail\n")
+  assert "old" not in text
+  assert "| cnn | `sgd_step` | 0.80 | 0.75 | 50.0 | 62.5 |" in text
+  assert "`python benchmarks/bench.py --models cnn`" in text
+  readme.write_text("no block here\n")
+  with pytest.raises(ValueError, match="no <!-- bench.py --readme: start -->"):
+    bench.write_readme_block(str(readme), results, "x")
