@@ -3,7 +3,9 @@
 import importlib.util
 import json
 import math
+import os
 import pathlib
+import subprocess
 
 import pytest
 
@@ -157,3 +159,10 @@ def test_the_readme_block_is_replaced_and_nothing_else(tmp_path):
   readme.write_text("no block here\n")
   with pytest.raises(ValueError, match="no <!-- bench.py --readme: start -->"):
     bench.write_readme_block(str(readme), results, "x")
+
+
+def test_the_accelerator_script_parses():
+  script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+  proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr
+  assert os.access(script, os.X_OK)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The accelerator check: on a machine with an NVIDIA GPU, in under 8 minutes,
+#   1. makes JAX see the GPU (installs the `cuda` extra into the virtual environment
+#      when JAX only sees the CPU and nvidia-smi finds a GPU; on a TPU VM install
+#      jax[tpu] first),
+#   2. prints the devices,
+#   3. runs bench.py (mlp and cnn, 3 repeats, no PyTorch) into $OUT/bench.json,
+#   4. runs the smoke experiment with the small CNN into $OUT/smoke.
+#
+#   bash benchmarks/gpu.sh            # OUT=runs/gpu
+#   OUT=/tmp/gpu bash benchmarks/gpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-runs/gpu}"
+PY="${PY:-.venv/bin/python}"
+[ -x "$PY" ] || make setup
+mkdir -p "$OUT"
+backend() { "$PY" -c 'import jax; print(jax.default_backend())'; }
+if [ "$(backend)" = cpu ] && command -v nvidia-smi >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet -e ".[cuda]"
+fi
+"$PY" -c 'import jax; print("devices:", jax.devices())' | tee "$OUT/devices.txt"
+if [ "$(backend)" = cpu ]; then
+  echo "gpu.sh: JAX sees no accelerator; the figures below are the CPU's" >&2
+fi
+# Two processes may share one GPU: no preallocation of its memory.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+timeout 300 "$PY" benchmarks/bench.py --models mlp,cnn --repeats 3 --torch off \
+  --out "$OUT/bench.json" | tee "$OUT/bench.txt"
+timeout 150 "$PY" -m ugclu_jax run --config smoke --workdir "$OUT/smoke" --overwrite \
+  --no-progress --set train.model=cnn
+echo "gpu.sh: wrote $OUT/bench.json, $OUT/bench.txt and $OUT/smoke/report.md"
