@@ -267,3 +267,96 @@ def test_finish_request_syncs_the_slow_weights():
   out, model_state = ug.finish_request(state, slow_step_size=0.5)
   np.testing.assert_array_equal(out["w"], np.full(3, 2.0, np.float32))
   assert model_state is state.model_state
+
+
+def _real_request(mode, *, n=12, f=5, b=8, with_remain=True, seed=0):
+  """Fresh MLP, steps, data and index tables for one small request."""
+  rng = np.random.default_rng(seed)
+  apply_fn, params, model_state = as_functional(MLP(16, 4, hidden=(8,), rngs=nnx.Rngs(seed)))
+  tx = ug.build_optimizer(learning_rate=0.05)
+  steps = ug.make_steps(apply_fn, tx, kind="unlearn", mode=mode)
+  hp = ug.RequestHParams.create(learning_rate=0.05, a_target=2.0, num_iterations=n, beta=0.1)
+
+  def data(m):
+    x = rng.standard_normal((m, 4, 4, 1)).astype(np.float32)
+    return ug.Batch(x, rng.integers(0, 4, m).astype(np.int32), np.ones(m, np.float32))
+
+  target, remain = data(20), data(30)
+  n_target = n if not with_remain else -(-n // f)
+  t_index = rng.integers(0, 20, (n_target, b)).astype(np.int32)
+  r_index = rng.integers(0, 30, (n, b)).astype(np.int32)
+  mask = jax.tree.map(lambda p: (rng.random(p.shape) < 0.5).astype(np.float32), params)
+  fresh = lambda: ug.init_train_state(params, model_state, tx)  # noqa: E731
+  return steps, fresh, hp, target, remain, t_index, r_index, mask
+
+
+def _take(batch, rows):
+  return ug.Batch(*(np.asarray(a)[rows] for a in batch))
+
+
+@pytest.mark.parametrize(
+  "mode,with_remain", [("fast_slow", True), ("hvp", True), ("none", True), ("fast_slow", False)]
+)
+def test_the_on_device_loop_is_the_step_by_step_loop(mode, with_remain):
+  n, f = 12, 5
+  steps, fresh, hp, target, remain, t_index, r_index, mask = _real_request(
+    mode, n=n, f=f, with_remain=with_remain
+  )
+  one_by_one, counts = ug.run_request(
+    steps,
+    fresh(),
+    mode=mode,
+    num_iterations=n,
+    forget_freq=f,
+    target_batch=lambda j: _take(target, t_index[j]),
+    remain_batch=lambda k: _take(remain, r_index[k]),
+    mask=mask,
+    hp=hp,
+    has_remain=with_remain,
+  )
+  kwargs = dict(
+    mode=mode,
+    num_iterations=n,
+    forget_freq=f,
+    target_data=ug.Batch(*jax.device_put(tuple(target))),
+    target_index=t_index,
+    remain_data=ug.Batch(*jax.device_put(tuple(remain))) if with_remain else None,
+    remain_index=r_index if with_remain else None,
+    mask=mask,
+    hp=hp,
+    chunk=5,  # chunks of 5, 5 and 2 iterations
+  )
+  scanned, scanned_counts = ug.run_request_on_device(steps, fresh(), **kwargs)
+  assert scanned_counts == counts
+  assert int(scanned.iteration) == int(one_by_one.iteration) == n
+  for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(one_by_one)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+  # The same shapes again: nothing compiles.
+  with ug.host.CompileClock() as clock:
+    jax.block_until_ready(ug.run_request_on_device(steps, fresh(), **kwargs)[0])
+  assert clock.seconds == 0.0
+
+
+def test_the_on_device_loop_checks_its_index_tables():
+  steps, fresh, hp, target, remain, t_index, r_index, mask = _real_request("fast_slow")
+  common = dict(mode="fast_slow", num_iterations=12, forget_freq=5, mask=mask, hp=hp)
+  with pytest.raises(ValueError, match="target_index needs 3 rows"):
+    ug.run_request_on_device(
+      steps,
+      fresh(),
+      target_data=target,
+      target_index=t_index[:2],
+      remain_data=remain,
+      remain_index=r_index,
+      **common,
+    )
+  with pytest.raises(ValueError, match="remain_index needs 12 rows"):
+    ug.run_request_on_device(
+      steps,
+      fresh(),
+      target_data=target,
+      target_index=t_index,
+      remain_data=remain,
+      remain_index=r_index[:5],
+      **common,
+    )

@@ -32,7 +32,7 @@ _EXPORTS = {
     "mask_density",
     "top_fraction_mask",
   ),
-  "request": ("RequestCounts", "finish_request", "run_request"),
+  "request": ("RequestCounts", "finish_request", "run_request", "run_request_on_device"),
   "steps": (
     "RequestHParams",
     "Steps",
@@ -81,6 +81,7 @@ __all__ = (
   "mask_density",
   "preserve_loss",
   "run_request",
+  "run_request_on_device",
   "sync",
   "target_direction",
   "top_fraction_mask",

@@ -26,7 +26,13 @@ Example (a fast-slow unlearn request):
     params, model_state = finish_request(state)
 """
 
+import functools
+import math
 from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ugclu_jax.fast_slow import sync
 from ugclu_jax.steps import MODES, RequestHParams, Steps, TrainState
@@ -112,6 +118,109 @@ def run_request(
     if on_step is not None:
       on_step(k, state, metrics)
   return state, RequestCounts(n_target, n_remain, n_fused)
+
+
+def _counts(mode: str, n: int, f: int, has_remain: bool) -> RequestCounts:
+  if not has_remain:
+    return RequestCounts(target=n)
+  every = math.ceil(n / f)
+  if mode == "fast_slow":
+    return RequestCounts(target=every, remain=n)
+  return RequestCounts(remain=n - every, fused=every)
+
+
+def _take(data: Batch, rows: jax.Array) -> Batch:
+  return jax.tree.map(lambda a: jnp.take(a, rows, axis=0), data)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=4)
+def _chunk(steps, mode, f, has_remain, state, ks, target_data, target_index, remain, mask, hp):
+  """Iterations ``ks`` of a request as one ``lax.scan``; the state carries through."""
+
+  def body(state, k):
+    if not has_remain:
+      return steps.target(state, _take(target_data, target_index[k]), mask, hp, 1)[0], None
+    remain_data, remain_index = remain
+    tb = _take(target_data, target_index[k // f])
+    rb = _take(remain_data, remain_index[k])
+    if mode == "fast_slow":
+      state = jax.lax.cond(
+        k % f == 0, lambda s: steps.target(s, tb, mask, hp, 0)[0], lambda s: s, state
+      )
+      return steps.remain(state, rb, hp)[0], None
+    return jax.lax.cond(
+      k % f == 0,
+      lambda s: steps.fused(s, tb, rb, mask, hp)[0],
+      lambda s: steps.remain(s, rb, hp)[0],
+      state,
+    ), None
+
+  return jax.lax.scan(body, state, ks)[0]
+
+
+def run_request_on_device(
+  steps: Steps,
+  state: TrainState,
+  *,
+  mode: str,
+  num_iterations: int,
+  forget_freq: int,
+  target_data: Batch,
+  target_index,
+  remain_data: Optional[Batch] = None,
+  remain_index=None,
+  mask: Optional[Params],
+  hp: RequestHParams,
+  chunk: int = 64,
+) -> tuple[TrainState, RequestCounts]:
+  """:func:`run_request`'s schedule as compiled chunks, with the batches gathered on device.
+
+  The ``num_iterations`` iterations run as ``lax.scan`` programs of ``chunk``
+  iterations each (and one shorter for the rest): no host round trip per step,
+  and at most two compilations per request shape. Each batch is gathered from
+  arrays already on the device, so
+
+  ``run_request(..., target_batch=lambda j: take(target_data, target_index[j]),
+  remain_batch=lambda k: take(remain_data, remain_index[k]))``
+
+  gives the same state up to float rounding (the schedule is the same; XLA may
+  fuse a chunk's arithmetic differently).
+
+  Args:
+    steps, state, mode, num_iterations, forget_freq, mask, hp: as :func:`run_request`.
+    target_data: a :class:`Batch` of the request's target samples, ``[n_T, ...]``.
+    target_index: int ``[ceil(N / f), B]``: the rows of ``target_data`` of the
+      ``j``-th target (or fused) step; ``[N, B]`` without remaining data.
+    remain_data: a :class:`Batch` of remaining samples ``[n_R, ...]``, or None when
+      the request has no remaining data (target steps only, as ``has_remain=False``).
+    remain_index: int ``[N, B]``: the rows of ``remain_data`` of iteration ``k``.
+    chunk: iterations per compiled program.
+
+  Returns:
+    ``(state, RequestCounts)``, the fast and slow weights not synced yet.
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  if forget_freq < 1 or chunk < 1 or num_iterations < 0:
+    raise ValueError(
+      f"need forget_freq >= 1, chunk >= 1 and num_iterations >= 0; got {forget_freq}, "
+      f"{chunk} and {num_iterations}"
+    )
+  has_remain = remain_data is not None
+  n, f = int(num_iterations), int(forget_freq)
+  want = (n if not has_remain else math.ceil(n / f),)
+  if np.shape(target_index)[:1] != want:
+    raise ValueError(f"target_index needs {want[0]} rows, got shape {np.shape(target_index)}")
+  if has_remain and np.shape(remain_index)[:1] != (n,):
+    raise ValueError(f"remain_index needs {n} rows, got shape {np.shape(remain_index)}")
+  remain = (remain_data, jnp.asarray(remain_index)) if has_remain else None
+  target_index = jnp.asarray(target_index)
+  for start in range(0, n, chunk):
+    ks = jnp.arange(start, min(start + chunk, n), dtype=jnp.int32)
+    state = _chunk(
+      steps, mode, f, has_remain, state, ks, target_data, target_index, remain, mask, hp
+    )
+  return state, _counts(mode, n, f, has_remain)
 
 
 def finish_request(state: TrainState, slow_step_size: float = 1.0) -> tuple[Params, ModelState]:
