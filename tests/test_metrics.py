@@ -275,10 +275,18 @@ def test_relapse():
 
 
 def test_cost_record():
-  c = metrics.Cost(seconds=1.5, steps=10, grad_evals=20, hvp_evals=5)
-  total = c.add(metrics.Cost(seconds=0.5, steps=2, grad_evals=2))
-  assert total == metrics.Cost(seconds=2.0, steps=12, grad_evals=22, hvp_evals=5)
-  assert metrics.Cost()._asdict() == {"seconds": 0.0, "steps": 0, "grad_evals": 0, "hvp_evals": 0}
+  c = metrics.Cost(seconds=1.5, steps=10, grad_evals=20, hvp_evals=5, compile_seconds=0.25)
+  total = c.add(metrics.Cost(seconds=0.5, steps=2, grad_evals=2, compile_seconds=1.0))
+  assert total == metrics.Cost(
+    seconds=2.0, steps=12, grad_evals=22, hvp_evals=5, compile_seconds=1.25
+  )
+  assert metrics.Cost()._asdict() == {
+    "seconds": 0.0,
+    "steps": 0,
+    "grad_evals": 0,
+    "hvp_evals": 0,
+    "compile_seconds": 0.0,
+  }
 
 
 # --- Metrics of a hand-built typed history (evaluation.report_entries) -------------------------
@@ -344,6 +352,7 @@ def test_report_entries_from_a_hand_built_history():
     "index": 0,
     "request": "L:t0",
     "seconds": 0.123,
+    "compile_seconds": 0.0,
     "acc_per_task": [0.90, None, None],
     "collapsed": None,
     "metrics": {

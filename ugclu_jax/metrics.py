@@ -587,8 +587,8 @@ class Cost(NamedTuple):
     steps: optimizer steps.
     grad_evals: gradient evaluations (one per batch gradient).
     hvp_evals: Hessian-vector-product evaluations.
-    compile_seconds: seconds spent tracing, lowering and compiling (or loading
-      from the persistent compilation cache) during the request.
+    compile_seconds: seconds spent lowering and compiling (or loading from the
+      persistent compilation cache) during the request; tracing stays in ``seconds``.
   """
 
   seconds: float = 0.0
