@@ -46,16 +46,22 @@ def test_freed_blocks_stay_in_the_process():
 
 
 _CACHE_PROBE = r"""
-import sys, jax
+import sys, warnings, jax, jax.numpy as jnp
 from ugclu_jax.host import use_compilation_cache
-print(use_compilation_cache(sys.argv[1]), jax.config.jax_compilation_cache_max_size)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+directory = use_compilation_cache(sys.argv[1])
+with warnings.catch_warnings():
+  warnings.simplefilter("error")  # a failed cache write is a warning in JAX
+  jax.jit(lambda x: jnp.cos(x) * float(sys.argv[2]))(jnp.ones(3)).block_until_ready()
+print(directory, jax.config.jax_compilation_cache_max_size)
 """
 
 
-def _cache(tmp_path, **env):
+def _cache(tmp_path, constant=2.0, **env):
   base = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
   out = subprocess.run(
-    [sys.executable, "-c", _CACHE_PROBE, str(tmp_path / "default")],
+    [sys.executable, "-c", _CACHE_PROBE, str(tmp_path / "default"), str(constant)],
     env={**base, **env},
     capture_output=True,
     text=True,
@@ -70,6 +76,19 @@ def test_the_compilation_cache_goes_where_the_environment_says_and_is_capped(tmp
   mine = str(tmp_path / "mine")
   got = _cache(tmp_path, JAX_COMPILATION_CACHE_DIR=mine, JAX_COMPILATION_CACHE_MAX_SIZE="12345")
   assert got == (mine, 12345)
+  # A directory the environment chose keeps JAX's own (uncapped) default.
+  assert _cache(tmp_path, JAX_COMPILATION_CACHE_DIR=mine) == (mine, -1)
+
+
+def test_entries_written_without_the_cap_do_not_break_capped_writes(tmp_path):
+  cache = tmp_path / "default"
+  cache.mkdir()
+  # An entry of an uncapped cache (an earlier version): no "-atime" file beside it.
+  (cache / "jit_old-0123-cache").write_bytes(b"x" * 100)
+  assert _cache(tmp_path, constant=3.0) == (str(cache), host.CACHE_MAX_BYTES)
+  assert (cache / "jit_old-0123-atime").is_file()
+  written = [p.name for p in cache.glob("*-cache") if not p.name.startswith("jit_old")]
+  assert written, "the new program was not cached"
 
 
 def test_compile_clock_counts_compilation_only():

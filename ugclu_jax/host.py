@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
+import pathlib
 import platform
 
 # glibc's mallopt parameters (malloc.h).
@@ -111,17 +112,38 @@ def use_compilation_cache(directory: str = CACHE_DIR, max_bytes: int = CACHE_MAX
 
   Compiled steps are then shared by every later run on this machine. Where neither
   ``JAX_COMPILATION_CACHE_DIR`` nor ``jax.config`` names a directory, the cache
-  goes to ``directory`` (``~`` expanded); where no size limit is set, JAX deletes
-  the least recently used entries beyond ``max_bytes`` (JAX needs the ``filelock``
-  package for that; without it the cache is not capped).
+  goes to ``directory`` (``~`` expanded) and, unless a size limit is set, JAX
+  deletes its least recently used entries beyond ``max_bytes`` (JAX needs the
+  ``filelock`` package for that; without it the cache is not capped). A directory
+  the environment chose keeps JAX's own settings.
+
+  JAX's size cap reads an access-time file beside every entry; entries written
+  without the cap (by an earlier version) get one, dated by their modification
+  time, so that they can be evicted instead of failing every write.
 
   Returns:
     The cache directory in use.
   """
   import jax
 
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  path = pathlib.Path(os.path.expanduser(directory))
+  jax.config.update("jax_compilation_cache_dir", str(path))
   if jax.config.jax_compilation_cache_max_size == -1 and importlib.util.find_spec("filelock"):
+    _give_entries_access_times(path)
     jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
-  return jax.config.jax_compilation_cache_dir
+  return str(path)
+
+
+def _give_entries_access_times(path: pathlib.Path) -> None:
+  """Writes ``<key>-atime`` (JAX's LRU format: int64 ns, little-endian) where it is missing."""
+  if not path.is_dir():
+    return
+  for entry in path.glob("*-cache"):
+    atime = entry.with_name(entry.name.removesuffix("-cache") + "-atime")
+    if not atime.exists():
+      try:
+        atime.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
+      except OSError:  # removed meanwhile, or a read-only cache: JAX will say so itself
+        pass
