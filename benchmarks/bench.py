@@ -64,6 +64,7 @@ INPUT_SHAPES = {"mlp": (28, 28, 1), "cnn": (28, 28, 1), "resnet18": (32, 32, 3)}
 QUICK_INPUT_SHAPES = {"mlp": (8, 8, 1), "cnn": (8, 8, 1), "resnet18": (8, 8, 3)}
 LEARNING_RATE = 0.01
 HOST_MEMORY_KEPT = False  # set at start-up by __main__ (a library caller leaves malloc alone)
+MATMUL_N = 2048  # the square matmul that measures the machine's practical peak
 FISHER_BATCHES = 8  # batches of one fisher_diagonal call (a lax.scan over them)
 # --quick checks the harness, not speed: on CPU, the small models' unoptimised XLA
 # code without the fusion emitters compiles about 3x faster. (ResNet-18's compiles
@@ -416,10 +417,14 @@ def _build_cases(
     _threaded_case("hvp_fused_step", hvp_prog[0], fresh_state(), hvp_prog[1]),
     _threaded_case("none_fused_step", none_prog[0], fresh_state(), none_prog[1]),
   ]
+  # The machine's practical peak: a large float32 matmul, timed with the other cases.
+  a = jnp.asarray(rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32))
+  cases.append(_stateless_case("matmul", jnp.matmul, a, a, **opts))
+  sgd_flops = float(sgd_prog[0][0][0].cost_analysis().get("flops", 0.0))
   numpy_batches = [(np.asarray(remain.x), np.asarray(remain.y))] + [
     (np.asarray(x), np.asarray(y)) for x, y in zip(stacked.x, stacked.y)
   ]
-  return cases, count_params(params), numpy_batches
+  return cases, count_params(params), numpy_batches, sgd_flops
 
 
 def _torch_cases(model_name: str, batches) -> list[_Case]:
@@ -498,7 +503,7 @@ def bench_model(
     ``ratios_of_min``, ``ratios_cpu``, ``compile_s`` (seconds), the XLA
     ``compiler_options`` used and the model's size.
   """
-  cases, num_params, batches = _build_cases(
+  cases, num_params, batches, sgd_flops = _build_cases(
     model_name, batch_size, input_shape, seed, compiler_options
   )
   compile_s = {case.name: sum(case.compile_s) for case in cases}
@@ -526,6 +531,7 @@ def bench_model(
   }
   return {
     "torch_ratios": torch_ratios,
+    "throughput": _throughput(times, batch_size, sgd_flops),
     "input_shape": list(input_shape),
     "num_params": num_params,
     "times": times,
@@ -534,6 +540,24 @@ def bench_model(
     "ratios_cpu": ratios_cpu,
     "compile_s": compile_s,
     "compiler_options": dict(compiler_options or {}),
+  }
+
+
+def _throughput(times: dict[str, Any], batch_size: int, sgd_flops: float) -> dict[str, float]:
+  """Images per second of the SGD step, and its FLOP rate as a share of the matmul's.
+
+  The step's FLOPs are XLA's count for the compiled step (``cost_analysis``); the
+  peak is the rate of a ``MATMUL_N``-square float32 matmul timed in the same run.
+  """
+  step_s = times["sgd_step"]["median_ms"] / 1e3
+  matmul_gflops = 2 * MATMUL_N**3 / (times["matmul"]["median_ms"] / 1e3) / 1e9
+  step_gflops = sgd_flops / step_s / 1e9
+  return {
+    "sgd_images_per_s": batch_size / step_s,
+    "sgd_step_gflop": sgd_flops / 1e9,
+    "sgd_gflops": step_gflops,
+    "matmul_gflops": matmul_gflops,
+    "sgd_share_of_matmul_peak": step_gflops / matmul_gflops,
   }
 
 
@@ -647,6 +671,13 @@ def _format_table(results: dict[str, Any]) -> str:
       lines.append(f"against PyTorch {env.get('torch')} (ugclu_jax / PyTorch; below 1: faster):")
       for key, r in res["torch_ratios"].items():
         lines.append(f"  {key:<28} {r['median']:>6.2f}  (of min {r['of_min']:.2f})")
+    tp = res["throughput"]
+    lines.append(
+      f"SGD step: {tp['sgd_images_per_s']:.0f} images/s, {tp['sgd_gflops']:.1f} GFLOP/s "
+      f"({tp['sgd_step_gflop']:.3f} GFLOP per step, XLA's count) = "
+      f"{100 * tp['sgd_share_of_matmul_peak']:.0f} % of a {MATMUL_N}x{MATMUL_N} matmul's "
+      f"{tp['matmul_gflops']:.0f} GFLOP/s"
+    )
     c = res["compile_s"]
     lines += [
       f"compile: hvp fused step {c['hvp_fused_step']:.2f} s, remain step "

@@ -35,6 +35,7 @@ _TIMED = {
   "fast_slow_iteration",
   "hvp_fused_step",
   "none_fused_step",
+  "matmul",
 }
 
 
@@ -166,3 +167,20 @@ def test_the_accelerator_script_parses():
   proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
   assert os.access(script, os.X_OK)
+
+
+def test_throughput_is_reported_and_consistent(quick_run):
+  _, written = quick_run
+  res = written["models"]["mlp"]
+  tp = res["throughput"]
+  assert set(tp) == {
+    "sgd_images_per_s",
+    "sgd_step_gflop",
+    "sgd_gflops",
+    "matmul_gflops",
+    "sgd_share_of_matmul_peak",
+  }
+  assert all(math.isfinite(v) and v > 0 for v in tp.values()), tp
+  step_s = res["times"]["sgd_step"]["median_ms"] / 1e3
+  assert tp["sgd_images_per_s"] == pytest.approx(written["environment"]["batch"] / step_s)
+  assert tp["sgd_share_of_matmul_peak"] == pytest.approx(tp["sgd_gflops"] / tp["matmul_gflops"])
