@@ -92,35 +92,35 @@ def run_request(
     ``(state, RequestCounts)``; the fast and slow weights are not synced yet
     (:func:`finish_request`).
   """
+  _check_schedule(mode, forget_freq, num_iterations)
+  f = forget_freq
+  for k in range(num_iterations):
+    if not has_remain:
+      state, metrics = steps.target(state, target_batch(k), mask, hp, 1)
+    elif k % f == 0 and mode != "fast_slow":
+      state, metrics = steps.fused(state, target_batch(k // f), remain_batch(k), mask, hp)
+    else:
+      metrics = {}
+      if k % f == 0:
+        state, metrics = steps.target(state, target_batch(k // f), mask, hp, 0)
+      state, remain_metrics = steps.remain(state, remain_batch(k), hp)
+      metrics = {**metrics, **remain_metrics}
+    if on_step is not None:
+      on_step(k, state, metrics)
+  return state, _counts(mode, num_iterations, f, has_remain)
+
+
+def _check_schedule(mode: str, forget_freq: int, num_iterations: int) -> None:
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if forget_freq < 1:
     raise ValueError(f"forget_freq must be >= 1, got {forget_freq}")
   if num_iterations < 0:
     raise ValueError(f"num_iterations must be >= 0, got {num_iterations}")
-  f = forget_freq
-  n_target = n_remain = n_fused = 0
-  for k in range(num_iterations):
-    if not has_remain:
-      state, metrics = steps.target(state, target_batch(k), mask, hp, 1)
-      n_target += 1
-    elif k % f == 0 and mode != "fast_slow":
-      state, metrics = steps.fused(state, target_batch(k // f), remain_batch(k), mask, hp)
-      n_fused += 1
-    else:
-      metrics = {}
-      if k % f == 0:
-        state, metrics = steps.target(state, target_batch(k // f), mask, hp, 0)
-        n_target += 1
-      state, remain_metrics = steps.remain(state, remain_batch(k), hp)
-      metrics = {**metrics, **remain_metrics}
-      n_remain += 1
-    if on_step is not None:
-      on_step(k, state, metrics)
-  return state, RequestCounts(n_target, n_remain, n_fused)
 
 
 def _counts(mode: str, n: int, f: int, has_remain: bool) -> RequestCounts:
+  """The steps of the schedule: one target (or fused) step every ``f`` iterations."""
   if not has_remain:
     return RequestCounts(target=n)
   every = math.ceil(n / f)
@@ -199,13 +199,9 @@ def run_request_on_device(
   Returns:
     ``(state, RequestCounts)``, the fast and slow weights not synced yet.
   """
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-  if forget_freq < 1 or chunk < 1 or num_iterations < 0:
-    raise ValueError(
-      f"need forget_freq >= 1, chunk >= 1 and num_iterations >= 0; got {forget_freq}, "
-      f"{chunk} and {num_iterations}"
-    )
+  _check_schedule(mode, forget_freq, num_iterations)
+  if chunk < 1:
+    raise ValueError(f"chunk must be >= 1, got {chunk}")
   has_remain = remain_data is not None
   n, f = int(num_iterations), int(forget_freq)
   want = (n if not has_remain else math.ceil(n / f),)
