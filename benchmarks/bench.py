@@ -513,22 +513,15 @@ def bench_model(
     case.compile_s[0] for case in cases if case.name == "fast_slow_iteration"
   )
   times = _measure(cases, repeats=repeats, min_time=min_time, max_calls=max_calls)
-  ratios = {key: times[num]["median_ms"] / times[den]["median_ms"] for key, num, den, _ in RATIOS}
+  ratios = _quotients(times, RATIOS, "median_ms")
   # Noise from other processes only adds time: on a busy machine the quotient of
   # the fastest repeats is a useful second estimate.
-  ratios_of_min = {key: times[num]["min_ms"] / times[den]["min_ms"] for key, num, den, _ in RATIOS}
-  ratios_cpu = {
-    key: times[num]["cpu_median_ms"] / times[den]["cpu_median_ms"] for key, num, den, _ in RATIOS
-  }
+  ratios_of_min = _quotients(times, RATIOS, "min_ms")
+  ratios_cpu = _quotients(times, RATIOS, "cpu_median_ms")
   ratios[COMPILE_RATIO[0]] = compile_s["hvp_fused_step"] / compile_s["remain_step"]
-  torch_ratios = {
-    key: {
-      "median": times[num]["median_ms"] / times[den]["median_ms"],
-      "of_min": times[num]["min_ms"] / times[den]["min_ms"],
-    }
-    for key, num, den, _ in TORCH_RATIOS
-    if den in times
-  }
+  torch_median = _quotients(times, TORCH_RATIOS, "median_ms")
+  torch_of_min = _quotients(times, TORCH_RATIOS, "min_ms")
+  torch_ratios = {k: {"median": torch_median[k], "of_min": torch_of_min[k]} for k in torch_median}
   return {
     "torch_ratios": torch_ratios,
     "throughput": _throughput(times, batch_size, sgd_flops),
@@ -540,6 +533,15 @@ def bench_model(
     "ratios_cpu": ratios_cpu,
     "compile_s": compile_s,
     "compiler_options": dict(compiler_options or {}),
+  }
+
+
+def _quotients(times: dict[str, Any], table, stat: str) -> dict[str, float]:
+  """``{key: times[num][stat] / times[den][stat]}`` for the rows of ``table`` whose cases ran."""
+  return {
+    key: times[num][stat] / times[den][stat]
+    for key, num, den, _ in table
+    if num in times and den in times
   }
 
 
