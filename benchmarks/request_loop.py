@@ -8,6 +8,13 @@ gathered on the device), interleaved, after one warm-up call of each::
 
   python benchmarks/request_loop.py --model cnn --iterations 40
   python benchmarks/request_loop.py --model mlp --iterations 300
+
+With ``--seeds 4,8`` it times seeds in one program instead: the same request for
+``S`` seeds (own initial weights, batches and masks) through
+``ugclu_jax.run_seeds_on_device``, against one seed through
+``run_request_on_device``, and prints time(S) / time(1)::
+
+  python benchmarks/request_loop.py --model mlp --iterations 300 --seeds 4,8
 """
 
 import argparse
@@ -28,7 +35,11 @@ def main(argv=None) -> dict:
   p.add_argument("--iterations", type=int, default=40)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--batch", type=int, default=128)
+  p.add_argument(
+    "--seeds", default="", help="comma-separated seed counts S to time against one seed"
+  )
   args = p.parse_args(argv)
+  seed_counts = [int(v) for v in args.seeds.split(",") if v]
   n, f, b = args.iterations, 5, args.batch
   apply_fn, params, ms = as_functional(
     get_model(args.model, num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(0))
@@ -73,7 +84,46 @@ def main(argv=None) -> dict:
       **common,
     )[0]
 
-  loops = {"run_request": host_loop, "run_request_on_device": device_loop}
+  def seeds_loop(num_seeds):
+    keys = range(1, num_seeds + 1)  # Seed 0's draws are the ones above.
+    inits = [
+      as_functional(
+        get_model(args.model, num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(k))
+      )[1:]
+      for k in keys
+    ]
+    draws = [np.random.default_rng(k) for k in keys]
+    stack = lambda trees: jax.tree.map(lambda *a: np.stack(a), *trees)  # noqa: E731
+    t_idx = np.stack([r.integers(0, 1000, t_index.shape) for r in draws]).astype(np.int32)
+    r_idx = np.stack([r.integers(0, 6000, r_index.shape) for r in draws]).astype(np.int32)
+    masks = stack(
+      [
+        jax.tree.map(lambda q, r=r: (r.random(q.shape) < 0.5).astype(np.float32), mask)
+        for r in draws
+      ]
+    )
+    seed_common = {k: v for k, v in common.items() if k != "mask"}
+
+    def run():
+      return ug.run_seeds_on_device(
+        steps,
+        stack([ug.init_train_state(p, s, tx) for p, s in inits]),
+        target_data=on_device[0],
+        target_index=t_idx,
+        remain_data=on_device[1],
+        remain_index=r_idx,
+        masks=masks,
+        chunk=n,
+        **seed_common,
+      )[0]
+
+    return run
+
+  if seed_counts:
+    loops = {"run_request_on_device": device_loop}
+    loops.update({f"run_seeds_on_device S={k}": seeds_loop(k) for k in seed_counts})
+  else:
+    loops = {"run_request": host_loop, "run_request_on_device": device_loop}
   for fn in loops.values():
     jax.block_until_ready(fn())
   times = {name: [] for name in loops}
@@ -83,11 +133,16 @@ def main(argv=None) -> dict:
       jax.block_until_ready(fn())
       times[name].append((time.perf_counter() - start) / n)
   out = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
-  print(
-    f"{args.model}, fast_slow, N={n}, batch {b}, median of {args.repeats}: "
-    + ", ".join(f"{name} {ms_:.1f} ms/iteration" for name, ms_ in out.items())
-    + f"; on device / host {out['run_request_on_device'] / out['run_request']:.2f}"
-  )
+  head = f"{args.model}, fast_slow, N={n}, batch {b}, median of {args.repeats}: "
+  line = ", ".join(f"{name} {ms_:.1f} ms/iteration" for name, ms_ in out.items())
+  one = out["run_request_on_device"]
+  if seed_counts:
+    ratios = {k: out[f"run_seeds_on_device S={k}"] / one for k in seed_counts}
+    out.update({f"time({k})/time(1)": r for k, r in ratios.items()})
+    line += "; " + ", ".join(f"time({k})/time(1) {r:.2f}" for k, r in ratios.items())
+  else:
+    line += f"; on device / host {one / out['run_request']:.2f}"
+  print(head + line)
   return out
 
 

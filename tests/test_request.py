@@ -1,5 +1,8 @@
 """run_request: the exact schedule of a request, and UG-CLU's runner method on top of it."""
 
+import importlib.util
+import pathlib
+
 import jax
 import numpy as np
 import pytest
@@ -340,7 +343,7 @@ def test_the_on_device_loop_is_the_step_by_step_loop(mode, with_remain):
 def test_the_on_device_loop_checks_its_index_tables():
   steps, fresh, hp, target, remain, t_index, r_index, mask = _real_request("fast_slow")
   common = dict(mode="fast_slow", num_iterations=12, forget_freq=5, mask=mask, hp=hp)
-  with pytest.raises(ValueError, match="target_index needs 3 rows"):
+  with pytest.raises(ValueError, match=r"target_index needs shape \(3,\)"):
     ug.run_request_on_device(
       steps,
       fresh(),
@@ -350,7 +353,7 @@ def test_the_on_device_loop_checks_its_index_tables():
       remain_index=r_index,
       **common,
     )
-  with pytest.raises(ValueError, match="remain_index needs 12 rows"):
+  with pytest.raises(ValueError, match=r"remain_index needs shape \(12,\)"):
     ug.run_request_on_device(
       steps,
       fresh(),
@@ -360,3 +363,104 @@ def test_the_on_device_loop_checks_its_index_tables():
       remain_index=r_index[:5],
       **common,
     )
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
+
+
+@pytest.mark.parametrize(
+  "mode,with_remain,with_mask",
+  [
+    ("fast_slow", True, True),
+    ("hvp", True, True),
+    ("none", True, False),
+    ("fast_slow", False, True),
+  ],
+)
+def test_vmapped_seeds_give_each_seeds_own_result(mode, with_remain, with_mask):
+  """Three seeds (own initial weights, batches and masks) in one program, each equal
+  to its own single-seed on-device run."""
+  n, f, num_seeds = 12, 5, 3
+  runs = [_real_request(mode, n=n, f=f, with_remain=with_remain, seed=s) for s in range(num_seeds)]
+  steps, _, hp, target, remain = runs[0][:5]  # The steps and data all seeds share.
+  on_device = dict(
+    target_data=ug.Batch(*jax.device_put(tuple(target))),
+    remain_data=ug.Batch(*jax.device_put(tuple(remain))) if with_remain else None,
+  )
+  common = dict(mode=mode, num_iterations=n, forget_freq=f, hp=hp, chunk=5, **on_device)
+  singles = [
+    ug.run_request_on_device(
+      steps,
+      fresh(),
+      target_index=t_index,
+      remain_index=r_index if with_remain else None,
+      mask=mask if with_mask else None,
+      **common,
+    )
+    for _, fresh, _, _, _, t_index, r_index, mask in runs
+  ]
+  stacked, counts = ug.run_seeds_on_device(
+    steps,
+    _stack([run[1]() for run in runs]),
+    target_index=np.stack([run[5] for run in runs]),
+    remain_index=np.stack([run[6] for run in runs]) if with_remain else None,
+    masks=_stack([run[7] for run in runs]) if with_mask else None,
+    **common,
+  )
+  assert counts == singles[0][1]
+  for s, (single, _) in enumerate(singles):
+    for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(single)):
+      np.testing.assert_allclose(np.asarray(a)[s], np.asarray(b), rtol=2e-5, atol=2e-6)
+  # The seeds differ (different initial weights and batches), so this compares something.
+  first = jax.tree.leaves(stacked.params)[0]
+  assert not np.allclose(first[0], first[1])
+  # finish_request works leafwise on the stacked states.
+  params, _ = ug.finish_request(stacked)
+  single_params, _ = ug.finish_request(singles[1][0])
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single_params)):
+    np.testing.assert_allclose(np.asarray(a)[1], np.asarray(b), rtol=2e-5, atol=2e-6)
+
+
+def test_vmapped_seeds_check_their_leading_axes():
+  steps, fresh, hp, target, remain, t_index, r_index, mask = _real_request("fast_slow")
+  common = dict(
+    mode="fast_slow",
+    num_iterations=12,
+    forget_freq=5,
+    hp=hp,
+    target_data=target,
+    remain_data=remain,
+  )
+  states = _stack([fresh(), fresh()])
+  with pytest.raises(ValueError, match=r"target_index needs shape \(2, 3\)"):
+    ug.run_seeds_on_device(
+      steps,
+      states,
+      target_index=t_index,
+      remain_index=np.stack([r_index] * 2),
+      masks=None,
+      **common,
+    )
+  with pytest.raises(ValueError, match="masks need a leading seed axis of 2"):
+    ug.run_seeds_on_device(
+      steps,
+      states,
+      target_index=np.stack([t_index] * 2),
+      remain_index=np.stack([r_index] * 2),
+      masks=_stack([mask] * 3),
+      **common,
+    )
+
+
+def test_the_seeds_benchmark_reports_its_ratios():
+  spec = importlib.util.spec_from_file_location(
+    "request_loop", pathlib.Path(__file__).parents[1] / "benchmarks" / "request_loop.py"
+  )
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = bench.main(
+    ["--model", "mlp", "--iterations", "5", "--repeats", "1", "--batch", "8", "--seeds", "2"]
+  )
+  assert set(out) == {"run_request_on_device", "run_seeds_on_device S=2", "time(2)/time(1)"}
+  assert out["time(2)/time(1)"] == out["run_seeds_on_device S=2"] / out["run_request_on_device"]

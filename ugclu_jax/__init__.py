@@ -32,7 +32,13 @@ _EXPORTS = {
     "mask_density",
     "top_fraction_mask",
   ),
-  "request": ("RequestCounts", "finish_request", "run_request", "run_request_on_device"),
+  "request": (
+    "RequestCounts",
+    "finish_request",
+    "run_request",
+    "run_request_on_device",
+    "run_seeds_on_device",
+  ),
   "steps": (
     "RequestHParams",
     "Steps",
@@ -82,6 +88,7 @@ __all__ = (
   "preserve_loss",
   "run_request",
   "run_request_on_device",
+  "run_seeds_on_device",
   "sync",
   "target_direction",
   "top_fraction_mask",

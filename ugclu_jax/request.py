@@ -133,8 +133,7 @@ def _take(data: Batch, rows: jax.Array) -> Batch:
   return jax.tree.map(lambda a: jnp.take(a, rows, axis=0), data)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=4)
-def _chunk(steps, mode, f, has_remain, state, ks, target_data, target_index, remain, mask, hp):
+def _scan(steps, mode, f, has_remain, state, ks, target_data, target_index, remain, mask, hp):
   """Iterations ``ks`` of a request as one ``lax.scan``; the state carries through."""
 
   def body(state, k):
@@ -156,6 +155,22 @@ def _chunk(steps, mode, f, has_remain, state, ks, target_data, target_index, rem
     ), None
 
   return jax.lax.scan(body, state, ks)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=5)
+def _chunk(
+  steps, mode, f, has_remain, seeds, state, ks, target_data, target_index, remain, mask, hp
+):
+  """:func:`_scan` compiled; with ``seeds``, vmapped over the leading seed axis of
+  ``state``, the index tables and ``mask`` (the data and ``hp`` are shared)."""
+  scan = functools.partial(_scan, steps, mode, f, has_remain)
+  if not seeds:
+    return scan(state, ks, target_data, target_index, remain, mask, hp)
+  remain_axes = None if remain is None else (None, 0)
+  mask_axes = None if mask is None else 0
+  return jax.vmap(scan, in_axes=(0, None, None, 0, remain_axes, mask_axes, None))(
+    state, ks, target_data, target_index, remain, mask, hp
+  )
 
 
 def run_request_on_device(
@@ -199,22 +214,131 @@ def run_request_on_device(
   Returns:
     ``(state, RequestCounts)``, the fast and slow weights not synced yet.
   """
+  return _on_device(
+    steps,
+    state,
+    mode=mode,
+    num_iterations=num_iterations,
+    forget_freq=forget_freq,
+    target_data=target_data,
+    target_index=target_index,
+    remain_data=remain_data,
+    remain_index=remain_index,
+    mask=mask,
+    hp=hp,
+    chunk=chunk,
+    num_seeds=None,
+  )
+
+
+def run_seeds_on_device(
+  steps: Steps,
+  states: TrainState,
+  *,
+  mode: str,
+  num_iterations: int,
+  forget_freq: int,
+  target_data: Batch,
+  target_index,
+  remain_data: Optional[Batch] = None,
+  remain_index=None,
+  masks: Optional[Params],
+  hp: RequestHParams,
+  chunk: int = 64,
+) -> tuple[TrainState, RequestCounts]:
+  """``S`` seeds of one request as one program: :func:`run_request_on_device` vmapped.
+
+  Seed ``s`` runs from ``states[s]`` on its own batches ``target_index[s]``,
+  ``remain_index[s]`` with its own mask ``masks[s]``; the data and ``hp`` are
+  shared. Each seed's result equals its own :func:`run_request_on_device` up to
+  float rounding, and the ``S`` runs cost one program per chunk: on an
+  accelerator, or on a CPU whose cores a single run leaves idle, much less than
+  ``S`` runs.
+
+  Build ``states`` by stacking fresh states along a new leading axis, e.g.
+  ``jax.tree.map(lambda *a: jnp.stack(a), *[init_train_state(p, ms, tx) for p in ...])``.
+
+  Args:
+    steps, mode, num_iterations, forget_freq, target_data, remain_data, hp, chunk:
+      as :func:`run_request_on_device`.
+    states: :class:`TrainState` with a leading seed axis ``S`` on every leaf; donated.
+    target_index: int ``[S, ceil(N / f), B]`` (``[S, N, B]`` without remaining data).
+    remain_index: int ``[S, N, B]``, or None without remaining data.
+    masks: the seeds' saliency masks, each leaf with a leading axis ``S``, or None.
+
+  Returns:
+    ``(states, RequestCounts)``: the seeds' states (leading axis ``S``, not synced
+    yet; :func:`finish_request` works leafwise on them too) and one seed's counts.
+  """
+  num_seeds = {int(np.shape(leaf)[0]) for leaf in jax.tree.leaves(states) if np.ndim(leaf)}
+  if len(num_seeds) != 1:
+    raise ValueError(f"states need one leading seed axis on every leaf, got sizes {num_seeds}")
+  return _on_device(
+    steps,
+    states,
+    mode=mode,
+    num_iterations=num_iterations,
+    forget_freq=forget_freq,
+    target_data=target_data,
+    target_index=target_index,
+    remain_data=remain_data,
+    remain_index=remain_index,
+    mask=masks,
+    hp=hp,
+    chunk=chunk,
+    num_seeds=num_seeds.pop(),
+  )
+
+
+def _on_device(
+  steps,
+  state,
+  *,
+  mode,
+  num_iterations,
+  forget_freq,
+  target_data,
+  target_index,
+  remain_data,
+  remain_index,
+  mask,
+  hp,
+  chunk,
+  num_seeds: Optional[int],
+):
+  """The checks and chunk loop of both on-device loops (``num_seeds``: None, one run)."""
   _check_schedule(mode, forget_freq, num_iterations)
   if chunk < 1:
     raise ValueError(f"chunk must be >= 1, got {chunk}")
   has_remain = remain_data is not None
   n, f = int(num_iterations), int(forget_freq)
-  want = (n if not has_remain else math.ceil(n / f),)
-  if np.shape(target_index)[:1] != want:
-    raise ValueError(f"target_index needs {want[0]} rows, got shape {np.shape(target_index)}")
-  if has_remain and np.shape(remain_index)[:1] != (n,):
-    raise ValueError(f"remain_index needs {n} rows, got shape {np.shape(remain_index)}")
+  lead = () if num_seeds is None else (num_seeds,)
+  want = (*lead, n if not has_remain else math.ceil(n / f))
+  if np.shape(target_index)[: len(want)] != want:
+    raise ValueError(f"target_index needs shape {want} + (B,), got {np.shape(target_index)}")
+  if has_remain and np.shape(remain_index)[: len(lead) + 1] != (*lead, n):
+    raise ValueError(f"remain_index needs shape {(*lead, n)} + (B,), got {np.shape(remain_index)}")
+  if num_seeds is not None and mask is not None:
+    bad = {np.shape(m)[:1] for m in jax.tree.leaves(mask)} - {lead}
+    if bad:
+      raise ValueError(f"masks need a leading seed axis of {num_seeds}, got {sorted(bad)}")
   remain = (remain_data, jnp.asarray(remain_index)) if has_remain else None
   target_index = jnp.asarray(target_index)
   for start in range(0, n, chunk):
     ks = jnp.arange(start, min(start + chunk, n), dtype=jnp.int32)
     state = _chunk(
-      steps, mode, f, has_remain, state, ks, target_data, target_index, remain, mask, hp
+      steps,
+      mode,
+      f,
+      has_remain,
+      num_seeds is not None,
+      state,
+      ks,
+      target_data,
+      target_index,
+      remain,
+      mask,
+      hp,
     )
   return state, _counts(mode, n, f, has_remain)
 
