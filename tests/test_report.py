@@ -411,6 +411,32 @@ def test_aggregate_mean_std_by_hand():
   assert json.loads(json.dumps(agg)) == agg
 
 
+def test_aggregate_intervals_and_paired_differences_by_hand():
+  gaps = [0.04, 0.06, 0.11]  # ugclu's gap per seed; ft's is 0.30 on every seed.
+  agg = rp.aggregate([_seeded(s, g) for s, g in zip((0, 1, 2), gaps)])
+  mean = sum(gaps) / 3
+  std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / 2)
+  t_975_2 = 4.302652729911275  # Student t, 2 degrees of freedom, 0.975 quantile
+  assert agg["summary_ci95"]["ugclu"]["avg_gap"] == pytest.approx(t_975_2 * std / math.sqrt(3))
+  assert agg["summary_ci95"]["ft"]["avg_gap"] == pytest.approx(0.0)
+  paired = agg["paired"]
+  assert paired["reference"] == "ugclu" and set(paired["methods"]) == {"ft", "retrain"}
+  d = paired["methods"]["ft"]["avg_gap"]  # 0.04 - 0.30, 0.06 - 0.30, 0.11 - 0.30
+  assert d["n"] == 3 and d["mean"] == pytest.approx(mean - 0.3)
+  half = t_975_2 * std / math.sqrt(3)
+  assert d["ci95"] == [pytest.approx(mean - 0.3 - half), pytest.approx(mean - 0.3 + half)]
+  assert d["reference_lower"] == 3
+  assert d["wilcoxon_p"] == pytest.approx(0.25)  # exact: all 3 of 3 signs agree, 2 / 2**3
+  md = rp.markdown(agg)
+  assert "## Paired with ugclu" in md
+  assert f"| ft | avg_gap | 3 | {100 * (mean - 0.3):+.1f} |" in md
+  # One seed: no interval, no test.
+  one = rp.paired_difference([0.1], [0.2])
+  assert one["ci95"] is None and one["wilcoxon_p"] is None
+  assert rp.paired_difference([None, 0.1], [0.2, None]) is None
+  assert rp.paired_difference([0.1, 0.2], [0.1, 0.2])["wilcoxon_p"] == 1.0
+
+
 def test_aggregate_markdown_and_plot(tmp_path):
   agg = rp.aggregate([_seeded(s, g) for s, g in zip((0, 1, 2), (0.04, 0.06, 0.11))])
   md = rp.markdown(agg)

@@ -297,6 +297,8 @@ def test_report_command_renders_and_aggregates(smoke_run, tmp_path):
 
 
 def test_three_seeds_aggregate(tmp_path):
+  """``seeds=3``: one run per seed in seed_<s>/, each the single-seed run, and their
+  aggregate as the workdir's report; the ``report`` command aggregates the same."""
   from ugclu_jax import config as C
   from ugclu_jax import report as R
 
@@ -304,33 +306,51 @@ def test_three_seeds_aggregate(tmp_path):
     C.load_config("smoke"),
     ["stream=L:t0 L:t1 U:c1", "train.learn_epochs=1", "train.unlearn_iterations=10"],
   )
-  dirs = []
-  for seed in (0, 1, 2):
-    cfg = C.apply_overrides(base, [f"seed={seed}"])
-    runner.run_experiment(cfg, tmp_path / f"s{seed}", progress=False, echo=lambda s: None)
-    dirs.append(str(tmp_path / f"s{seed}"))
+  multi = tmp_path / "multi"
+  cfg = C.apply_overrides(base, ["seeds=3"])
+  report = runner.run_experiment(cfg, multi, progress=False, echo=lambda s: None)
+  assert report["seeds"] == [0, 1, 2] and report["runs"] == ["seed_0", "seed_1", "seed_2"]
+  assert json.loads((multi / "report.json").read_text()) == report
+  assert json.loads((multi / "config.json").read_text()) == C.to_dict(cfg)
+  dirs = [str(multi / f"seed_{s}") for s in (0, 1, 2)]
+  # Seed 1 of the three is the run of seed 1 alone.
+  alone = runner.run_experiment(
+    C.apply_overrides(base, ["seed=1"]), tmp_path / "s1", progress=False, echo=lambda s: None
+  )
+  assert R.without_timings(alone) == R.without_timings(R.load(dirs[1]))
   out = tmp_path / "agg"
   assert cli.main(["report", *dirs, "--out", str(out)]) == 0
   agg = json.loads((out / "report_aggregated.json").read_text())
+  assert R.without_timings(agg) == R.without_timings(
+    {k: v for k, v in report.items() if k != "runs"}
+  )
   assert agg["seeds"] == [0, 1, 2]
-  fa = [
-    json.loads((pathlib.Path(d) / "report.json").read_text())["methods"]["ugclu"]["requests"][2][
-      "metrics"
-    ]["forget_acc"]
-    for d in dirs
-  ]
+  fa = [R.load(d)["methods"]["ugclu"]["requests"][2]["metrics"]["forget_acc"] for d in dirs]
   got = agg["methods"]["ugclu"]["requests"][2]
   np.testing.assert_allclose(got["metrics"]["forget_acc"], np.mean(fa), rtol=1e-9)
   np.testing.assert_allclose(
     got["metrics_std"]["forget_acc"], np.std(fa, ddof=1), rtol=1e-6, atol=1e-12
   )
-  md = (out / "report.md").read_text()
-  assert "±" in md and "ugclu" in md and "retrain" in md
+  md = (multi / "report.md").read_text()
+  assert "±" in md and "## Paired with ugclu" in md and "retrain" in md
+  assert (multi / "metrics_per_request.png").is_file()
   # Re-rendering one run reproduces its report.md.
   single = tmp_path / "single"
   assert cli.main(["report", dirs[0], "--out", str(single)]) == 0
   assert (single / "report.md").read_text() == (pathlib.Path(dirs[0]) / "report.md").read_text()
   assert R.load(dirs[0])["stream"] == ["L:t0", "L:t1", "U:c1"]
+  # The audit checks every seed's run.
+  assert cli.main(["audit", str(multi)]) == 0
+  # The workdir holds a run: refused without --resume; --resume of the finished seeds only
+  # re-renders them; another config is refused.
+  with pytest.raises(runner.RunError, match="already holds a run"):
+    runner.run_experiment(cfg, multi, progress=False, echo=lambda s: None)
+  again = runner.run_experiment(cfg, multi, resume=True, progress=False, echo=lambda s: None)
+  assert R.without_timings(again) == R.without_timings(report)
+  with pytest.raises(runner.RunError, match="config differs"):
+    runner.run_experiment(
+      C.apply_overrides(cfg, ["seeds=2"]), multi, resume=True, progress=False, echo=print
+    )
 
 
 def _same(old, new, path=""):

@@ -214,6 +214,12 @@ def run_audit(workdir) -> tuple[list[str], str]:
   if not (workdir / "config.json").is_file():
     raise ValueError(f"{workdir} holds no run (no config.json)")
   try:
+    config = json.loads((workdir / "config.json").read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{workdir / 'config.json'}: cannot be read ({e})") from None
+  if isinstance(config, dict) and isinstance(config.get("seeds"), int) and config["seeds"] > 1:
+    return _audit_seeds(workdir, config)
+  try:
     run = _Run(workdir)
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{workdir / 'config.json'}: cannot be read ({e})") from None
@@ -257,3 +263,20 @@ def run_audit(workdir) -> tuple[list[str], str]:
     f"{forgotten.size} sample(s) forgotten now"
   )
   return findings, summary
+
+
+def _audit_seeds(workdir: pathlib.Path, config: dict) -> tuple[list[str], str]:
+  """A run of several seeds: each seed's run (``seed_<s>/``) audited on its own."""
+  from ugclu_jax.runner import SEED_DIR
+
+  first = config.get("seed", 0)
+  subs = [workdir / SEED_DIR.format(first + k) for k in range(config["seeds"])]
+  findings, summaries = [], []
+  for sub in subs:
+    if not (sub / "config.json").is_file():
+      summaries.append(f"{sub.name}: not started")
+      continue
+    found, summary = run_audit(sub)
+    findings += [f"{sub.name}/{line}" for line in found]
+    summaries.append(summary)
+  return findings, "; ".join(summaries)

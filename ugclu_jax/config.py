@@ -148,6 +148,9 @@ class ExperimentConfig(Checked):
     name: a label for reports.
     seed: the run's seed (model init, batches, random unlearning, MIA), in
       ``[0, 2**32 - 1]``.
+    seeds: how many seeds to run: ``seed``, ``seed + 1``, ... each a whole run
+      of the stream in ``seed_<s>/`` of the workdir, whose report.json then
+      aggregates them (mean, std, 95 % intervals, paired differences).
     stream: the request stream (docs/design.md §4).
     methods: method names, distinct; ``retrain`` (the oracle) is added when the
       stream unlearns anything.
@@ -157,6 +160,7 @@ class ExperimentConfig(Checked):
 
   name: str = "experiment"
   seed: int = field(0, within(0, SEED_MAX))
+  seeds: int = field(1, within(1, 1000))
   stream: str = "L:t0 L:t1 U:t0"
   methods: tuple[str, ...] = field(("ugclu",), NON_EMPTY, DISTINCT)
   mia_variant: str = "entropy_logreg"
@@ -164,6 +168,14 @@ class ExperimentConfig(Checked):
   train: TrainConfig = TrainConfig()
   ugclu: UGCLUConfig = UGCLUConfig()
   baselines: BaselinesConfig = BaselinesConfig()
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.seed + self.seeds - 1 > SEED_MAX:
+      raise ConfigError(
+        f"seeds={self.seeds}: the last seed, seed + seeds - 1 = {self.seed + self.seeds - 1}, "
+        f"exceeds {SEED_MAX}"
+      )
 
 
 def to_dict(cfg: Any) -> dict:

@@ -213,6 +213,49 @@ def _mean_std(values: Sequence[Any]) -> tuple[float | None, float | None]:
   return float(arr.mean()), std
 
 
+def ci95_half_width(values: Sequence[float]) -> float | None:
+  r"""Half width of the 95 % Student-t interval of the mean of ``values``:
+  :math:`t_{0.975,\,n-1}\, s / \sqrt n` (``None`` for fewer than two values)."""
+  arr = np.asarray(values, dtype=np.float64)
+  if arr.size < 2:
+    return None
+  from scipy import stats  # scikit-learn's dependency; imported where it is needed
+
+  return float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / np.sqrt(arr.size))
+
+
+def paired_difference(reference: Sequence[Any], other: Sequence[Any]) -> dict[str, Any] | None:
+  r"""The paired comparison of two methods' values over the same seeds.
+
+  :math:`\Delta_s = r_s - o_s` over the seeds where both are defined: ``n``,
+  ``mean``, ``ci95`` (the 95 % Student-t interval ``[lo, hi]`` of the mean, ``None``
+  for ``n < 2``), ``reference_lower`` (how many :math:`\Delta_s < 0`) and
+  ``wilcoxon_p`` (two-sided signed-rank p-value; 1.0 when every
+  :math:`\Delta_s = 0`, ``None`` for ``n < 2``). ``None`` when no seed defines both.
+  """
+  pairs = [(_num(r), _num(o)) for r, o in zip(reference, other)]
+  d = np.asarray([r - o for r, o in pairs if r is not None and o is not None], np.float64)
+  if d.size == 0:
+    return None
+  mean, half = float(d.mean()), ci95_half_width(d)
+  p = None
+  if d.size >= 2:
+    from scipy import stats
+
+    p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+  return {
+    "n": int(d.size),
+    "mean": mean,
+    "ci95": None if half is None else [mean - half, mean + half],
+    "reference_lower": int(np.sum(d < 0)),
+    "wilcoxon_p": p,
+  }
+
+
+PAIRED_KEYS = ("avg_gap", "avg_acc", "forgetting", "relapse")
+"""The summary values that :func:`aggregate` compares pairwise across methods."""
+
+
 def _find_config(config: Mapping[str, Any], want: str) -> Any:
   """The first value in ``config`` (depth first) whose key contains ``want``."""
   for key, value in config.items():
@@ -404,7 +447,11 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ``acc_per_task`` / ``acc_per_task_std``, and ``collapsed_per_seed`` (each
     seed's ``collapsed`` reason or ``None``) where the reports carry it;
   * ``summary`` / ``summary_std``: mean and std over seeds of each seed's
-    :func:`summary`;
+    :func:`summary`; ``summary_ci95``: the half width of the mean's 95 %
+    Student-t interval (:func:`ci95_half_width`; ``None`` for one seed);
+  * ``paired``: ``{"reference": "ugclu", "methods": {name: {key: ...}}}``, the
+    :func:`paired_difference` of the reference (``ugclu``, else the first
+    method) minus each other method over the seeds, for :data:`PAIRED_KEYS`;
   * ``seeds``: the seeds of the inputs (``config["seed"]``, ``None`` if absent);
   * ``config``: the first report's config without its ``seed``.
 
@@ -443,11 +490,22 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
   summaries = [summary(rep) for rep in reports]
-  summary_mean, summary_std = {}, {}
+  summary_mean, summary_std, summary_ci = {}, {}, {}
   for name in _method_order(first):
-    summary_mean[name], summary_std[name] = {}, {}
+    summary_mean[name], summary_std[name], summary_ci[name] = {}, {}, {}
     for k in SUMMARY_KEYS:
-      summary_mean[name][k], summary_std[name][k] = _mean_std([s[name][k] for s in summaries])
+      values = [s[name][k] for s in summaries]
+      summary_mean[name][k], summary_std[name][k] = _mean_std(values)
+      summary_ci[name][k] = ci95_half_width([v for v in map(_num, values) if v is not None])
+  reference = "ugclu" if "ugclu" in first["methods"] else _method_order(first)[0]
+  paired = {
+    name: {
+      k: paired_difference([s[reference][k] for s in summaries], [s[name][k] for s in summaries])
+      for k in PAIRED_KEYS
+    }
+    for name in _method_order(first)
+    if name != reference
+  }
 
   config = {k: copy.deepcopy(v) for k, v in _config(first).items() if k != "seed"}
   return {
@@ -457,6 +515,8 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     "methods": methods,
     "summary": summary_mean,
     "summary_std": summary_std,
+    "summary_ci95": summary_ci,
+    "paired": {"reference": reference, "methods": paired},
   }
 
 
@@ -574,6 +634,53 @@ def _collapsed_lines(report: Mapping[str, Any], order: Sequence[str]) -> list[st
   return lines + _table(["method", "request", "seed", "reason"], rows)
 
 
+def _paired_lines(report: Mapping[str, Any]) -> list[str]:
+  """report.md's 95 % intervals and paired comparisons (aggregated reports only)."""
+  paired = report.get("paired")
+  if not isinstance(paired, Mapping) or not isinstance(paired.get("methods"), Mapping):
+    return []
+  ref, ci = paired.get("reference"), report.get("summary_ci95") or {}
+  means = summary(report)
+  lines = [
+    "",
+    f"## Paired with {ref}",
+    "",
+    f"Per seed, {ref}'s value minus the method's, in points (gap: negative = {ref} closer "
+    f"to the oracle); mean with its 95 % Student-t interval over {len(report['seeds'])} "
+    "seeds (paired by seed: the same data, stream and initial model; batch draws are the "
+    f"method's own); `lower` = seeds where {ref}'s value is lower; Wilcoxon signed-rank p. "
+    "Above, each method's gap as mean ± 95 % half width.",
+    "",
+  ]
+  rows = []
+  for name in _method_order(report):
+    half = (ci.get(name) or {}).get("avg_gap") if isinstance(ci, Mapping) else None
+    gap = means[name]["avg_gap"]
+    rows.append([_label(name), _DASH if gap is None else _fmt(gap, "avg_gap", _num(half), True)])
+  lines += _table(["method", "gap ± 95 % CI"], rows) + [""]
+  rows = []
+  for name, entry in paired["methods"].items():
+    for key in PAIRED_KEYS:
+      d = entry.get(key) if isinstance(entry, Mapping) else None
+      if not isinstance(d, Mapping):
+        continue
+      interval = d.get("ci95")
+      interval = _DASH if not interval else f"[{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+      p = d.get("wilcoxon_p")
+      rows.append(
+        [
+          _label(name),
+          key,
+          str(d["n"]),
+          f"{100 * d['mean']:+.1f}",
+          interval,
+          f"{d['reference_lower']}/{d['n']}",
+          _DASH if p is None else f"{p:.3g}",
+        ]
+      )
+  return lines + _table(["method", "value", "seeds", "mean Δ", "95 % CI", "lower", "p"], rows)
+
+
 def markdown(report: Mapping[str, Any]) -> str:
   """Renders a report (single or aggregated) as Markdown: the content of report.md.
 
@@ -624,6 +731,7 @@ def markdown(report: Mapping[str, Any]) -> str:
   ]
   lines += _table(["method"] + [h for h, _ in _SUMMARY_HEADERS], rows)
   lines += _collapsed_lines(report, order)
+  lines += _paired_lines(report)
 
   lines += ["", "## Requests"]
   by_index = {n: _by_index(report["methods"][n]) for n in order}

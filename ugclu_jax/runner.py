@@ -389,6 +389,15 @@ def _history_from_meta(meta: dict, method_names, where) -> dict:
   return {n: [E.record_from_json(q) for q in history[n]] for n in method_names}
 
 
+def _same_config(stored: dict, cfg: C.ExperimentConfig) -> bool:
+  """Whether a stored config is ``cfg`` (fields added since it was written take their
+  defaults)."""
+  try:
+    return C.to_dict(C.from_dict(stored)) == C.to_dict(cfg)
+  except C.ConfigError:
+    return False
+
+
 def run_experiment(
   cfg: C.ExperimentConfig,
   workdir,
@@ -411,8 +420,20 @@ def run_experiment(
   checkpoint; a finished run is only re-rendered) or ``overwrite`` (delete its
   outputs first). Once the run holds the workdir, a failure is also written to
   run.log.
+
+  With ``cfg.seeds > 1`` it runs the stream once per seed (:func:`_run_seeds`).
   """
   workdir = pathlib.Path(workdir)
+  if cfg.seeds > 1:
+    return _run_seeds(
+      cfg,
+      workdir,
+      resume=resume,
+      overwrite=overwrite,
+      progress=progress,
+      render=render,
+      echo=echo,
+    )
   messages = []
   cfg, ds, tasks, requests, method_names = prepare(cfg, messages.append)
   if (workdir / LOCK_FILE).is_file():  # Busy? Checked first, and without writing.
@@ -460,7 +481,7 @@ def _run(
       f"{workdir} already holds a run; pass --resume to continue it, --overwrite "
       f"to replace it, or use another --workdir"
     )
-  if meta is not None and meta["config"] != C.to_dict(cfg):
+  if meta is not None and not _same_config(meta["config"], cfg):
     raise RunError(f"--resume: the config differs from the one of the run in {workdir}")
   if meta is None and (workdir / "report.json").exists():
     raise RunError(_NO_CHECKPOINT.format(workdir=workdir))
@@ -645,6 +666,56 @@ def _run(
   return report
 
 
+SEED_DIR = "seed_{}"  # A seed's run inside the workdir of a run of several seeds.
+
+
+def _run_seeds(cfg, workdir, *, resume, overwrite, progress, render, echo) -> dict:
+  """``cfg.seeds`` runs of the stream, seeds ``cfg.seed``, ``cfg.seed + 1``, ...
+
+  Each seed is a whole run (:func:`run_experiment` with ``seeds=1``) in
+  ``workdir/seed_<s>/``, with its own report, plots, log and checkpoints; they run
+  one after another, and ``--resume`` continues each where it stopped. The
+  workdir's ``report.json`` is their :func:`ugclu_jax.report.aggregate` (mean, std,
+  95 % intervals, paired differences with ``ugclu``), rendered as ``report.md``
+  and plots; ``config.json`` is ``cfg``. The workdir is locked for the whole run.
+  """
+  from ugclu_jax import report as R  # matplotlib is imported only when rendering
+
+  seeds = [cfg.seed + k for k in range(cfg.seeds)]
+  runs = [dataclasses.replace(cfg, seed=s, seeds=1) for s in seeds]
+  prepare(runs[0])  # Every check before any work (the seeds change no check).
+  if (workdir / LOCK_FILE).is_file():  # Busy? Checked first, and without writing.
+    _lock(workdir / LOCK_FILE).close()
+  _check_workdir(workdir, resume=resume, overwrite=overwrite, seeds=True)
+  with _hold_workdir(workdir, resume=resume, overwrite=overwrite, seeds=True) as log_file:
+
+    def log(line: str) -> None:
+      with errors.writing(workdir / "run.log"):
+        _log_line(log_file, line)
+      echo(line)
+
+    stored = workdir / "config.json"
+    if resume and stored.is_file() and not _same_config(json.loads(stored.read_text()), cfg):
+      raise RunError(f"--resume: the config differs from the one of the run in {workdir}")
+    _write_json(stored, C.to_dict(cfg))
+    started = utc_now()
+    reports = []
+    for k, (run_cfg, s) in enumerate(zip(runs, seeds)):
+      sub = workdir / SEED_DIR.format(s)
+      log(f"seed {s} ({k + 1} of {len(seeds)}): {sub}")
+      reports.append(
+        run_experiment(run_cfg, sub, resume=resume, progress=progress, render=render, echo=echo)
+      )
+    report = R.aggregate(reports)
+    report["runs"] = [SEED_DIR.format(s) for s in seeds]
+    report["provenance"] = {"started": started, "finished": utc_now()}
+    _write_json(workdir / "report.json", report)
+    if render:
+      _render(report, workdir, log)
+    log(f"done: {workdir / 'report.json'} (seeds {', '.join(map(str, seeds))})")
+  return report
+
+
 # ----------------------------------------------------------------------------
 # The workdir: one run at a time, finished runs kept unless asked
 # ----------------------------------------------------------------------------
@@ -663,6 +734,7 @@ def _run_outputs(workdir: pathlib.Path) -> list[pathlib.Path]:
   if not workdir.is_dir():
     return []
   found = [workdir / n for n in RUN_OUTPUTS if (workdir / n).exists()]
+  found += sorted(p for p in workdir.glob(SEED_DIR.format("*")) if p.is_dir())
   return found + sorted(workdir.glob("*.png")) + sorted(workdir.glob("*.json.tmp"))
 
 
@@ -684,8 +756,11 @@ def _lock(path: pathlib.Path):
   return lock
 
 
-def _check_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool) -> None:
-  """Refuses, without writing anything, a workdir that is a file or holds an unnamed run."""
+def _check_workdir(
+  workdir: pathlib.Path, *, resume: bool, overwrite: bool, seeds: bool = False
+) -> None:
+  """Refuses, without writing anything, a workdir that is a file or holds an unnamed run
+  (``seeds``: the workdir of several seeds' runs, whose checkpoints are theirs)."""
   if workdir.exists() and not workdir.is_dir():
     raise NotADirectoryError(errno.ENOTDIR, "not a folder (--workdir names a file)", str(workdir))
   found = _run_outputs(workdir)
@@ -694,6 +769,8 @@ def _check_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool) -> N
       f"{workdir} already holds a run ({found[0].name}); pass --resume to continue "
       f"it, --overwrite to replace it, or use another --workdir"
     )
+  if seeds:
+    return
   if resume and (workdir / "report.json").exists() and not (workdir / "checkpoints").is_dir():
     raise RunError(_NO_CHECKPOINT.format(workdir=workdir))
 
@@ -704,7 +781,7 @@ def _log_line(log_file, line: str) -> None:
 
 
 @contextlib.contextmanager
-def _hold_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool):
+def _hold_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool, seeds: bool = False):
   """Creates and locks ``workdir`` for the run and yields its open run.log.
 
   The lock is ``flock`` on ``run.lock``: it dies with the process, so a lock
@@ -719,7 +796,8 @@ def _hold_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool):
       lock.truncate(0)
       lock.write(f"{os.getpid()}\n")
       lock.flush()
-    _check_workdir(workdir, resume=resume, overwrite=overwrite)  # Again, holding the lock.
+    # Again, holding the lock.
+    _check_workdir(workdir, resume=resume, overwrite=overwrite, seeds=seeds)
     if overwrite:
       for path in _run_outputs(workdir):
         if path.is_dir():
