@@ -378,3 +378,32 @@ def test_the_smoke_report_is_the_one_from_before_the_refactor(smoke_run):
   report = json.loads((smoke_run / "report.json").read_text())
   now = {"stream": report["stream"], "methods": report["methods"]}
   assert _same(before, now) == []
+
+
+def test_nothing_compiles_after_the_first_request_of_each_kind(tmp_path):
+  """Over a stream, training and evaluation compile only in the first learn request
+  without and with a store and in the first unlearn request: every later request,
+  whatever its data sizes, reuses their programs."""
+  from ugclu_jax import config as C
+  from ugclu_jax.host import CompileClock
+
+  cfg = C.apply_overrides(
+    C.load_config("smoke"),
+    [
+      "stream=L:t0 L:t1 L:t2 U:c1 L:t3 U:r0.2 U:t2",
+      "methods=ugclu,ft",
+      "train.learn_epochs=1",
+      "train.unlearn_iterations=10",
+    ],
+  )
+  compiled = {}  # request index -> compile seconds so far, at its last log line
+  with CompileClock() as clock:
+
+    def echo(line):
+      found = re.match(r"\[(\d+)\]", line)
+      if found:
+        compiled[int(found.group(1))] = clock.seconds
+
+    runner.run_experiment(cfg, tmp_path / "run", progress=False, render=False, echo=echo)
+  assert compiled[3] > compiled[2] > 0.0  # The first unlearn request compiled its steps.
+  assert compiled[6] == compiled[3], compiled  # Requests 4, 5, 6 compiled nothing.
