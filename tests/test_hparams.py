@@ -82,7 +82,14 @@ def test_one_default_per_hyperparameter():
     assert params["hparams"].default == cls()
     assert {n for n, p in params.items() if p.default is not p.empty} <= {"hparams", "name"}
   params = inspect.signature(MT.retrain).parameters
-  assert {n for n, p in params.items() if p.default is not p.empty} == {"clip_norm", "name"}
+  # Off by default: the clip, early stopping (patience) and its evaluation batch.
+  assert {n for n, p in params.items() if p.default is not p.empty} == {
+    "clip_norm",
+    "name",
+    "patience",
+    "eval_batch_size",
+  }
+  assert params["patience"].default is None and params["eval_batch_size"].default is None
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +140,8 @@ def test_config_import_stays_light():
 TAGS = {
   "run.train_subsample": 0x5EED,
   "run.test_pool": 0x7E57,
+  "run.validation": 0x7A11,
+  "run.twin_init": 0x7214,
   "request.eval_forget": 1,
   "request.eval_remain": 2,
   "request.random_unlearn": 11,

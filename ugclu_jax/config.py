@@ -75,6 +75,10 @@ class DataConfig(Checked):
       class, the same ones at every request.
     max_train_per_class: keep at most this many training samples per class (a
       seeded draw; None: all), to fit an experiment into a CPU budget.
+    validation_per_class: training samples of each class held out as a
+      validation split before ``max_train_per_class`` applies (a seeded draw; 0:
+      none). No method trains on them; the oracle's early stopping
+      (``train.oracle_max_epochs``) reads them.
   """
 
   KEY = "data"
@@ -89,6 +93,7 @@ class DataConfig(Checked):
   eval_batch_size: int = field(512, COUNT)
   max_eval: int = field(5000, COUNT)
   max_train_per_class: Optional[int] = field(None, COUNT)
+  validation_per_class: int = field(0, NON_NEGATIVE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +104,14 @@ class TrainConfig(Checked):
     model: ``mlp``, ``cnn`` or ``resnet18``.
     learn_epochs: epochs over ``D_L`` for a learn request (iterations =
       ``ceil(epochs * |D_L| / batch_size)``); the oracle trains this many epochs
-      over ``D_R ∪ D_L`` from scratch.
+      over ``D_R ∪ D_L`` from scratch unless ``oracle_max_epochs`` is set.
+    oracle_max_epochs: None, or the oracle's early stopping: it trains up to
+      this many epochs over ``D_R ∪ D_L`` (a cosine over all of them), checks its
+      accuracy on the validation samples (``data.validation_per_class``) of the
+      classes it trains on after every epoch, stops after ``oracle_patience``
+      epochs without a better one, and keeps the best epoch's weights.
+    oracle_patience: epochs without a better validation accuracy before the
+      oracle stops.
     min_learn_iterations: the least number of iterations of a learn request
       and of the oracle's retraining, whatever ``learn_epochs`` gives (0: no
       minimum). A small request (two classes of a few hundred samples: 32
@@ -131,6 +143,8 @@ class TrainConfig(Checked):
 
   model: str = "mlp"
   learn_epochs: float = field(5.0, POSITIVE)
+  oracle_max_epochs: Optional[float] = field(None, POSITIVE)
+  oracle_patience: int = field(3, COUNT)
   min_learn_iterations: int = field(0, NON_NEGATIVE)
   learning_rate: float = field(0.05, POSITIVE)
   momentum: float = field(0.9, within(0, 1, "[)"))

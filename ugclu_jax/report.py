@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ugclu_jax.methods import ORACLE  # The retrain oracle's name (a light import: no JAX).
+# The oracle's and its twin's names (a light import: no JAX).
+from ugclu_jax.methods import ORACLE, ORACLE_TWIN
 
 UNLEARN_PREFIX = "U:"
 """Stream tokens starting with this prefix are unlearn requests."""
@@ -560,7 +561,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _label(name: str) -> str:
-  return f"{name} (oracle)" if name == ORACLE else name
+  return {ORACLE: f"{name} (oracle)", ORACLE_TWIN: f"{name} (noise floor)"}.get(name, name)
 
 
 def _seed_text(report: Mapping[str, Any]) -> str:

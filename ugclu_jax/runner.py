@@ -77,6 +77,11 @@ def _validate(cfg: C.ExperimentConfig) -> None:
     raise RunError(
       f"ugclu.curvature={cfg.ugclu.curvature!r} is unknown; valid: {', '.join(CURVATURES)}"
     )
+  if cfg.train.oracle_max_epochs is not None and not cfg.data.validation_per_class:
+    raise RunError(
+      f"train.oracle_max_epochs={cfg.train.oracle_max_epochs} stops the oracle early on "
+      "validation samples: set data.validation_per_class too"
+    )
   if cfg.mia_variant not in mia.MIA_VARIANTS:
     raise RunError(
       f"mia_variant={cfg.mia_variant!r} is unknown; valid: {', '.join(mia.MIA_VARIANTS)}"
@@ -113,6 +118,11 @@ def _load_data(cfg: C.ExperimentConfig, log: Callable[[str], None]):
       cfg, data=dataclasses.replace(cfg.data, name=cfg.data.fallback, dir=None, fallback=None)
     )
     ds = D.load_dataset(cfg.data.name, seed=cfg.seed)
+  if cfg.data.validation_per_class:
+    try:
+      ds = D.split_validation(ds, cfg.data.validation_per_class, cfg.seed)
+    except ValueError as e:
+      raise C.ConfigError(f"data.{e} (dataset {ds.name!r})") from None
   if cfg.data.max_train_per_class is not None:
     ds = D.limit_train_per_class(ds, cfg.data.max_train_per_class, cfg.seed)
   return ds, cfg
@@ -160,7 +170,7 @@ def _build_method(
 ):
   t = cfg.train
   clip = t.clip_norm or None
-  if name == MT.ORACLE:
+  if name in MT.ORACLES:
     return MT.retrain(
       apply_fn,
       init_params=params0,
@@ -168,6 +178,8 @@ def _build_method(
       learning_rate=t.learning_rate,
       momentum=t.momentum,
       weight_decay=t.weight_decay,
+      patience=None if t.oracle_max_epochs is None else t.oracle_patience,
+      eval_batch_size=cfg.data.eval_batch_size,
       name=name,
     )
   if name in MT.UGCLU_VARIANTS:
@@ -245,13 +257,26 @@ def _initial(cfg, ds, method_names, mesh=None):
     rngs=nnx.Rngs(cfg.seed),
   )
   apply_fn, params0, model_state0 = as_functional(model)
-  params0, model_state0 = PL.replicate((params0, model_state0), mesh)
+  initial = {n: (params0, model_state0) for n in method_names}
+  if MT.ORACLE_TWIN in method_names:  # Its own initial weights (and, by its name, batches).
+    twin_seed = int(
+      np.random.SeedSequence(seed_for(cfg.seed, "run.twin_init")).generate_state(1)[0]
+    )
+    twin = get_model(
+      cfg.train.model,
+      num_classes=ds.num_classes,
+      input_shape=ds.x_train.shape[1:],
+      rngs=nnx.Rngs(twin_seed),
+    )
+    initial[MT.ORACLE_TWIN] = as_functional(twin)[1:]
+  initial = PL.replicate(initial, mesh)
   methods = {
     n: _build_method(
-      n, cfg, apply_fn, params0, model_state0, num_train=ds.y_train.size, num_classes=ds.num_classes
+      n, cfg, apply_fn, *initial[n], num_train=ds.y_train.size, num_classes=ds.num_classes
     )
     for n in method_names
   }
+  params0, model_state0 = PL.replicate((params0, model_state0), mesh)
   states = {n: m.init(params0, model_state0) for n, m in methods.items()}
   store = D.store_init(cfg.data.store_size, ds.num_classes)
   learned = np.zeros(ds.y_train.shape, bool)
@@ -578,8 +603,15 @@ def _run(
       else:
         n_iter = cfg.train.unlearn_iterations
       n_oracle = _iterations(
-        cfg.train.learn_epochs, learned_idx.size, b, cfg.train.min_learn_iterations
+        cfg.train.oracle_max_epochs or cfg.train.learn_epochs,
+        learned_idx.size,
+        b,
+        cfg.train.min_learn_iterations,
       )
+      validation = None  # The oracle's early stopping: validation samples of its classes.
+      if ds.y_val is not None:
+        keep = np.isin(ds.y_val, y[learned_idx])
+        validation = (ds.x_val[keep], ds.y_val[keep])
 
       # --- Evaluation sets (shared by all methods) ------------------------------------
       sets = _eval_sets(
@@ -589,7 +621,7 @@ def _run(
       records = {}
       for name in method_names:
         method = methods[name]
-        is_oracle = name == MT.ORACLE
+        is_oracle = name in MT.ORACLES
         ctx = MT.Context(
           access=oracle_access if is_oracle else access,
           request=req,
@@ -598,6 +630,7 @@ def _run(
           batch_size=b,
           seed=MT.method_seed(seed, r, name),
           mesh=mesh,
+          validation=validation if is_oracle else None,
         )
         # --- Train -----------------------------------------------------------------
         with tqdm(

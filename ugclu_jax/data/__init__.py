@@ -17,6 +17,7 @@ from ugclu_jax.data.datasets import limit_train_per_class
 from ugclu_jax.data.datasets import load_idx_dataset
 from ugclu_jax.data.datasets import parse_idx
 from ugclu_jax.data.datasets import per_class_subsample
+from ugclu_jax.data.datasets import split_validation
 from ugclu_jax.data.datasets import stratified_split
 from ugclu_jax.data.datasets import synthetic_dataset
 from ugclu_jax.data.datasets import to_float
@@ -73,6 +74,7 @@ __all__ = (
   "request_rng",
   "resolve_request",
   "sample_batch",
+  "split_validation",
   "store_add",
   "store_class_counts",
   "store_indices",

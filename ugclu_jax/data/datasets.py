@@ -98,6 +98,9 @@ class Dataset(NamedTuple):
     x_test: ``uint8 [M, H, W, C]`` test images.
     y_test: ``int32 [M]`` test labels.
     num_classes: number of classes; labels lie in ``[0, num_classes)``.
+    x_val: ``uint8 [V, H, W, C]`` validation images held out of the training
+      split (:func:`split_validation`), or None.
+    y_val: ``int32 [V]`` their labels, or None.
   """
 
   name: str
@@ -106,6 +109,8 @@ class Dataset(NamedTuple):
   x_test: np.ndarray
   y_test: np.ndarray
   num_classes: int
+  x_val: Optional[np.ndarray] = None
+  y_val: Optional[np.ndarray] = None
 
 
 def to_float(x: np.ndarray) -> np.ndarray:
@@ -149,6 +154,35 @@ def limit_train_per_class(ds: Dataset, max_per_class: int, seed: int) -> Dataset
   """
   keep = per_class_subsample(ds.y_train, max_per_class, seed_for(seed, "run.train_subsample"))
   return ds._replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+
+
+def split_validation(ds: Dataset, per_class: int, seed: int) -> Dataset:
+  """Holds ``per_class`` training samples of each class out as a validation split.
+
+  A seeded draw (seed stream ``run.validation``); the held-out samples leave the
+  training split, so no request learns them.
+
+  Returns:
+    The dataset without them in its training split and with them as ``x_val``,
+    ``y_val``, both in their original order.
+
+  Raises:
+    ValueError: a class with no more than ``per_class`` training samples.
+  """
+  counts = np.bincount(ds.y_train, minlength=ds.num_classes)
+  if per_class >= counts.min():
+    raise ValueError(
+      f"validation_per_class={per_class} leaves no training sample of class "
+      f"{int(counts.argmin())}, which has {int(counts.min())}"
+    )
+  held = per_class_subsample(ds.y_train, per_class, seed_for(seed, "run.validation"))
+  keep = np.setdiff1d(np.arange(ds.y_train.size), held)
+  return ds._replace(
+    x_train=ds.x_train[keep],
+    y_train=ds.y_train[keep],
+    x_val=ds.x_train[held],
+    y_val=ds.y_train[held],
+  )
 
 
 def stratified_split(

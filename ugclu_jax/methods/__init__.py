@@ -18,6 +18,10 @@ UGCLU_VARIANTS = {
   "ugclu_noadapt": {"temperature": 0.0},
 }
 ORACLE = "retrain"
+# The oracle retrained from other initial weights and batches: its gap to the
+# oracle is the noise floor of every gap (docs/method.md §9).
+ORACLE_TWIN = "retrain_twin"
+ORACLES = (ORACLE, ORACLE_TWIN)
 
 _EXPORTS = {
   "base": ("Context", "Method", "MethodState", "NonFiniteError", "max_forget_loss", "method_seed"),
@@ -67,7 +71,7 @@ class _MethodNames(tuple):
 def _single_names() -> frozenset:
   from ugclu_jax.methods import baselines
 
-  return frozenset((*UGCLU_VARIANTS, ORACLE, *baselines.BASELINE_NAMES))
+  return frozenset((*UGCLU_VARIANTS, *ORACLES, *baselines.BASELINE_NAMES))
 
 
 def _method_names() -> _MethodNames:
@@ -90,6 +94,8 @@ __all__ = (
   "MethodState",
   "NonFiniteError",
   "ORACLE",
+  "ORACLES",
+  "ORACLE_TWIN",
   "UGCLUConfig",
   "UGCLU_VARIANTS",
   "UNLEARNING_BASELINES",

@@ -60,6 +60,8 @@ class Context:
     progress: called with the number of iterations just finished.
     mesh: a ``jax.sharding.Mesh`` to split batches over (data parallelism,
       :mod:`ugclu_jax.parallel`), or ``None`` for the default device.
+    validation: held-out ``(x, y)`` of the trained classes, for early stopping
+      (the oracle's; ``data.validation_per_class``), or ``None``.
   """
 
   access: DataAccess
@@ -70,6 +72,7 @@ class Context:
   seed: tuple[int, ...]
   progress: Callable[[int], None] = lambda n: None
   mesh: Any = None
+  validation: Any = None
 
   def put(self, batch: Batch) -> Batch:
     """A host batch on the device(s), split along its batch axis over ``mesh`` if any."""
