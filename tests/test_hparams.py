@@ -146,17 +146,17 @@ TAGS = {
   "request.eval_remain": 2,
   "request.random_unlearn": 11,
   "request.store_reservoir": 12,
-  "ugclu.fisher_target": 1,
-  "ugclu.fisher_remain": 2,
-  "ugclu.target_batches": 3,
-  "ugclu.remain_batches": 4,
+  "ugclu.target_batches": 1,
+  "ugclu.remain_batches": 2,
+  "ugclu.fisher_target": 7,
+  "ugclu.fisher_remain": 8,
   "baseline.target_batches": 1,
   "baseline.remain_batches": 2,
   "baseline.replay_batches": 3,
   "baseline.random_labels": 5,
   "baseline.salun_mask": 6,
   "baseline.ewc_fisher": 9,
-  "oracle.target_batches": 0,
+  "oracle.target_batches": 1,
 }
 
 
@@ -166,10 +166,18 @@ def test_seed_streams_are_distinct_named_integers():
     tags = list(streams.values())
     assert all(isinstance(t, int) and 0 <= t < 2**32 for t in tags), scope
     assert len(set(tags)) == len(tags), scope
-  # Scopes whose bases have the same length draw under different method names
-  # (methods.method_seed), so equal tags there never meet.
   named = {f"{s}.{n}": t for s, streams in seeds.STREAMS.items() for n, t in streams.items()}
   assert named == TAGS
+  # Every method draws from one base (methods.method_seed), so a tag shared by two method
+  # scopes must name one role: the same batches (paired methods), never a clash.
+  methods = ("ugclu", "baseline", "oracle")
+  by_tag = {}
+  for scope in methods:
+    for name, tag in seeds.STREAMS[scope].items():
+      by_tag.setdefault(tag, set()).add(name)
+  assert all(len(names) == 1 for names in by_tag.values()), by_tag
+  assert MT.method_seed(3, 1, "ugclu") == MT.method_seed(3, 1, "ft") == (3, 1, 0)
+  assert MT.method_seed(3, 1, "retrain_twin") == (3, 1, 1)
 
 
 def test_seed_for_appends_the_tag_to_the_base():
@@ -177,7 +185,7 @@ def test_seed_for_appends_the_tag_to_the_base():
   assert seeds.seed_for(np.int64(7), "run.train_subsample") == (7, 0x5EED)
   assert seeds.seed_for((7, 3), "request.store_reservoir") == (7, 3, 12)
   base = MT.method_seed(7, 3, "ugclu")
-  assert seeds.seed_for(base, "ugclu.fisher_remain") == (*base, 2)
+  assert seeds.seed_for(base, "ugclu.fisher_remain") == (*base, 8)
   with pytest.raises(KeyError, match="unknown seed stream 'ugclu.fisher'"):
     seeds.seed_for(base, "ugclu.fisher")
   with pytest.raises(ValueError, match=r"takes a base \(run seed, request index\)"):

@@ -14,6 +14,7 @@ from ugclu_jax import methods as MT
 from ugclu_jax.methods.base import make_fisher_fn, stacked_batches
 from ugclu_jax.methods.ugclu import ugclu
 from ugclu_jax.metrics import Cost
+from ugclu_jax.seeds import seed_for
 from ugclu_jax.models import MLP, as_functional
 
 
@@ -151,7 +152,8 @@ def digits():
 def _inline_request(
   apply_fn, kind, state, ctx, *, mode, lr, a_t, clip, remain_clip, temperature, freq, use_mask
 ):
-  """methods/ugclu.py's request as it was (commit ca6497a), with the library's steps."""
+  """methods/ugclu.py's request as it was (commit ca6497a), with the library's steps and
+  the seed streams of :mod:`ugclu_jax.seeds`."""
   access, b, n = ctx.access, ctx.batch_size, ctx.num_iterations
   tx = ug.build_optimizer(
     learning_rate=lr,
@@ -175,19 +177,25 @@ def _inline_request(
     f_t = fisher(
       state.params,
       state.model_state,
-      stacked_batches(lambda s: access.target_batch(b, s, (*ctx.seed, 1)), FISHER_BATCHES),
+      stacked_batches(
+        lambda s: access.target_batch(b, s, seed_for(ctx.seed, "ugclu.fisher_target")),
+        FISHER_BATCHES,
+      ),
     )
     f_r = fisher(
       state.params,
       state.model_state,
-      stacked_batches(lambda s: access.remain_batch(b, s, (*ctx.seed, 2)), FISHER_BATCHES),
+      stacked_batches(
+        lambda s: access.remain_batch(b, s, seed_for(ctx.seed, "ugclu.fisher_remain")),
+        FISHER_BATCHES,
+      ),
     )
     m = ug.balanced_saliency_mask(f_t, f_r, threshold=1.0)
   hp = ug.RequestHParams.create(
     learning_rate=lr, a_target=a_t, a_remain=1.0, beta=lr, damping=0.0, num_iterations=n
   )
-  target = lambda k: ctx.put(access.target_batch(b, k, (*ctx.seed, 3)))
-  remain = lambda k: ctx.put(access.remain_batch(b, k, (*ctx.seed, 4)))
+  target = lambda k: ctx.put(access.target_batch(b, k, seed_for(ctx.seed, "ugclu.target_batches")))
+  remain = lambda k: ctx.put(access.remain_batch(b, k, seed_for(ctx.seed, "ugclu.remain_batches")))
   ts, total = ug.init_train_state(state.params, state.model_state, tx), Cost()
   for k in range(n):
     if not has_remain:

@@ -3,9 +3,13 @@
 A stream's seed sequence (for ``np.random.default_rng`` or
 :func:`ugclu_jax.data.batch_indices`) is its base followed by its tag:
 ``seed_for(base, "scope.stream") == (*base, STREAMS[scope][stream])``. The scope
-says what the base is (who draws); within a scope the tags are distinct. The
-tags are the integers the runs were seeded with before the streams had names, so
-every result is unchanged.
+says what the base is (who draws); within a scope the tags are distinct.
+
+Streams of one role carry one tag in every method scope (``target_batches`` 1,
+``remain_batches`` 2), and every method's base is the same
+(:func:`ugclu_jax.methods.method_seed`): all methods and ablations draw the same
+batches of a request, so that their results are paired. Only the oracle's twin
+draws its own.
 
 Standard library only.
 """
@@ -16,9 +20,9 @@ import numbers
 BASES = {
   "run": ("(run seed,)", 1),
   "request": ("(run seed, request index)", 2),
-  "ugclu": ("methods.method_seed(run seed, request, method name)", 3),
-  "baseline": ("methods.method_seed(run seed, request, method name)", 3),
-  "oracle": ("methods.method_seed(run seed, request, method name)", 3),
+  "ugclu": ("methods.method_seed(run seed, request, name): one for all but the twin", 3),
+  "baseline": ("methods.method_seed(run seed, request, name): one for all but the twin", 3),
+  "oracle": ("methods.method_seed(run seed, request, name): one for all but the twin", 3),
 }
 
 # scope -> stream -> tag.
@@ -36,10 +40,10 @@ STREAMS = {
     "store_reservoir": 12,  # which learned samples enter the replay store
   },
   "ugclu": {
-    "fisher_target": 1,  # target batches of the saliency mask's Fisher diagonal
-    "fisher_remain": 2,  # store batches of the saliency mask's Fisher diagonal
-    "target_batches": 3,  # target batches of the target (or fused) steps
-    "remain_batches": 4,  # store batches of the remain (or fused) steps
+    "target_batches": 1,  # target batches of the target (or fused) steps
+    "remain_batches": 2,  # store batches of the remain (or fused) steps
+    "fisher_target": 7,  # target batches of the saliency mask's Fisher diagonal
+    "fisher_remain": 8,  # store batches of the saliency mask's Fisher diagonal
   },
   "baseline": {
     "target_batches": 1,  # batches of D_L (learn) or D_U (unlearn)
@@ -50,7 +54,7 @@ STREAMS = {
     "ewc_fisher": 9,  # the samples of EWC's Fisher estimate
   },
   "oracle": {
-    "target_batches": 0,  # batches of D_R ∪ D_L when retraining
+    "target_batches": 1,  # batches of D_R ∪ D_L when retraining
   },
 }
 

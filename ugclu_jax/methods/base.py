@@ -8,7 +8,6 @@ current request's samples; enforced), and returns its new state and its cost.
 
 import dataclasses
 import math
-import zlib
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -18,6 +17,7 @@ import numpy as np
 from ugclu_jax import objectives
 from ugclu_jax.data import DataAccess, Request
 from ugclu_jax.hparams import COUNT, NON_NEGATIVE, POSITIVE, at_least, check_value
+from ugclu_jax.methods import ORACLE_TWIN
 from ugclu_jax.metrics import Cost
 from ugclu_jax.parallel import shard_batch
 from ugclu_jax.request import finish_request
@@ -96,8 +96,14 @@ class Method(NamedTuple):
 
 
 def method_seed(seed: int, index: int, name: str) -> tuple[int, ...]:
-  """A seed sequence unique to (run seed, request, method), stable across runs."""
-  return (int(seed), int(index), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+  """The seed sequence of a method's draws at a request: ``(run seed, request, 0)``.
+
+  The same for every method, so that all of them, and every ablation, draw the same
+  batches (paired results; :mod:`ugclu_jax.seeds` gives each role one tag). The
+  oracle's twin alone (:data:`~ugclu_jax.methods.ORACLE_TWIN`) ends in 1: its own
+  batches, for an independent retrain.
+  """
+  return (int(seed), int(index), int(name == ORACLE_TWIN))
 
 
 # The run's settings a method factory takes besides its hyperparameters: type and rule.
