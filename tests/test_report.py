@@ -379,12 +379,29 @@ def test_plot_writes_pngs(tmp_path):
       "acc_diff_ft.png",
       "metrics_per_request.png",
       "gap_time.png",
+      "gap_cost.png",
     ]
   )
   for p in paths:
     _assert_png(p)
   if not preloaded:  # the figures are drawn without pyplot
     assert "matplotlib.pyplot" not in sys.modules
+
+
+def test_unlearning_cost_against_the_oracle_by_hand():
+  # The one unlearn request U:t0: ugclu 0.5 s and 8 gradients, ft 1.0 s and 10, the
+  # oracle's retraining 3.0 s and 40; learn requests do not count.
+  s = rp.summary(_report())
+  assert s["ugclu"]["unlearn_seconds"] == 0.5 and s["ugclu"]["unlearn_grad_evals"] == 8
+  assert s["ugclu"]["oracle_time_share"] == pytest.approx(0.5 / 3.0)
+  assert s["ugclu"]["oracle_grad_share"] == pytest.approx(8 / 40)
+  assert s["ft"]["oracle_time_share"] == pytest.approx(1.0 / 3.0)
+  assert s["retrain"]["oracle_time_share"] == 1.0
+  no_oracle = _report()
+  del no_oracle["methods"]["retrain"]
+  assert rp.summary(no_oracle)["ugclu"]["oracle_time_share"] is None
+  md = rp.markdown(_report())
+  assert "unlearn time / oracle's" in md
 
 
 def test_aggregate_mean_std_by_hand():
@@ -446,7 +463,7 @@ def test_aggregate_markdown_and_plot(tmp_path):
   assert "| 7.0 ± 3.6% |" in md and "| 1.50 ± 1.00 |" in md
   assert "| — |" in md
   paths = rp.plot(agg, str(tmp_path))
-  assert len(paths) == 7
+  assert len(paths) == 8  # gap_cost.png too: the oracle is there
   for p in paths:
     _assert_png(p)
 

@@ -102,6 +102,7 @@ def test_end_to_end_report(smoke_run):
     "acc_matrix_ugclu.png",
     "acc_matrix_retrain.png",
     "gap_time.png",
+    "gap_cost.png",
   ):
     assert (smoke_run / name).is_file(), name
   md = (smoke_run / "report.md").read_text()

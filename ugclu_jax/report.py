@@ -50,6 +50,10 @@ SUMMARY_KEYS = (
   "steps",
   "grad_evals",
   "hvp_evals",
+  "unlearn_seconds",
+  "unlearn_grad_evals",
+  "oracle_time_share",
+  "oracle_grad_share",
 )
 """The keys of each method's :func:`summary` entry, in table order."""
 
@@ -88,6 +92,8 @@ _SUMMARY_HEADERS = (
   ("steps", "steps"),
   ("grad evals", "grad_evals"),
   ("HVP evals", "hvp_evals"),
+  ("unlearn time / oracle's", "oracle_time_share"),
+  ("unlearn grads / oracle's", "oracle_grad_share"),
 )
 _PANELS = (
   ("forget_acc", "forget acc (FA)"),
@@ -282,7 +288,27 @@ def _n_tasks(report: Mapping[str, Any]) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _summarize_method(entry: Mapping[str, Any]) -> dict[str, float | None]:
+def _unlearn_costs(entry: Mapping[str, Any] | None) -> dict[int, tuple]:
+  """``{request index: (seconds, grad_evals)}`` of an entry's unlearn requests."""
+  if entry is None:
+    return {}
+  return {
+    r.get("index", i): (_num(r.get("seconds")), _metric(r, "grad_evals"))
+    for i, r in enumerate(_requests(entry))
+    if str(r.get("request", "")).startswith(UNLEARN_PREFIX)
+  }
+
+
+def _share(mine: Sequence[float | None], oracle: Sequence[float | None]) -> float | None:
+  """``sum(mine) / sum(oracle)`` over the requests where both are defined."""
+  pairs = [(a, b) for a, b in zip(mine, oracle) if a is not None and b is not None]
+  total = sum(b for _, b in pairs)
+  return sum(a for a, _ in pairs) / total if pairs and total > 0 else None
+
+
+def _summarize_method(
+  entry: Mapping[str, Any], oracle: Mapping[str, Any] | None = None
+) -> dict[str, float | None]:
   reqs = _requests(entry)
   last = reqs[-1] if reqs else {}
   unlearn = [r for r in reqs if str(r.get("request", "")).startswith(UNLEARN_PREFIX)]
@@ -297,6 +323,12 @@ def _summarize_method(entry: Mapping[str, Any]) -> dict[str, float | None]:
   }
   for key in _COUNT_KEYS:
     out[key] = _total([_metric(r, key) for r in reqs])
+  mine, theirs = _unlearn_costs(entry), _unlearn_costs(oracle)
+  out["unlearn_seconds"] = _total([c[0] for c in mine.values()])
+  out["unlearn_grad_evals"] = _total([c[1] for c in mine.values()])
+  both = sorted(set(mine) & set(theirs))
+  for j, key in enumerate(("oracle_time_share", "oracle_grad_share")):
+    out[key] = _share([mine[i][j] for i in both], [theirs[i][j] for i in both])
   return {k: out[k] for k in SUMMARY_KEYS}
 
 
@@ -342,7 +374,11 @@ def summary(report: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
   * ``avg_acc``, ``forgetting``, ``bwt``: their values after the last request;
   * ``relapse``: the mean over the requests where it is defined;
   * ``seconds`` (training, compilation excluded), ``compile_seconds``, ``steps``,
-    ``grad_evals``, ``hvp_evals``: totals over requests.
+    ``grad_evals``, ``hvp_evals``: totals over requests;
+  * ``unlearn_seconds``, ``unlearn_grad_evals``: totals over the unlearn requests;
+    ``oracle_time_share``, ``oracle_grad_share``: those totals over the oracle's at
+    the same requests (the cost of unlearning against retraining; ``None``
+    without an oracle; 1 for the oracle).
 
   Each is ``None`` where undefined. For an aggregated report (:func:`aggregate`)
   the values are the means over seeds of the per-seed summaries.
@@ -361,7 +397,7 @@ def summary(report: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
     if isinstance(stored, Mapping) and isinstance(stored.get(name), Mapping):
       out[name] = {k: _num(stored[name].get(k)) for k in SUMMARY_KEYS}
     else:
-      out[name] = _summarize_method(report["methods"][name])
+      out[name] = _summarize_method(report["methods"][name], report["methods"].get(ORACLE))
   return out
 
 
@@ -1043,6 +1079,38 @@ def _plot_gap_time(report: Mapping[str, Any], path: str) -> None:
   _save(fig, path)
 
 
+def _plot_gap_cost(report: Mapping[str, Any], path: str) -> None:
+  """Each method's mean gap against its unlearn requests' time as a share of the
+  oracle's retraining (log scale); error bars for aggregated reports."""
+  agg = _is_aggregated(report)
+  order = _method_order(report)
+  colors = _colors(order)
+  means, stds = summary(report), _summary_std(report)
+  fig = _new_figure(7.0, 5.0)
+  ax = fig.subplots()
+  for n in order:
+    gap, share = means[n]["avg_gap"], means[n]["oracle_time_share"]
+    if gap is None or share is None or share <= 0 or n == ORACLE:
+      continue
+    xerr = yerr = None
+    if agg:
+      xerr = stds[n]["oracle_time_share"] or 0.0
+      yerr = 100.0 * (stds[n]["avg_gap"] or 0.0)
+    ax.errorbar(
+      share, 100.0 * gap, xerr=xerr, yerr=yerr, fmt="o", color=colors[n], capsize=3, ecolor="0.6"
+    )
+    ax.annotate(
+      _label(n), (share, 100.0 * gap), fontsize=7, xytext=(4, 3), textcoords="offset points"
+    )
+  ax.set_xscale("log")
+  ax.axvline(1.0, color="black", linestyle="--", linewidth=0.8)
+  ax.set_xlabel("unlearn requests' time / the oracle's retraining (compile excluded)")
+  ax.set_ylabel("mean avg_gap over unlearn requests (%)")
+  ax.grid(alpha=0.3, which="both")
+  fig.suptitle("gap to the oracle against cost" + (" (mean ± std)" if agg else ""), fontsize=11)
+  _save(fig, path)
+
+
 def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
   """Draws a report's figures as PNG files.
 
@@ -1052,10 +1120,12 @@ def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
   there is one (the method's matrix minus the oracle's, in points, on a diverging
   scale), ``metrics_per_request.png`` (FA, RA, TA and MIA against the request index,
   one line per method, the oracle dashed black, broken where a metric is undefined,
-  unlearn requests shaded) and ``gap_time.png`` (the mean ``avg_gap`` over unlearn
-  requests and the total time per method). Aggregated reports get ``mean±std``
-  annotations, bands and error bars. Figures stop growing at :data:`MAX_INCHES`;
-  long streams get fewer labels and heat maps without numbers.
+  unlearn requests shaded), ``gap_time.png`` (the mean ``avg_gap`` over unlearn
+  requests and the total time per method) and, with an oracle, ``gap_cost.png``
+  (the gap against the unlearn requests' time as a share of the oracle's).
+  Aggregated reports get ``mean±std`` annotations, bands and error bars. Figures
+  stop growing at :data:`MAX_INCHES`; long streams get fewer labels and heat maps
+  without numbers.
 
   Args:
     report: a report.json dict, or an aggregated report (:func:`aggregate`).
@@ -1088,6 +1158,10 @@ def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
   path = os.path.join(out_dir, "gap_time.png")
   _plot_gap_time(report, path)
   paths.append(path)
+  if any(v["oracle_time_share"] is not None for v in summary(report).values()):
+    path = os.path.join(out_dir, "gap_cost.png")
+    _plot_gap_cost(report, path)
+    paths.append(path)
   return paths
 
 
