@@ -1,0 +1,74 @@
+"""experiments/run_all.py: the driver runs, resumes and writes its tables (smoke scale)."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _driver():
+  spec = importlib.util.spec_from_file_location("run_all", ROOT / "experiments" / "run_all.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_experiment_is_a_valid_config():
+  from ugclu_jax import config as C
+
+  driver = _driver()
+  args = driver._args(["--include", "cpu,gpu"])
+  assert len(args.names) == 11 and "cifar10_resnet18_mixed" in args.names
+  for name in args.names:
+    cmd = driver.command(name, args)
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    cfg = C.apply_overrides(C.load_config(cmd[cmd.index("--config") + 1]), sets)
+    assert cfg.seeds == 5 and cfg.data.validation_per_class > 0
+    assert cfg.train.oracle_max_epochs is not None and "retrain_twin" in cfg.methods
+    assert cfg.data.max_train_per_class is None  # The full training set.
+  with pytest.raises(SystemExit):
+    driver._args(["--only", "nope"])
+
+
+def test_the_driver_runs_resumes_and_writes_its_tables(tmp_path):
+  driver = _driver()
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# Experiments\n\nbefore\n\n{driver.BEGIN}\nold\n{driver.END}\n\nafter\n")
+  argv = [
+    "--out",
+    str(tmp_path / "runs"),
+    "--readme",
+    str(readme),
+    "--scale",
+    "smoke",
+    "--seeds",
+    "2",
+    "--first-seed",
+    "0",
+    "--only",
+    "fmnist_mlp_task",
+    "--methods",
+    "ugclu,ft,retrain_twin",
+    "--set",
+    "stream=L:t0 L:t1 U:t0",  # Shorter than the scenario's stream: the driver is tested.
+  ]
+  assert driver.main(argv) == 0
+  text = readme.read_text()
+  assert text.startswith("# Experiments\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+  assert "old" not in text and text.count(driver.BEGIN) == 1
+  report = json.loads((tmp_path / "runs" / "fmnist_mlp_task" / "report.json").read_text())
+  assert report["seeds"] == [0, 1]
+  for label in ("| ugclu |", "| ft |", "| retrain_twin (noise floor) |", "| retrain (oracle) |"):
+    assert label in text
+  gap = report["summary"]["ft"]["avg_gap"]
+  d = report["paired"]["methods"]["ft"]["avg_gap"]
+  assert f"| ft | {100 * gap:.1f} ± " in text
+  assert f"| {100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, " in text
+  # Again: the finished run is only re-rendered, its record appended, the table the same.
+  assert driver.main(argv) == 0
+  history = json.loads((tmp_path / "runs" / "fmnist_mlp_task" / "run_all.json").read_text())
+  assert len(history) == 2 and all(h["returncode"] == 0 for h in history)
+  assert "2 invocation(s)" in readme.read_text()
