@@ -5,7 +5,9 @@
 #      jax[tpu] first),
 #   2. prints the devices,
 #   3. runs bench.py (mlp and cnn, 3 repeats, no PyTorch) into $OUT/bench.json,
-#   4. runs the smoke experiment with the small CNN into $OUT/smoke.
+#   4. times 4 and 8 seeds of one CNN request in one vmapped program against one seed
+#      (request_loop.py --seeds) into $OUT/seeds.txt,
+#   5. runs the smoke experiment with the small CNN into $OUT/smoke.
 #
 #   bash benchmarks/gpu.sh            # OUT=runs/gpu
 #   OUT=/tmp/gpu bash benchmarks/gpu.sh
@@ -25,8 +27,10 @@ if [ "$(backend)" = cpu ]; then
 fi
 # Two processes may share one GPU: no preallocation of its memory.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-timeout 300 "$PY" benchmarks/bench.py --models mlp,cnn --repeats 3 --torch off \
+timeout 240 "$PY" benchmarks/bench.py --models mlp,cnn --repeats 3 --torch off \
   --out "$OUT/bench.json" | tee "$OUT/bench.txt"
+timeout 60 "$PY" benchmarks/request_loop.py --model cnn --iterations 100 --seeds 4,8 \
+  | tee "$OUT/seeds.txt"
 timeout 150 "$PY" -m ugclu_jax run --config smoke --workdir "$OUT/smoke" --overwrite \
   --no-progress --set train.model=cnn
-echo "gpu.sh: wrote $OUT/bench.json, $OUT/bench.txt and $OUT/smoke/report.md"
+echo "gpu.sh: wrote $OUT/bench.json, $OUT/bench.txt, $OUT/seeds.txt and $OUT/smoke/report.md"
