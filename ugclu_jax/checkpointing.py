@@ -20,6 +20,7 @@ at any moment keeps a good checkpoint: the one being written has no hash yet.
 import contextlib
 import gc
 import hashlib
+import io
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ugclu_jax import parallel as PL
 
 INTEGRITY = "integrity.json"
 # Loggers that print tracebacks of a failed restore (tensorstore errors surface
@@ -121,15 +124,26 @@ def _quiet(collect: bool = False):
 class Checkpointer:
   """Saves and restores verified ``(arrays, meta)`` pairs under ``directory``, keyed by step.
 
-  Use as a context manager (leaving the block waits for pending writes).
+  Use as a context manager (leaving the block waits for pending writes). It is
+  process-local: in a multi-process run the process that creates it reads and
+  writes it alone, with no barrier with the others (see :class:`PrimaryCheckpointer`).
   """
 
   def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).resolve()
-    with _quiet():  # A step without Orbax's metadata file logs warnings here.
-      self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    if jax.process_count() > 1:  # Orbax's barriers and writes: this process only.
+      self.directory.mkdir(parents=True, exist_ok=True)
+      me = jax.process_index()
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me}
+        ),
       )
+    with _quiet():  # A step without Orbax's metadata file logs warnings here.
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def __enter__(self):
     return self
@@ -311,6 +325,86 @@ class Checkpointer:
     for s in gone:
       self.delete(s)
     return gone
+
+
+def _pack(head: dict, leaves: list) -> bytes:
+  """``head`` (JSON) and arrays in one ``.npz`` byte string (:func:`_unpack`)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, np.frombuffer(_canonical(head), np.uint8), *leaves)
+  return buffer.getvalue()
+
+
+def _unpack(data: bytes) -> tuple[dict, list]:
+  with np.load(io.BytesIO(data)) as arrays:
+    items = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+  return json.loads(items[0].tobytes()), items[1:]
+
+
+class PrimaryCheckpointer:
+  """The :class:`Checkpointer` of process 0, called alike by every process of a run.
+
+  Process 0 alone reads and writes ``directory``: the others need no shared file
+  system. :meth:`save` gathers the arrays in every process
+  (:func:`~ugclu_jax.parallel.to_host`) and process 0 writes them;
+  :meth:`restore_latest_good` hands what process 0 restores (or its error) to
+  every process (:func:`~ugclu_jax.parallel.broadcast_bytes`). On the other
+  processes, :meth:`steps` and the deletions find no step. Every process must
+  call :meth:`save` and :meth:`restore_latest_good` in the same order.
+  """
+
+  def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2):
+    self.directory = pathlib.Path(directory).resolve()
+    self._local = Checkpointer(directory, max_to_keep=max_to_keep) if PL.is_primary() else None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def close(self) -> None:
+    if self._local is not None:
+      self._local.close()
+
+  def step_dir(self, step: int) -> pathlib.Path:
+    return self.directory / str(step)
+
+  def steps(self) -> list[int]:
+    return [] if self._local is None else self._local.steps()
+
+  def verify(self, step: int) -> dict:
+    return self._local.verify(step)
+
+  def save(self, step: int, arrays: Any, meta: dict) -> None:
+    arrays = PL.to_host(arrays)
+    if self._local is not None:
+      self._local.save(step, arrays, meta)
+
+  def restore_latest_good(
+    self, template: Any, log: Callable[[str], None] = lambda s: None
+  ) -> tuple[int, Any, dict]:
+    """:meth:`Checkpointer.restore_latest_good` of process 0, in every process."""
+    template = PL.to_host(template)
+    if jax.process_count() == 1:
+      return self._local.restore_latest_good(template, log)
+    if self._local is not None:
+      try:
+        step, tree, meta = self._local.restore_latest_good(template, log)
+      except CheckpointError as e:
+        PL.broadcast_bytes(_pack({"error": str(e)}, []))
+        raise
+      PL.broadcast_bytes(_pack({"step": step, "meta": meta}, jax.tree.leaves(tree)))
+      return step, tree, meta
+    head, leaves = _unpack(PL.broadcast_bytes(None))
+    if "error" in head:
+      raise CheckpointError(f"process 0: {head['error']}")
+    return head["step"], jax.tree.unflatten(jax.tree.structure(template), leaves), head["meta"]
+
+  def clean_after(self, step: Optional[int]) -> list[int]:
+    return [] if self._local is None else self._local.clean_after(step)
+
+  def delete_older(self, step: int) -> list[int]:
+    return [] if self._local is None else self._local.delete_older(step)
 
 
 def read_meta(

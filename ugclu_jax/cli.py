@@ -22,6 +22,9 @@ examples:
   python -m ugclu_jax run --config smoke --workdir runs/s1 --set seed=1 \\
       --set stream="L:t0 L:t1 U:t0" --set methods=ugclu,ugclu_hvp
   python -m ugclu_jax run --config default --workdir runs/default --resume
+  # Two processes, data parallel: start this with --process-id 0 and with 1.
+  python -m ugclu_jax run --config smoke --workdir runs/dp --distributed \\
+      --coordinator localhost:12355 --num-processes 2 --process-id 0
 
 """
 
@@ -71,6 +74,26 @@ def _parser() -> argparse.ArgumentParser:
     help="delete the run in --workdir (report, plots, checkpoints, log, config) and start over",
   )
   run.add_argument("--no-progress", action="store_true", help="no progress bars")
+  dist = run.add_argument_group(
+    "several processes",
+    "One process of a data-parallel run over the devices of several processes\n"
+    "(hosts, or processes of one machine): start the same command in each. Each\n"
+    "process loads the data, computes the same steps and puts only its share of\n"
+    "every batch on its devices (train.devices counts each process's devices).\n"
+    "Process 0 alone writes --workdir and prints: no shared file system is needed.\n"
+    "--resume works as in one process.",
+  )
+  dist.add_argument(
+    "--distributed",
+    action="store_true",
+    help="join the run (jax.distributed.initialize) before anything else; without the "
+    "three options below JAX detects the cluster (SLURM, Open MPI, Cloud TPU)",
+  )
+  dist.add_argument(
+    "--coordinator", metavar="HOST:PORT", help="process 0's address, the same in every process"
+  )
+  dist.add_argument("--num-processes", type=int, metavar="N", help="how many processes")
+  dist.add_argument("--process-id", type=int, metavar="I", help="this process: 0 to N-1")
   rep = sub.add_parser(
     "report",
     help="render report.md and plots from report.json files",
@@ -108,10 +131,46 @@ def _resume_command(args) -> str:
     cmd += ["--set", item]
   if args.no_progress:
     cmd.append("--no-progress")
+  if args.distributed:
+    cmd.append("--distributed")
+    for flag in ("coordinator", "num_processes", "process_id"):
+      if getattr(args, flag) is not None:
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
   return shlex.join(cmd + ["--resume"])
 
 
+def _distributed(args) -> dict:
+  """The arguments of :func:`ugclu_jax.parallel.initialize_distributed`, checked (one line)."""
+  given = [
+    (flag, value)
+    for flag, value in (
+      ("--coordinator", args.coordinator),
+      ("--num-processes", args.num_processes),
+      ("--process-id", args.process_id),
+    )
+    if value is not None
+  ]
+  if given and not args.distributed:
+    raise ValueError(f"{given[0][0]} needs --distributed")
+  n, i = args.num_processes, args.process_id
+  if n is not None and n < 1:
+    raise ValueError(f"--num-processes {n}: must be at least 1")
+  if i is not None and n is None:
+    raise ValueError(f"--process-id {i} needs --num-processes")
+  if i is not None and not 0 <= i < n:
+    raise ValueError(f"--process-id {i} is out of range for --num-processes {n}: use 0 to {n - 1}")
+  host, _, port = (args.coordinator or "").rpartition(":")
+  if args.coordinator is not None and not (host and port.isdigit()):
+    raise ValueError(f"--coordinator {args.coordinator!r}: expected HOST:PORT")
+  return {"coordinator": args.coordinator, "num_processes": n, "process_id": i}
+
+
 def _run(args) -> None:
+  distributed = _distributed(args)  # Checked before anything starts.
+  if args.distributed:
+    from ugclu_jax import parallel
+
+    parallel.initialize_distributed(**distributed)
   from ugclu_jax.host import use_compilation_cache
 
   # Reuse compiled steps across runs (JAX_COMPILATION_CACHE_DIR overrides).
@@ -145,6 +204,12 @@ def _audit(args) -> None:
   print(f"clean: {summary}")
 
 
+def _joined() -> bool:
+  """Whether this process joined a multi-process run (``jax.distributed``)."""
+  jax = sys.modules.get("jax")
+  return jax is not None and jax.distributed.is_initialized()
+
+
 COMMANDS = {"run": _run, "report": _report, "audit": _audit}
 
 
@@ -176,6 +241,12 @@ def main(argv=None) -> int:
     else:
       line = f"error: {errors.message(e)}"
     print(line, file=sys.stderr)
+    if args.command == "run" and args.distributed and _joined():
+      # The other processes would wait for this one at their next collective, and
+      # JAX's exit for them at its shutdown barrier: ending now ends them too.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(errors.exit_code(e))
     return errors.exit_code(e)
   finally:
     for s, handler in handlers.items():

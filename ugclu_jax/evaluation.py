@@ -21,7 +21,7 @@ import numpy as np
 from ugclu_jax import metrics as M
 from ugclu_jax import mia
 from ugclu_jax.data import eval_batches
-from ugclu_jax.parallel import shard_batch
+from ugclu_jax.parallel import shard_batch, to_host
 
 
 class Outputs(NamedTuple):
@@ -52,7 +52,9 @@ def outputs(
 ) -> Outputs:
   """Outputs of the model on ``x[indices]`` (any size, padded batches).
 
-  With a ``mesh``, each batch is split over its devices.
+  With a ``mesh``, each batch is split over its devices; the outputs are gathered
+  (:func:`~ugclu_jax.parallel.to_host`), so every process of a multi-process run
+  gets them all.
   """
   indices = np.asarray(indices, np.int64)
   if indices.size == 0:
@@ -62,11 +64,11 @@ def outputs(
     )
   corrects, probs, feats = [], [], []
   for batch in eval_batches(x, y, indices, batch_size):
-    c, p, f = output_fn(params, model_state, shard_batch(batch, mesh))
+    c, p, f = to_host(output_fn(params, model_state, shard_batch(batch, mesh)))
     real = np.asarray(batch.mask) > 0
-    corrects.append(np.asarray(c)[real])
-    probs.append(np.asarray(p)[real])
-    feats.append(jax.tree.map(lambda a: np.asarray(a)[real], f))
+    corrects.append(c[real])
+    probs.append(p[real])
+    feats.append(jax.tree.map(lambda a: a[real], f))
   return Outputs(
     np.concatenate(corrects),
     np.concatenate(probs),

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import io
 import json
 import math
 import os
@@ -41,7 +42,13 @@ from ugclu_jax import methods as MT
 from ugclu_jax import mia
 from ugclu_jax import parallel as PL
 from ugclu_jax.host import CompileClock
-from ugclu_jax.checkpointing import CheckpointError, Checkpointer, DamagedError, read_meta
+from ugclu_jax.checkpointing import (
+  CheckpointError,
+  Checkpointer,
+  DamagedError,
+  PrimaryCheckpointer,
+  read_meta,
+)
 from ugclu_jax.models import MODELS, as_functional, get_model
 from ugclu_jax.provenance import provenance, utc_now
 from ugclu_jax.seeds import seed_for
@@ -98,11 +105,13 @@ def _validate(cfg: C.ExperimentConfig) -> None:
       f"use 1 to {available}, or 0 for all"
     )
   n = _num_devices(cfg)
+  over = f"train.devices={n}"
+  if jax.process_count() > 1:
+    over = f"the {n} devices of {jax.process_count()} processes"
   for key in ("batch_size", "eval_batch_size"):
     if getattr(cfg.data, key) % n:
       raise RunError(
-        f"data.{key}={getattr(cfg.data, key)} does not split over "
-        f"train.devices={n}; use a multiple of {n}"
+        f"data.{key}={getattr(cfg.data, key)} does not split over {over}; use a multiple of {n}"
       )
 
 
@@ -214,6 +223,8 @@ def _build_method(
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
+  if not PL.is_primary():  # Process 0 owns the workdir.
+    return
   tmp = path.with_suffix(path.suffix + ".tmp")
   text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
   try:
@@ -238,14 +249,14 @@ def _state_tree(states, store, learned):
 
 
 def _num_devices(cfg) -> int:
-  """How many devices ``train.devices`` asks for (0: all local devices)."""
-  return cfg.train.devices or jax.local_device_count()
+  """How many devices ``train.devices`` asks for (0: all local devices), in all processes."""
+  return (cfg.train.devices or jax.local_device_count()) * jax.process_count()
 
 
 def _mesh(cfg):
-  """The data-parallel mesh of ``train.devices`` (``None`` for one device)."""
+  """The data-parallel mesh of ``train.devices`` of each process (``None`` for one device)."""
   n = _num_devices(cfg)
-  return PL.data_mesh(n) if n > 1 else None
+  return PL.data_mesh(n // jax.process_count()) if n > 1 else None
 
 
 def _initial(cfg, ds, method_names, mesh=None):
@@ -325,7 +336,7 @@ def last_unlearn_step(requests, cursor: int):
   return steps[-1] if steps else None
 
 
-def _delete_before_unlearn(ckpt: Checkpointer, requests, cursor: int, log) -> None:
+def _delete_before_unlearn(ckpt: PrimaryCheckpointer, requests, cursor: int, log) -> None:
   """After an unlearn request commits, verifies its checkpoint, then deletes the older ones.
 
   They hold the forgotten samples in their store and models trained on them.
@@ -496,20 +507,31 @@ def _run(
   render,
   echo,
 ) -> dict:
-  """:func:`run_experiment` once the run holds ``workdir``."""
+  """:func:`run_experiment` once the run holds ``workdir``.
+
+  In a multi-process run every process runs it; process 0 alone reads and writes
+  ``workdir`` and prints, and hands what it reads to the others.
+  """
   started = utc_now()
   ckpt_dir = workdir / "checkpoints"
   skipped = []  # One line per damaged or incomplete checkpoint, logged below.
-  meta = read_meta(ckpt_dir, skipped.append)
-  if meta is not None and not resume:
-    raise RunError(
-      f"{workdir} already holds a run; pass --resume to continue it, --overwrite "
-      f"to replace it, or use another --workdir"
-    )
-  if meta is not None and not _same_config(meta["config"], cfg):
-    raise RunError(f"--resume: the config differs from the one of the run in {workdir}")
-  if meta is None and (workdir / "report.json").exists():
-    raise RunError(_NO_CHECKPOINT.format(workdir=workdir))
+
+  def checked_meta():
+    meta = read_meta(ckpt_dir, skipped.append)
+    if meta is not None and not resume:
+      raise RunError(
+        f"{workdir} already holds a run; pass --resume to continue it, --overwrite "
+        f"to replace it, or use another --workdir"
+      )
+    if meta is not None and not _same_config(meta["config"], cfg):
+      raise RunError(f"--resume: the config differs from the one of the run in {workdir}")
+    if meta is None and (workdir / "report.json").exists():
+      raise RunError(_NO_CHECKPOINT.format(workdir=workdir))
+    return meta
+
+  meta = PL.from_primary(checked_meta)
+  if not PL.is_primary():
+    echo, progress = (lambda s: None), False
 
   # --- Setup -------------------------------------------------------------------------
   def log(line: str) -> None:
@@ -562,7 +584,7 @@ def _run(
 
     return outputs
 
-  with Checkpointer(ckpt_dir) as ckpt:
+  with PrimaryCheckpointer(ckpt_dir) as ckpt:
     step = None
     if meta is not None:
       step, tree, meta = ckpt.restore_latest_good(_state_tree(states, store, learned), log_new)
@@ -716,6 +738,8 @@ def _run_seeds(cfg, workdir, *, resume, overwrite, progress, render, echo) -> di
 
   seeds = [cfg.seed + k for k in range(cfg.seeds)]
   runs = [dataclasses.replace(cfg, seed=s, seeds=1) for s in seeds]
+  if not PL.is_primary():  # Process 0 alone prints.
+    echo = lambda s: None
   prepare(runs[0])  # Every check before any work (the seeds change no check).
   if (workdir / LOCK_FILE).is_file():  # Busy? Checked first, and without writing.
     _lock(workdir / LOCK_FILE).close()
@@ -772,7 +796,12 @@ def _run_outputs(workdir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _lock(path: pathlib.Path):
-  """``path`` opened and locked (``flock``, exclusive); :class:`WorkdirBusy` if held."""
+  """``path`` opened and locked (``flock``, exclusive); :class:`WorkdirBusy` if held.
+
+  Outside process 0 of a multi-process run, nothing (a stand-in to close).
+  """
+  if not PL.is_primary():
+    return io.StringIO()
   with errors.writing(path):
     lock = open(path, "a+")
   try:
@@ -793,7 +822,10 @@ def _check_workdir(
   workdir: pathlib.Path, *, resume: bool, overwrite: bool, seeds: bool = False
 ) -> None:
   """Refuses, without writing anything, a workdir that is a file or holds an unnamed run
-  (``seeds``: the workdir of several seeds' runs, whose checkpoints are theirs)."""
+  (``seeds``: the workdir of several seeds' runs, whose checkpoints are theirs).
+  Only process 0 of a multi-process run checks (it owns the workdir)."""
+  if not PL.is_primary():
+    return
   if workdir.exists() and not workdir.is_dir():
     raise NotADirectoryError(errno.ENOTDIR, "not a folder (--workdir names a file)", str(workdir))
   found = _run_outputs(workdir)
@@ -819,8 +851,12 @@ def _hold_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool, seeds
 
   The lock is ``flock`` on ``run.lock``: it dies with the process, so a lock
   file left by a killed run blocks nothing. A failure inside the block is
-  written to run.log in one line.
+  written to run.log in one line. Outside process 0 of a multi-process run it
+  touches nothing and yields a stand-in for run.log.
   """
+  if not PL.is_primary():
+    yield io.StringIO()
+    return
   workdir.mkdir(parents=True, exist_ok=True)
   lock_path = workdir / LOCK_FILE
   lock = _lock(lock_path)
@@ -858,6 +894,8 @@ def _hold_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool, seeds
 
 
 def _render(report: dict, workdir: pathlib.Path, log) -> None:
+  if not PL.is_primary():  # Process 0 owns the workdir.
+    return
   from ugclu_jax import report as R  # matplotlib is imported only when rendering
 
   with errors.writing(workdir / "report.md"):

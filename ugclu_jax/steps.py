@@ -134,10 +134,18 @@ def init_train_state(
 
   The fast and slow trees and the model state are fresh copies, so donating
   the state never invalidates ``params`` or ``model_state`` and never donates
-  one buffer twice.
+  one buffer twice. When ``params`` are replicated over several devices
+  (:func:`ugclu_jax.parallel.replicate`), so is the whole state, the optimizer's
+  scalars included: the steps then compile once, not again on their own outputs.
   """
   fs = FastSlowParams(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, params))
-  return TrainState(fs, tx.init(fs), jax.tree.map(jnp.copy, model_state), jnp.zeros((), jnp.int32))
+  state = TrainState(fs, tx.init(fs), jax.tree.map(jnp.copy, model_state), jnp.zeros((), jnp.int32))
+  shardings = {p.sharding for p in jax.tree.leaves(params) if isinstance(p, jax.Array)}
+  if len(shardings) == 1:
+    (sharding,) = shardings
+    if sharding.is_fully_replicated and len(sharding.device_set) > 1:
+      state = jax.device_put(state, sharding)
+  return state
 
 
 def cosine_factor(k: jax.Array, n: jax.Array) -> jax.Array:
