@@ -30,8 +30,20 @@ Measured, on the mean softmax cross-entropy of one batch (train-mode forward):
   ``hvp`` (explicit compensation) and ``none`` (no compensation) modes;
 * the compile time of the ``hvp`` fused step and of the remain step.
 
+With PyTorch, ``--request`` also times one whole unlearn request against the same
+request written in PyTorch (``torch_ref.UnlearnRequest``), from the same initial
+weights and on the same batches: class 3 of the Fashion-MNIST training set
+forgotten at batch 128, first the mask pass (the Fisher diagonals of the 6,000
+class-3 images and of the 54,000 others, one pass each, and the balanced saliency
+mask), then ``N`` iterations of the ``none`` mode (a fused step every 5, remain
+steps otherwise; SGD, lr 0.01 cosine over the request, momentum 0.9). The
+ugclu_jax side (:class:`JaxRequest`) uses the public API only, its data on the
+device. After a warm-up request per side, requests are timed interleaved; the
+mask pass, the iterations and the whole request are reported apart (medians).
+
 Run ``python benchmarks/bench.py --help`` for the options; ``make bench`` runs
-the defaults (mlp and cnn, batch 128) and writes ``runs/bench.json``.
+the defaults (mlp and cnn, batch 128, the MLP's request) and writes
+``runs/bench.json``.
 """
 
 import argparse
@@ -427,15 +439,394 @@ def _build_cases(
   return cases, count_params(params), numpy_batches, sgd_flops
 
 
+def _torch_ref():
+  """The module benchmarks/torch_ref.py (it imports PyTorch), loaded once from beside this file."""
+  module = sys.modules.get("torch_ref")
+  if module is None:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_ref.py")
+    spec = importlib.util.spec_from_file_location("torch_ref", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["torch_ref"] = module
+    spec.loader.exec_module(module)
+  return module
+
+
 def _torch_cases(model_name: str, batches) -> list[_Case]:
   """The PyTorch reference's cases (benchmarks/torch_ref.py), all threads of this machine."""
   import torch
 
-  import torch_ref
-
+  torch_ref = _torch_ref()
   torch.set_num_threads(os.cpu_count() or 1)
   refs = torch_ref.cases(model_name, batches, learning_rate=LEARNING_RATE)
   return [_Case(name, run, (0.0,), units) for name, (run, units) in refs.items()]
+
+
+# ---------------------------------------------------------------------------
+# The whole unlearn request (--request), against benchmarks/torch_ref.py's UnlearnRequest.
+
+FORGET_CLASS = 3  # the request unlearns this class of the training set
+REQUEST_ITERATIONS = {"mlp": 1500, "cnn": 300}  # N per model (--request-iterations)
+# Timed requests per side (--request-repeats). A CNN request takes about 45 s per side on
+# the 2-core CPU (the mask pass alone 469 gradients), an MLP request about 4 s.
+REQUEST_REPEATS = {"mlp": 5, "cnn": 3}
+# The models `--request auto` (make bench) times: the MLP's request adds about a minute;
+# the CNN's (3 sides) about 9 minutes, so it runs only when asked (--request on).
+REQUEST_AUTO_MODELS = ("mlp",)
+# The reference unlearn request (docs/method.md §7), both sides: SGD (momentum, coupled
+# weight decay), cosine over the request; a_U0 cosine-decayed, lambda, clip of the target
+# direction, a_R, the mask's gamma. The keywords of torch_ref.UnlearnRequest.
+REQUEST_HPARAMS = {
+  "forget_freq": 5,
+  "learning_rate": LEARNING_RATE,
+  "momentum": 0.9,
+  "weight_decay": 5e-4,
+  "a_target": 25.0,
+  "a_remain": 1.0,
+  "temperature": 0.5,
+  "clip_norm": 7.0,
+  "threshold": 1.0,
+}
+REQUEST_PHASES = ("mask_pass", "iterations", "request")
+REQUEST_RATIO_MEANINGS = {
+  "request_mask_pass": "the mask pass (Fisher diagonals of D_U and D_R, one pass each, and the "
+  "balanced mask) / PyTorch's",
+  "request_iterations": "the request's N none-mode iterations (fused step every 5, remain "
+  "steps otherwise) / PyTorch's SGD + LambdaLR loop",
+  "request": "the whole unlearn request (mask pass + iterations) / PyTorch's",
+}
+
+
+class RequestData(NamedTuple):
+  """The request's two sets, NHWC float32 images and int32 labels.
+
+  Attributes:
+    name: the data's source (``fashion_mnist`` or ``synthetic``).
+    target: ``(x, y)`` of ``D_U``, the images of :data:`FORGET_CLASS`.
+    remain: ``(x, y)`` of ``D_R``, the other images.
+  """
+
+  name: str
+  target: tuple[np.ndarray, np.ndarray]
+  remain: tuple[np.ndarray, np.ndarray]
+
+
+def request_data(
+  source: str, input_shape: tuple[int, ...], samples_per_class: Optional[int], seed: int
+) -> RequestData:
+  """Loads the training set (``fashion_mnist``, or ``synthetic`` images of ``input_shape``),
+  keeps at most ``samples_per_class`` images of each class (None: all), splits off the
+  forget class."""
+  from ugclu_jax import data
+
+  if source == "fashion_mnist":
+    ds = data.load_dataset("fashion_mnist")
+  else:
+    per_class = samples_per_class or 600
+    ds = data.synthetic_dataset(
+      image_shape=tuple(input_shape), train_per_class=per_class, test_per_class=1, seed=seed
+    )
+  x, y = ds.x_train, ds.y_train.astype(np.int32)
+  if tuple(x.shape[1:]) != tuple(input_shape):
+    raise ValueError(f"{source} images are {x.shape[1:]}, the model takes {input_shape}")
+  if samples_per_class:
+    keep = data.per_class_subsample(y, samples_per_class, seed)
+    x, y = x[keep], y[keep]
+  x = data.to_float(x)
+  forget = y == FORGET_CLASS
+  return RequestData(source, (x[forget], y[forget]), (x[~forget], y[~forget]))
+
+
+def request_indices(
+  rng: np.random.Generator, n_target: int, n_remain: int, num_iterations: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """The batches' rows: ``[ceil(N / f), B]`` of ``D_U`` and ``[N, B]`` of ``D_R``, each a
+  sequence of shuffled passes over its set (both sides use them)."""
+
+  def rows(n, num_batches):
+    need = num_batches * batch_size
+    perms = [rng.permutation(n) for _ in range(math.ceil(need / n))]
+    return np.concatenate(perms)[:need].reshape(num_batches, batch_size).astype(np.int32)
+
+  f = REQUEST_HPARAMS["forget_freq"]
+  return rows(n_target, math.ceil(num_iterations / f)), rows(n_remain, num_iterations)
+
+
+def _padded_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> ug.Batch:
+  """One pass over ``(x, y)`` in consecutive batches stacked ``[n_b, B, ...]``; the last is
+  padded with rows of ``mask`` 0 (which ``ug.cross_entropy`` leaves out of the mean)."""
+  n_b = math.ceil(len(x) / batch_size)
+  pad = n_b * batch_size - len(x)
+  mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
+  x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+  y = np.concatenate([y, np.zeros(pad, y.dtype)])
+  stack = lambda a: a.reshape(n_b, batch_size, *a.shape[1:])  # noqa: E731
+  return ug.Batch(stack(x), stack(y), stack(mask))
+
+
+class JaxRequest:
+  """The request through ugclu_jax's public API, data and index tables on the device.
+
+  ``mask_pass()``: one jitted program, ``ug.fisher_diagonal`` over the padded batches
+  of ``D_U`` and of ``D_R`` (eval-mode mean cross-entropy) and
+  ``ug.balanced_saliency_mask``. ``iterations(mask)``: ``ug.run_request_on_device``
+  with ``ug.make_steps(kind="unlearn", mode="none")`` from ``ug.init_train_state``,
+  then ``ug.finish_request``; returns the parameters.
+  """
+
+  def __init__(
+    self,
+    apply_fn,
+    params,
+    model_state,
+    data: RequestData,
+    target_index: np.ndarray,
+    remain_index: np.ndarray,
+    *,
+    batch_size: int,
+    num_iterations: int,
+    options: Optional[dict[str, Any]] = None,
+  ):
+    h = REQUEST_HPARAMS
+    self.params, self.model_state, self.n = params, model_state, num_iterations
+    self.tx = ug.build_optimizer(
+      learning_rate=h["learning_rate"], momentum=h["momentum"], weight_decay=h["weight_decay"]
+    )
+    self.steps = ug.make_steps(
+      apply_fn,
+      self.tx,
+      kind="unlearn",
+      mode="none",
+      clip_norm=h["clip_norm"],
+      temperature=h["temperature"],
+    )
+    self.hp = ug.RequestHParams.create(
+      learning_rate=h["learning_rate"],
+      a_target=h["a_target"],
+      a_remain=h["a_remain"],
+      num_iterations=num_iterations,
+    )
+    put = lambda x, y: ug.Batch(*jax.device_put((x, y, np.ones(len(y), np.float32))))  # noqa: E731
+    self.target, self.remain = put(*data.target), put(*data.remain)
+    self.target_index, self.remain_index = jax.device_put((target_index, remain_index))
+    self.fisher_batches = jax.device_put(
+      tuple(_padded_batches(x, y, batch_size) for x, y in (data.target, data.remain))
+    )
+
+    def ce(p, ms, batch):
+      logits, _ = apply_fn(p, ms, batch.x, train=False)
+      return ug.cross_entropy(logits=logits, labels=batch.y, mask=batch.mask)
+
+    def fishers(p, ms, target, remain):
+      return tuple(ug.fisher_diagonal(lambda q, b: ce(q, ms, b), p, s) for s in (target, remain))
+
+    def mask(p, ms, target, remain):
+      return ug.balanced_saliency_mask(*fishers(p, ms, target, remain), threshold=h["threshold"])
+
+    self._fishers = jax.jit(fishers, compiler_options=options)
+    self._mask = jax.jit(mask, compiler_options=options)
+
+  def fishers(self):
+    """The Fisher diagonals of ``D_U`` and ``D_R`` at the initial weights."""
+    return self._fishers(self.params, self.model_state, *self.fisher_batches)
+
+  def mask_pass(self):
+    """The saliency mask at the initial weights."""
+    return self._mask(self.params, self.model_state, *self.fisher_batches)
+
+  def iterations(self, mask):
+    """The request's iterations from a fresh state; the synced parameters."""
+    state, _ = ug.run_request_on_device(
+      self.steps,
+      ug.init_train_state(self.params, self.model_state, self.tx),
+      mode="none",
+      num_iterations=self.n,
+      forget_freq=REQUEST_HPARAMS["forget_freq"],
+      target_data=self.target,
+      target_index=self.target_index,
+      remain_data=self.remain,
+      remain_index=self.remain_index,
+      mask=mask,
+      hp=self.hp,
+    )
+    return ug.finish_request(state)[0]
+
+
+def request_sides(
+  model_name: str,
+  data: RequestData,
+  *,
+  batch_size: int,
+  num_iterations: int,
+  seed: int,
+  options: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+  """The request's sides from one initialisation and one draw of batches:
+  ``{"jax": JaxRequest, "torch": UnlearnRequest (NCHW)}``, and for the CNN
+  ``"torch_channels_last"``; the PyTorch models start from the JAX initial weights."""
+  import torch
+
+  torch_ref = _torch_ref()
+  input_shape = data.target[0].shape[1:]
+  apply_fn, params, model_state = as_functional(_init_model(model_name, input_shape, seed, options))
+  rng = np.random.default_rng(seed)
+  t_idx, r_idx = request_indices(
+    rng, len(data.target[1]), len(data.remain[1]), num_iterations, batch_size
+  )
+  sides = {
+    "jax": JaxRequest(
+      apply_fn,
+      params,
+      model_state,
+      data,
+      t_idx,
+      r_idx,
+      batch_size=batch_size,
+      num_iterations=num_iterations,
+      options=options,
+    )
+  }
+  layouts = {"torch": torch.contiguous_format}
+  if model_name == "cnn":
+    layouts["torch_channels_last"] = torch.channels_last
+  init = jax.tree.map(np.asarray, params)
+  for name, layout in layouts.items():
+    sides[name] = torch_ref.UnlearnRequest(
+      model_name,
+      input_shape,
+      init,
+      data.target,
+      data.remain,
+      t_idx,
+      r_idx,
+      batch_size=batch_size,
+      num_iterations=num_iterations,
+      layout=layout,
+      **REQUEST_HPARAMS,
+    )
+  return sides
+
+
+def request_ratio_keys(sides: Sequence[str]) -> list[tuple[str, str, str]]:
+  """``(ratio key, phase, PyTorch side)`` of the request's ratios, for the sides that ran:
+  ``request_mask_pass``, ``request_iterations``, ``request``, then ``..._channels_last``."""
+  return [
+    (("request" if phase == "request" else f"request_{phase}") + name[len("torch") :], phase, name)
+    for name in sides
+    if name.startswith("torch")
+    for phase in REQUEST_PHASES
+  ]
+
+
+def _time_request(side) -> tuple[dict[str, tuple[float, float]], Any]:
+  """One request of ``side``: ``{phase: (wall s, process CPU s)}``, each phase blocked on,
+  and the mask it computed."""
+  wall, cpu = [time.perf_counter()], [time.process_time()]
+  mask = jax.block_until_ready(side.mask_pass())
+  wall.append(time.perf_counter())
+  cpu.append(time.process_time())
+  jax.block_until_ready(side.iterations(mask))
+  wall.append(time.perf_counter())
+  cpu.append(time.process_time())
+  bounds = {"mask_pass": (0, 1), "iterations": (1, 2), "request": (0, 2)}
+  return {p: (wall[b] - wall[a], cpu[b] - cpu[a]) for p, (a, b) in bounds.items()}, mask
+
+
+def _mask_agreement(model_name: str, sides: dict[str, Any], masks: dict[str, Any]) -> dict:
+  """Per PyTorch side, the share of its mask's entries equal to the JAX mask's."""
+  torch_ref = _torch_ref()
+  ours = jax.tree.leaves(jax.device_get(masks["jax"]))
+  out = {}
+  for name, side in sides.items():
+    if name != "jax":
+      theirs = jax.tree.leaves(torch_ref.to_jax(model_name, side.named(masks[name]), side.model))
+      same = sum(int(np.sum(a == b)) for a, b in zip(ours, theirs))
+      out[name] = same / sum(a.size for a in ours)
+  return out
+
+
+def bench_request(
+  model_name: str,
+  data: RequestData,
+  *,
+  batch_size: int,
+  num_iterations: int,
+  repeats: int,
+  seed: int,
+  options: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+  """Times the whole unlearn request on each side, interleaved.
+
+  A first request per side (compilation included) is a warm-up; then ``repeats``
+  rounds, each timing one request per side (the sides' order rotating). Within a
+  request the mask pass and the iterations are timed apart.
+
+  Returns:
+    A JSON-ready dict: the request's sizes and settings, ``times.<side>.<phase>``
+    (``median_ms``, ``min_ms``, ``max_ms``, ``cpu_median_ms``, ``repeats_ms``),
+    ``times.<side>.first_request_s``, ``ms_per_iteration`` and ``torch_ratios``
+    (``request_mask_pass``, ``request_iterations``, ``request``, with ``_channels_last``
+    for the CNN; ``median``, ``of_min``: ugclu_jax / PyTorch).
+  """
+  import torch
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  sides = request_sides(
+    model_name,
+    data,
+    batch_size=batch_size,
+    num_iterations=num_iterations,
+    seed=seed,
+    options=options,
+  )
+  first, masks = {}, {}
+  for name, side in sides.items():
+    t, masks[name] = _time_request(side)
+    first[name] = t["request"][0]
+  runs = {name: [] for name in sides}
+  names = list(sides)
+  for r in range(repeats):
+    for name in names[r % len(names) :] + names[: r % len(names)]:
+      runs[name].append(_time_request(sides[name])[0])
+  times = {}
+  for name, rows in runs.items():
+    times[name] = {"first_request_s": first[name]}
+    for phase in REQUEST_PHASES:
+      wall = [1e3 * row[phase][0] for row in rows]
+      times[name][phase] = {
+        "median_ms": statistics.median(wall),
+        "min_ms": min(wall),
+        "max_ms": max(wall),
+        "cpu_median_ms": statistics.median(1e3 * row[phase][1] for row in rows),
+        "repeats_ms": wall,
+      }
+  ratios = {}
+  for key, phase, name in request_ratio_keys(names):
+    ours, theirs = times["jax"][phase], times[name][phase]
+    ratios[key] = {
+      "median": ours["median_ms"] / theirs["median_ms"],
+      "of_min": ours["min_ms"] / theirs["min_ms"],
+    }
+  n_t, n_r = len(data.target[1]), len(data.remain[1])
+  return {
+    "data": data.name,
+    "forget_class": FORGET_CLASS,
+    "num_target": n_t,
+    "num_remain": n_r,
+    "batch": batch_size,
+    "num_iterations": num_iterations,
+    "fisher_batches": {
+      "target": math.ceil(n_t / batch_size),
+      "remain": math.ceil(n_r / batch_size),
+    },
+    "hparams": dict(REQUEST_HPARAMS),
+    "repeats": repeats,
+    "mask_agreement": _mask_agreement(model_name, sides, masks),
+    "times": times,
+    "ms_per_iteration": {
+      name: t["iterations"]["median_ms"] / num_iterations for name, t in times.items()
+    },
+    "torch_ratios": ratios,
+  }
 
 
 def _measure(
@@ -624,6 +1015,33 @@ def write_readme_block(path: str, results: dict[str, Any], command: str) -> None
           f"| {model_name} | `{key}` | {r['median']:.2f} | {r['of_min']:.2f} | "
           f"{res['times'][num]['median_ms']:.1f} | {res['times'][den]['median_ms']:.1f} |"
         )
+    req = res.get("request")
+    for key, phase, side in request_ratio_keys(list(req["times"]) if req else []):
+      r, t = req["torch_ratios"][key], req["times"]
+      lines.append(
+        f"| {model_name} | `{key}` | {r['median']:.2f} | {r['of_min']:.2f} | "
+        f"{t['jax'][phase]['median_ms']:.1f} | {t[side][phase]['median_ms']:.1f} |"
+      )
+  requests = {m: res["request"] for m, res in results["models"].items() if res.get("request")}
+  if requests:
+    req = next(iter(requests.values()))
+    n = ", ".join(
+      f"{r['num_iterations']} for the {m} (median of {r['repeats']} requests per side)"
+      for m, r in requests.items()
+    )
+    agree = ", ".join(
+      f"{m} " + " / ".join(f"{100 * a:.2f} %" for a in r["mask_agreement"].values())
+      for m, r in requests.items()
+    )
+    lines += [
+      "",
+      f"`request*`: one whole unlearn request, class {req['forget_class']} of {req['data']} "
+      f"({req['num_target']} forget, {req['num_remain']} remaining images), batch "
+      f"{req['batch']}: the mask pass ({req['fisher_batches']['target']} + "
+      f"{req['fisher_batches']['remain']} batches), then N `none`-mode iterations, N = {n}; "
+      "the sides interleaved, after a warm-up request each. PyTorch's masks equal "
+      f"ugclu_jax's on {agree} of the weights (NCHW / channels-last).",
+    ]
   lines.append(README_END)
   text = open(path).read()
   pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
@@ -649,50 +1067,85 @@ def _format_table(results: dict[str, Any]) -> str:
     f"{'of min':>7} {'of cpu':>7}  unit"
   )
   for model_name, res in results["models"].items():
-    rows = [(key, num, den) for key, num, den, _ in RATIOS]
-    rows.insert(
-      next(i for i, r in enumerate(rows) if r[2] == "sgd_step"),
-      ("sgd_step", "sgd_step", "sgd_step"),
-    )
-    lines += [
-      f"{model_name}: input {tuple(res['input_shape'])}, {res['num_params']:,} parameters",
-      header,
-      "-" * len(header),
-    ]
-    for key, num, den in rows:
-      t = res["times"][num]
-      ratio = res["ratios"].get(key, 1.0)
-      of_min = res["ratios_of_min"].get(key, 1.0)
-      of_cpu = res["ratios_cpu"].get(key, 1.0)
-      spread = f"{t['min_ms']:.2f}-{t['max_ms']:.2f}"
-      lines.append(
-        f"{_DESCRIPTIONS[num]:<37} {t['median_ms']:>10.2f} {spread:>19} "
-        f"{ratio:>7.2f} {of_min:>7.2f} {of_cpu:>7.2f}  {den}"
-      )
-    if res.get("torch_ratios"):
-      lines.append(f"against PyTorch {env.get('torch')} (ugclu_jax / PyTorch; below 1: faster):")
-      for key, r in res["torch_ratios"].items():
-        lines.append(f"  {key:<28} {r['median']:>6.2f}  (of min {r['of_min']:.2f})")
-    tp = res["throughput"]
+    if "times" in res:
+      lines += _model_lines(model_name, res, env, header)
+    if res.get("request"):
+      lines += _request_lines(model_name, res["request"])
+  if any("times" in res for res in results["models"].values()):
     lines.append(
-      f"SGD step: {tp['sgd_images_per_s']:.0f} images/s, {tp['sgd_gflops']:.1f} GFLOP/s "
-      f"({tp['sgd_step_gflop']:.3f} GFLOP per step, XLA's count) = "
-      f"{100 * tp['sgd_share_of_matmul_peak']:.0f} % of a {MATMUL_N}x{MATMUL_N} matmul's "
-      f"{tp['matmul_gflops']:.0f} GFLOP/s"
+      "ratio: median wall time / that of the unit; of min: fastest repeat / fastest "
+      "repeat of the unit; of cpu: median process CPU time / that of the unit:"
     )
-    c = res["compile_s"]
-    lines += [
-      f"compile: hvp fused step {c['hvp_fused_step']:.2f} s, remain step "
-      f"{c['remain_step']:.2f} s, ratio {res['ratios'][COMPILE_RATIO[0]]:.2f}",
-      "",
-    ]
-  lines.append(
-    "ratio: median wall time / that of the unit; of min: fastest repeat / fastest "
-    "repeat of the unit; of cpu: median process CPU time / that of the unit:"
-  )
-  lines += [f"  {key}: {meaning}" for key, _, _, meaning in RATIOS]
-  lines.append(f"  {COMPILE_RATIO[0]}: {COMPILE_RATIO[1]}")
+    lines += [f"  {key}: {meaning}" for key, _, _, meaning in RATIOS]
+    lines.append(f"  {COMPILE_RATIO[0]}: {COMPILE_RATIO[1]}")
+  if any(res.get("request") for res in results["models"].values()):
+    lines += [f"  {key}: {meaning}" for key, meaning in REQUEST_RATIO_MEANINGS.items()]
   return "\n".join(lines)
+
+
+def _request_lines(model_name: str, req: dict[str, Any]) -> list[str]:
+  """The report's lines of one model's whole request."""
+  lines = [
+    f"{model_name}: whole unlearn request, class {req['forget_class']} of {req['data']} "
+    f"({req['num_target']} forget, {req['num_remain']} remaining), batch {req['batch']}, "
+    f"mask pass of {req['fisher_batches']['target']} + {req['fisher_batches']['remain']} "
+    f"batches, N = {req['num_iterations']}; median of {req['repeats']} requests per side",
+    f"{'side':<22} {'mask pass ms':>13} {'iterations ms':>14} {'request ms':>12} "
+    f"{'ms/iteration':>13} {'first request s':>16}",
+  ]
+  for side, t in req["times"].items():
+    lines.append(
+      f"{side:<22} {t['mask_pass']['median_ms']:>13.1f} {t['iterations']['median_ms']:>14.1f} "
+      f"{t['request']['median_ms']:>12.1f} {req['ms_per_iteration'][side]:>13.2f} "
+      f"{t['first_request_s']:>16.2f}"
+    )
+  lines.append("ugclu_jax / PyTorch (below 1: faster):")
+  for key, r in req["torch_ratios"].items():
+    lines.append(f"  {key:<34} {r['median']:>6.2f}  (of min {r['of_min']:.2f})")
+  agree = ", ".join(f"{side} {100 * a:.2f} %" for side, a in req["mask_agreement"].items())
+  return lines + [f"mask entries equal to ugclu_jax's: {agree}", ""]
+
+
+def _model_lines(model_name: str, res: dict[str, Any], env: dict[str, Any], header: str):
+  """The report's lines of one model's phases."""
+  rows = [(key, num, den) for key, num, den, _ in RATIOS]
+  rows.insert(
+    next(i for i, r in enumerate(rows) if r[2] == "sgd_step"),
+    ("sgd_step", "sgd_step", "sgd_step"),
+  )
+  lines = [
+    f"{model_name}: input {tuple(res['input_shape'])}, {res['num_params']:,} parameters",
+    header,
+    "-" * len(header),
+  ]
+  for key, num, den in rows:
+    t = res["times"][num]
+    ratio = res["ratios"].get(key, 1.0)
+    of_min = res["ratios_of_min"].get(key, 1.0)
+    of_cpu = res["ratios_cpu"].get(key, 1.0)
+    spread = f"{t['min_ms']:.2f}-{t['max_ms']:.2f}"
+    lines.append(
+      f"{_DESCRIPTIONS[num]:<37} {t['median_ms']:>10.2f} {spread:>19} "
+      f"{ratio:>7.2f} {of_min:>7.2f} {of_cpu:>7.2f}  {den}"
+    )
+  if res.get("torch_ratios"):
+    lines.append(f"against PyTorch {env.get('torch')} (ugclu_jax / PyTorch; below 1: faster):")
+    for key, r in res["torch_ratios"].items():
+      lines.append(f"  {key:<28} {r['median']:>6.2f}  (of min {r['of_min']:.2f})")
+  tp = res["throughput"]
+  lines.append(
+    f"SGD step: {tp['sgd_images_per_s']:.0f} images/s, {tp['sgd_gflops']:.1f} GFLOP/s "
+    f"({tp['sgd_step_gflop']:.3f} GFLOP per step, XLA's count) = "
+    f"{100 * tp['sgd_share_of_matmul_peak']:.0f} % of a {MATMUL_N}x{MATMUL_N} matmul's "
+    f"{tp['matmul_gflops']:.0f} GFLOP/s"
+  )
+  c = res["compile_s"]
+  lines += [
+    f"compile: hvp fused step {c['hvp_fused_step']:.2f} s, remain step "
+    f"{c['remain_step']:.2f} s, ratio {res['ratios'][COMPILE_RATIO[0]]:.2f}",
+    "",
+  ]
+  return lines
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -746,6 +1199,46 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     help="also write the PyTorch ratios into this Markdown file, between its "
     f"'{README_START}' and '{README_END}' lines (make bench: benchmarks/README.md)",
   )
+  parser.add_argument(
+    "--request",
+    choices=("auto", "on", "off", "only"),
+    default="auto",
+    help="also time one whole unlearn request (class 3 of Fashion-MNIST: the saliency mask "
+    "pass, then N none-mode iterations) against the same request in PyTorch, for the mlp "
+    "and cnn; auto: on when PyTorch is timed and Fashion-MNIST is installed, for the models "
+    f"{', '.join(REQUEST_AUTO_MODELS)}; only: the request without the phases (default auto)",
+  )
+  parser.add_argument(
+    "--request-iterations",
+    default=None,
+    help="the request's N per model, e.g. 'mlp=1500,cnn=300', or one number for every model "
+    "(default: "
+    + ",".join(f"{m}={n}" for m, n in REQUEST_ITERATIONS.items())
+    + "; 5 with --quick; auto times only "
+    + ", ".join(REQUEST_AUTO_MODELS)
+    + ")",
+  )
+  parser.add_argument(
+    "--request-repeats",
+    type=int,
+    default=None,
+    help="timed requests per side, interleaved, median reported (default: "
+    + ", ".join(f"{m} {r}" for m, r in REQUEST_REPEATS.items())
+    + "; 1 with --quick)",
+  )
+  parser.add_argument(
+    "--request-samples",
+    type=int,
+    default=None,
+    help="at most this many training images of each class (default: all; 6 with --quick)",
+  )
+  parser.add_argument(
+    "--request-data",
+    choices=("fashion_mnist", "synthetic"),
+    default=None,
+    help="the request's training set (default fashion_mnist; with --quick synthetic images "
+    "of the quick input size)",
+  )
   args = parser.parse_args(argv)
   args.models = [m.strip() for m in args.models.split(",") if m.strip()]
   unknown = [m for m in args.models if m not in INPUT_SHAPES]
@@ -761,7 +1254,72 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.error("--torch on: PyTorch is not installed (pip install -e .[bench])")
   if args.batch < 1 or args.repeats < 1 or args.max_calls < 1 or args.min_time < 0:
     parser.error("--batch, --repeats and --max-calls must be >= 1 and --min-time >= 0")
+  _parse_request_args(parser, args)
   return args
+
+
+def _parse_request_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Checks the ``--request*`` options; sets ``args.request_models`` (``{model: N}``)."""
+  if args.request_samples is None and args.quick:
+    args.request_samples = 6
+  if args.request_data is None:
+    args.request_data = "synthetic" if args.quick else "fashion_mnist"
+  spec = args.request_iterations
+  if spec is None:
+    spec = "5" if args.quick else ",".join(f"{m}={n}" for m, n in REQUEST_ITERATIONS.items())
+  try:
+    if "=" in spec:
+      iterations = {m.strip(): int(n) for m, n in (item.split("=") for item in spec.split(","))}
+    else:
+      iterations = {m: int(spec) for m in TORCH_MODELS}
+  except ValueError:
+    parser.error(f"--request-iterations: expected 'mlp=1500,cnn=300' or a number, got {spec!r}")
+  if set(iterations) - set(TORCH_MODELS) or min(iterations.values()) < 1:
+    parser.error(f"--request-iterations: models among {TORCH_MODELS}, N >= 1; got {spec!r}")
+  repeats = args.request_repeats
+  if (repeats is not None and repeats < 1) or (
+    args.request_samples is not None and args.request_samples < 1
+  ):
+    parser.error("--request-repeats and --request-samples must be >= 1")
+  if args.request_data == "fashion_mnist" and args.quick:
+    parser.error("--request-data fashion_mnist: its 28x28 images do not fit --quick's inputs")
+  args.request_models = {}
+  if args.request == "off":
+    return
+  if args.request == "auto":
+    with_torch = args.torch == "on" or (
+      args.torch == "auto" and not args.quick and importlib.util.find_spec("torch") is not None
+    )
+    if with_torch:
+      wanted = [m for m in args.models if m in REQUEST_AUTO_MODELS]
+      args.request_models = {m: iterations[m] for m in wanted if m in iterations}
+    return
+  if args.torch == "off" or importlib.util.find_spec("torch") is None:
+    parser.error(
+      f"--request {args.request} needs PyTorch (not --torch off; pip install -e .[bench])"
+    )
+  if args.request == "only" and args.readme:
+    parser.error("--request only with --readme would drop the phases' ratios from the block")
+  args.request_models = {m: iterations[m] for m in args.models if m in iterations}
+  if not args.request_models:
+    parser.error(f"--request {args.request}: none of --models has a request (mlp, cnn)")
+
+
+def _request_models_with_data(args: argparse.Namespace) -> dict[str, int]:
+  """``args.request_models``, emptied (with a note) when ``--request auto`` finds no
+  Fashion-MNIST; ``--request on``/``only`` exit then instead."""
+  if not args.request_models or args.request_data != "fashion_mnist":
+    return args.request_models
+  from ugclu_jax.data import DatasetMissingError, load_dataset
+
+  try:
+    load_dataset("fashion_mnist")
+  except DatasetMissingError as e:
+    if args.request != "auto":
+      raise SystemExit(f"bench.py: --request {args.request}: {e}") from None
+    print(f"[bench] no whole-request benchmark: {e}", file=sys.stderr)
+    return {}
+  return args.request_models
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -794,19 +1352,40 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   )
   if with_torch:
     results["torch_ratio_meanings"] = {key: meaning for key, _, _, meaning in TORCH_RATIOS}
+  request_models = _request_models_with_data(args)
+  if request_models:
+    results["request_ratio_meanings"] = dict(REQUEST_RATIO_MEANINGS)
+  data_cache = {}
   for i, model_name in enumerate(args.models):
-    print(f"[bench] {model_name}: compiling and timing ...", file=sys.stderr, flush=True)
-    results["models"][model_name] = bench_model(
-      model_name,
-      batch_size=args.batch,
-      input_shape=shapes[model_name],
-      repeats=args.repeats,
-      min_time=args.min_time,
-      max_calls=args.max_calls,
-      seed=args.seed + i,
-      compiler_options=QUICK_COMPILER_OPTIONS.get(model_name) if fast_compile else None,
-      with_torch=with_torch and model_name in TORCH_MODELS,
-    )
+    results["models"][model_name] = {}
+    if args.request != "only":
+      print(f"[bench] {model_name}: compiling and timing ...", file=sys.stderr, flush=True)
+      results["models"][model_name] = bench_model(
+        model_name,
+        batch_size=args.batch,
+        input_shape=shapes[model_name],
+        repeats=args.repeats,
+        min_time=args.min_time,
+        max_calls=args.max_calls,
+        seed=args.seed + i,
+        compiler_options=QUICK_COMPILER_OPTIONS.get(model_name) if fast_compile else None,
+        with_torch=with_torch and model_name in TORCH_MODELS,
+      )
+    if model_name in request_models:
+      n = request_models[model_name]
+      print(f"[bench] {model_name}: whole request, N = {n} ...", file=sys.stderr, flush=True)
+      shape = shapes[model_name]
+      if shape not in data_cache:
+        data_cache[shape] = request_data(args.request_data, shape, args.request_samples, args.seed)
+      results["models"][model_name]["request"] = bench_request(
+        model_name,
+        data_cache[shape],
+        batch_size=args.batch,
+        num_iterations=n,
+        repeats=args.request_repeats or (1 if args.quick else REQUEST_REPEATS[model_name]),
+        seed=args.seed + i,
+        options=QUICK_COMPILER_OPTIONS.get(model_name) if fast_compile else None,
+      )
   results["wall_s"] = time.perf_counter() - start
   results["environment"]["load_average_end"] = _load_average()
   print(_format_table(results))
@@ -816,7 +1395,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     os.makedirs(out_dir, exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
-  if args.readme and with_torch:
+  if args.readme and (with_torch or request_models):
     write_readme_block(args.readme, results, " ".join(["python benchmarks/bench.py", *argv_used]))
   return results
 

@@ -108,7 +108,21 @@ def test_times_and_compile_times_are_consistent(quick_run):
 
 
 @pytest.mark.parametrize(
-  "argv", [["--models", "vgg"], ["--models", ""], ["--batch", "0"], ["--repeats", "0"]]
+  "argv",
+  [
+    ["--models", "vgg"],
+    ["--models", ""],
+    ["--batch", "0"],
+    ["--repeats", "0"],
+    ["--request-iterations", "vgg=3"],
+    ["--request-iterations", "mlp=0"],
+    ["--request-iterations", "many"],
+    ["--request-repeats", "0"],
+    ["--request-samples", "0"],
+    ["--request-data", "fashion_mnist"],  # 28x28 images, --quick models take 8x8
+    ["--request", "on", "--torch", "off"],
+    ["--request", "only", "--readme", "README.md"],
+  ],
 )
 def test_bad_arguments_exit_before_any_work(bench, argv, tmp_path):
   out = tmp_path / "bench.json"
@@ -184,3 +198,109 @@ def test_throughput_is_reported_and_consistent(quick_run):
   step_s = res["times"]["sgd_step"]["median_ms"] / 1e3
   assert tp["sgd_images_per_s"] == pytest.approx(written["environment"]["batch"] / step_s)
   assert tp["sgd_share_of_matmul_peak"] == pytest.approx(tp["sgd_gflops"] / tp["matmul_gflops"])
+
+
+# The whole request (--request), at a tiny size: PyTorch needed.
+_REQUEST_KEYS = {"request_mask_pass", "request_iterations", "request"}
+
+
+@pytest.fixture(scope="module")
+def request_run(bench, tmp_path_factory):
+  pytest.importorskip("torch")
+  out = tmp_path_factory.mktemp("bench") / "request.json"
+  argv = ["--quick", "--models", "mlp,cnn", "--request", "only", "--out", str(out)]
+  bench.main([*argv, "--request-iterations", "mlp=7,cnn=3", "--request-repeats", "2"])
+  return json.loads(out.read_text())
+
+
+def test_the_request_is_timed_by_phase_on_every_side(request_run):
+  for model, sides in (("mlp", {"jax", "torch"}), ("cnn", {"jax", "torch", "torch_channels_last"})):
+    req = request_run["models"][model]["request"]
+    assert "times" not in request_run["models"][model]  # --request only: no phases
+    assert set(req["times"]) == sides
+    # --quick: 6 synthetic images per class, batch 8; class 3 forgotten.
+    assert (req["num_target"], req["num_remain"], req["batch"]) == (6, 54, 8)
+    assert req["fisher_batches"] == {"target": 1, "remain": 7}
+    assert req["num_iterations"] == {"mlp": 7, "cnn": 3}[model] and req["repeats"] == 2
+    for side, t in req["times"].items():
+      assert t["first_request_s"] > 0
+      whole = t["request"]["repeats_ms"]
+      parts = zip(t["mask_pass"]["repeats_ms"], t["iterations"]["repeats_ms"])
+      assert len(whole) == 2 and whole == pytest.approx([a + b for a, b in parts])
+      assert req["ms_per_iteration"][side] == pytest.approx(
+        t["iterations"]["median_ms"] / req["num_iterations"]
+      )
+    suffixes = [""] if model == "mlp" else ["", "_channels_last"]
+    assert set(req["torch_ratios"]) == {k + s for k in _REQUEST_KEYS for s in suffixes}
+    for key, r in req["torch_ratios"].items():
+      assert all(math.isfinite(v) and v > 0 for v in r.values()), (key, r)
+    ours, theirs = req["times"]["jax"]["request"], req["times"]["torch"]["request"]
+    assert req["torch_ratios"]["request"]["median"] == pytest.approx(
+      ours["median_ms"] / theirs["median_ms"]
+    )
+    assert set(req["mask_agreement"]) == sides - {"jax"}
+    assert all(a >= 0.999 for a in req["mask_agreement"].values()), req["mask_agreement"]
+  assert set(request_run["request_ratio_meanings"]) == _REQUEST_KEYS
+
+
+def test_the_readme_block_holds_the_request_rows(bench, request_run, tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"{bench.README_START}\n{bench.README_END}\n")
+  bench.write_readme_block(str(readme), request_run, "python benchmarks/bench.py --request on")
+  text = readme.read_text()
+  req = request_run["models"]["cnn"]["request"]
+  r, t = req["torch_ratios"]["request_channels_last"], req["times"]
+  assert (
+    f"| cnn | `request_channels_last` | {r['median']:.2f} | {r['of_min']:.2f} | "
+    f"{t['jax']['request']['median_ms']:.1f} | "
+    f"{t['torch_channels_last']['request']['median_ms']:.1f} |"
+  ) in text
+  assert (
+    "| mlp | `request_mask_pass` |" in text
+    and "N = 7 for the mlp (median of 2 requests per side)" in text
+  )
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_both_sides_compute_the_same_request(bench, model):
+  """From the same initial weights and batches, ugclu_jax's request and PyTorch's agree:
+  Fisher diagonals, masks, and the weights after 11 iterations (three fused steps)."""
+  torch = pytest.importorskip("torch")
+  import jax
+  import numpy as np
+
+  ref = bench._torch_ref()
+  data = bench.request_data("synthetic", (8, 8, 1), 12, seed=0)
+  options = bench.QUICK_COMPILER_OPTIONS[model]
+  sides = bench.request_sides(model, data, batch_size=8, num_iterations=11, seed=0, options=options)
+  ours = sides.pop("jax")
+  assert set(sides) == ({"torch"} if model == "mlp" else {"torch", "torch_channels_last"})
+  f_ours = jax.device_get(ours.fishers())
+  mask = jax.device_get(bench.ug.balanced_saliency_mask(*f_ours))
+  density = np.mean(np.concatenate([m.ravel() for m in jax.tree.leaves(mask)]))
+  assert 0.05 < density < 0.95  # the mask matters
+  params = jax.device_get(ours.iterations(mask))
+  init = jax.device_get(ours.params)
+  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(*map(jax.tree.leaves, (params, init))))
+  assert moved > 1e-3
+  for name, side in sides.items():
+    as_jax = lambda tensors, side=side: ref.to_jax(model, side.named(tensors), side.model)
+    for f_a, f_b in zip(f_ours, side.fishers()):
+      for a, b in zip(jax.tree.leaves(f_a), jax.tree.leaves(as_jax(f_b))):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(np.max(a)), err_msg=name)
+    theirs = jax.tree.leaves(as_jax(side.mask_pass()))
+    same = sum(int(np.sum(a == b)) for a, b in zip(jax.tree.leaves(mask), theirs))
+    assert same >= 0.999 * sum(m.size for m in theirs), name
+    # The first target direction is far above the clip (7): the clip is exercised too.
+    rows = side.target_index[0]
+    logits = side.model(side.target[0][rows])
+    g = torch.autograd.grad(ref.unlearn_loss(logits, side.target[1][rows], 0.5), side.params)
+    tmask = [torch.tensor(v) for v in ref.from_jax(model, side.model, mask).values()]
+    norm = torch.sqrt(sum(torch.sum((25.0 * a * m) ** 2) for a, m in zip(g, tmask)))
+    assert float(norm) > 2 * bench.REQUEST_HPARAMS["clip_norm"], name
+    # The iterations from the same mask (a ratio within rounding of the threshold may flip
+    # one entry of a side's own mask).
+    side.load(side.initial)
+    final = jax.tree.leaves(as_jax(side.iterations(tmask)))
+    for a, b in zip(jax.tree.leaves(params), final):
+      np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=name)
