@@ -123,9 +123,10 @@ class TrainConfig(Checked):
     weight_decay: coupled weight decay.
     unlearn_iterations: iterations of an unlearn request.
     devices: data parallelism: every batch is split over this many local
-      devices and the state is replicated (:mod:`ugclu_jax.parallel`); 0 takes
-      all local devices. ``data.batch_size`` and ``data.eval_batch_size`` must
-      be multiples of it.
+      devices of each process and the state is replicated
+      (:mod:`ugclu_jax.parallel`); 0 takes all local devices. ``data.batch_size``
+      and ``data.eval_batch_size`` must be multiples of the devices of all
+      processes (``run --distributed``).
     clip_norm: global-norm clip of every learn-request gradient of every
       method, UG-CLU's target and remain steps included, and of every baseline
       unlearn step except GA's (0: off; the oracle, trained from scratch on all
