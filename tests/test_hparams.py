@@ -150,6 +150,7 @@ TAGS = {
   "ugclu.remain_batches": 2,
   "ugclu.fisher_target": 7,
   "ugclu.fisher_remain": 8,
+  "ugclu.random_mask": 10,
   "baseline.target_batches": 1,
   "baseline.remain_batches": 2,
   "baseline.replay_batches": 3,

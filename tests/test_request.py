@@ -150,7 +150,20 @@ def digits():
 
 
 def _inline_request(
-  apply_fn, kind, state, ctx, *, mode, lr, a_t, clip, remain_clip, temperature, freq, use_mask
+  apply_fn,
+  kind,
+  state,
+  ctx,
+  *,
+  mode,
+  lr,
+  a_t,
+  clip,
+  remain_clip,
+  temperature,
+  freq,
+  use_mask,
+  random_mask=False,
 ):
   """methods/ugclu.py's request as it was (commit ca6497a), with the library's steps and
   the seed streams of :mod:`ugclu_jax.seeds`."""
@@ -191,6 +204,9 @@ def _inline_request(
       ),
     )
     m = ug.balanced_saliency_mask(f_t, f_r, threshold=1.0)
+    if random_mask:  # The ablation: as many ones per parameter, at random positions.
+      seed = np.random.SeedSequence(seed_for(ctx.seed, "ugclu.random_mask"))
+      m = ug.random_mask_like(m, jax.random.key(int(seed.generate_state(1)[0])))
   hp = ug.RequestHParams.create(
     learning_rate=lr, a_target=a_t, a_remain=1.0, beta=lr, damping=0.0, num_iterations=n
   )
@@ -218,10 +234,15 @@ def _inline_request(
 
 
 @pytest.mark.parametrize(
-  "kind,mode,with_store",
-  [("unlearn", "fast_slow", True), ("unlearn", "hvp", True), ("learn", "none", False)],
+  "kind,mode,with_store,mask_kind",
+  [
+    ("unlearn", "fast_slow", True, "balanced"),
+    ("unlearn", "hvp", True, "balanced"),
+    ("learn", "none", False, "balanced"),
+    ("unlearn", "fast_slow", True, "random"),
+  ],
 )
-def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
+def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store, mask_kind):
   x, y = digits["x"], digits["y"]
   store = digits["store"] if with_store else D.store_init(120, 10)
   if kind == "unlearn":
@@ -246,6 +267,7 @@ def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
     weight_decay=5e-4,
     learn_clip=1.0,
     clip=0.2,
+    mask_kind=mask_kind,
   )
   state = method.init(digits["params"], digits["model_state"])
   new, cost = (method.unlearn if unlearn else method.learn)(state, ctx)
@@ -263,6 +285,7 @@ def test_ugclu_method_is_the_inline_schedule(digits, kind, mode, with_store):
     temperature=0.5 if unlearn else 0.0,
     freq=5 if unlearn else 1,
     use_mask=unlearn,
+    random_mask=mask_kind == "random",
   )
   assert cost == expected_cost
   jax.tree.map(np.testing.assert_array_equal, new.params, params)

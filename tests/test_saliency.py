@@ -118,3 +118,20 @@ class SaliencyTest(chex.TestCase):
     mask = ug.top_fraction_mask(tied, 0.8)
     np.testing.assert_array_equal(mask["a"], [1, 1])
     np.testing.assert_array_equal(mask["b"], [1, 1, 0])
+
+
+def test_random_mask_like_keeps_each_leafs_count_at_random_positions():
+  rng = np.random.default_rng(0)
+  mask = {
+    "a": jnp.asarray(rng.random((30, 20)) < 0.3, jnp.float32),
+    "b": jnp.zeros((7,), jnp.float32),
+    "c": jnp.ones((3, 3), jnp.float32),
+  }
+  out = jax.jit(ug.random_mask_like)(mask, jax.random.key(1))
+  for name in mask:
+    assert out[name].shape == mask[name].shape and out[name].dtype == jnp.float32
+    assert set(np.unique(out[name])) <= {0.0, 1.0}
+    assert float(out[name].sum()) == float(mask[name].sum())
+  assert not np.array_equal(out["a"], mask["a"])  # Other positions, same count (181 of 600).
+  np.testing.assert_array_equal(ug.random_mask_like(mask, jax.random.key(1))["a"], out["a"])
+  assert not np.array_equal(ug.random_mask_like(mask, jax.random.key(2))["a"], out["a"])

@@ -184,6 +184,8 @@ def test_runner_keeps_only_the_checks_a_config_cannot_make():
     runner._validate(C.ExperimentConfig(train=C.TrainConfig(model="vit")))
   with pytest.raises(runner.RunError, match=r"unknown method 'magic'"):
     runner._validate(C.ExperimentConfig(methods=("magic",)))
+  with pytest.raises(runner.RunError, match=r"^ugclu.mask_kind='topk' is unknown; valid: balanced"):
+    runner._validate(C.ExperimentConfig(ugclu=C.UGCLUConfig(mask_kind="topk")))
 
 
 # ---------------------------------------------------------------------------

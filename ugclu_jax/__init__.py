@@ -30,6 +30,7 @@ _EXPORTS = {
     "balanced_saliency_mask",
     "fisher_diagonal",
     "mask_density",
+    "random_mask_like",
     "top_fraction_mask",
   ),
   "request": (
@@ -86,6 +87,7 @@ __all__ = (
   "make_steps",
   "mask_density",
   "preserve_loss",
+  "random_mask_like",
   "run_request",
   "run_request_on_device",
   "run_seeds_on_device",

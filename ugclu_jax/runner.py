@@ -52,6 +52,7 @@ from ugclu_jax.checkpointing import (
 from ugclu_jax.models import MODELS, as_functional, get_model
 from ugclu_jax.provenance import provenance, utc_now
 from ugclu_jax.seeds import seed_for
+from ugclu_jax.methods.ugclu_config import MASK_KINDS
 from ugclu_jax.steps import CURVATURES, MODES
 
 
@@ -80,6 +81,10 @@ def _validate(cfg: C.ExperimentConfig) -> None:
     raise RunError(f"train.model={cfg.train.model!r} is unknown; valid: {', '.join(MODELS)}")
   if cfg.ugclu.mode not in MODES:
     raise RunError(f"ugclu.mode={cfg.ugclu.mode!r} is unknown; valid: {', '.join(MODES)}")
+  if cfg.ugclu.mask_kind not in MASK_KINDS:
+    raise RunError(
+      f"ugclu.mask_kind={cfg.ugclu.mask_kind!r} is unknown; valid: {', '.join(MASK_KINDS)}"
+    )
   if cfg.ugclu.curvature not in CURVATURES:
     raise RunError(
       f"ugclu.curvature={cfg.ugclu.curvature!r} is unknown; valid: {', '.join(CURVATURES)}"

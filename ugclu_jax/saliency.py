@@ -75,6 +75,29 @@ def balanced_saliency_mask(
   )
 
 
+def random_mask_like(mask: Params, key: jax.Array) -> Params:
+  """A random 0/1 mask with, in every leaf, as many ones as ``mask`` has.
+
+  The ablation of the saliency mask at the same density, leaf by leaf: each leaf's
+  ones go to uniformly random positions (a random ranking drawn from ``key``).
+
+  Args:
+    mask: a 0/1 pytree (e.g. :func:`balanced_saliency_mask`).
+    key: a ``jax.random`` key.
+
+  Returns:
+    A float32 0/1 pytree with ``mask``'s structure and per-leaf counts of ones.
+  """
+  leaves, treedef = jax.tree.flatten(mask)
+  keys = jax.random.split(key, max(1, len(leaves)))
+  out = []
+  for leaf, k in zip(leaves, keys):
+    ones = jnp.sum(leaf != 0)
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(k, (leaf.size,))))
+    out.append((ranks < ones).astype(jnp.float32).reshape(leaf.shape))
+  return jax.tree.unflatten(treedef, out)
+
+
 def mask_density(mask: Params) -> jax.Array:
   """Fraction of ones in a 0/1 mask pytree (1 − sparsity)."""
   leaves = jax.tree.leaves(mask)

@@ -44,6 +44,7 @@ STREAMS = {
     "remain_batches": 2,  # store batches of the remain (or fused) steps
     "fisher_target": 7,  # target batches of the saliency mask's Fisher diagonal
     "fisher_remain": 8,  # store batches of the saliency mask's Fisher diagonal
+    "random_mask": 10,  # mask_kind="random": the positions of the random mask's ones
   },
   "baseline": {
     "target_batches": 1,  # batches of D_L (learn) or D_U (unlearn)

@@ -16,6 +16,7 @@ UGCLU_VARIANTS = {
   "ugclu_hvp": {"mode": "hvp"},
   "ugclu_nomask": {"mask": False},
   "ugclu_noadapt": {"temperature": 0.0},
+  "ugclu_randmask": {"mask_kind": "random"},
 }
 ORACLE = "retrain"
 # The oracle retrained from other initial weights and batches: its gap to the

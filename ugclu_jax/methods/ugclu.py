@@ -12,6 +12,9 @@ in :mod:`ugclu_jax.seeds` (scope ``ugclu``).
 import functools
 from typing import Optional
 
+import jax
+import numpy as np
+
 from ugclu_jax import hparams as H
 from ugclu_jax.methods.base import (
   Method,
@@ -23,11 +26,11 @@ from ugclu_jax.methods.base import (
   monitor,
   stacked_batches,
 )
-from ugclu_jax.methods.ugclu_config import UGCLUConfig
+from ugclu_jax.methods.ugclu_config import MASK_KINDS, UGCLUConfig
 from ugclu_jax.metrics import Cost
 from ugclu_jax.optim import build_optimizer
 from ugclu_jax.request import run_request
-from ugclu_jax.saliency import balanced_saliency_mask
+from ugclu_jax.saliency import balanced_saliency_mask, random_mask_like
 from ugclu_jax.seeds import seed_for
 from ugclu_jax.steps import RequestHParams, init_train_state, make_steps
 
@@ -73,6 +76,8 @@ def ugclu(
     ValueError: a hyperparameter or setting out of range, or an unknown one.
   """
   hp = H.replace(hparams, overrides)
+  if hp.mask_kind not in MASK_KINDS:
+    raise ValueError(f"ugclu.mask_kind={hp.mask_kind!r} is unknown; valid: {', '.join(MASK_KINDS)}")
   check_settings(
     num_classes=num_classes, learn_lr=learn_lr, momentum=momentum, weight_decay=weight_decay
   )
@@ -134,7 +139,11 @@ def ugclu(
     )
     f_t = fisher(state.params, state.model_state, target)
     f_r = fisher(state.params, state.model_state, remain)
-    return balanced_saliency_mask(f_t, f_r, threshold=threshold)
+    mask = balanced_saliency_mask(f_t, f_r, threshold=threshold)
+    if hp.mask_kind == "random":
+      seed = np.random.SeedSequence(seed_for(ctx.seed, "ugclu.random_mask"))
+      mask = random_mask_like(mask, jax.random.key(int(seed.generate_state(1)[0])))
+    return mask
 
   def run(kind, state, ctx):
     tx, steps = phases[kind]

@@ -9,6 +9,10 @@ import dataclasses
 from ugclu_jax.hparams import COUNT, NON_NEGATIVE, POSITIVE, UNIT, Checked, field
 
 
+MASK_KINDS = ("balanced", "random")
+"""The values of :attr:`UGCLUConfig.mask_kind`."""
+
+
 @dataclasses.dataclass(frozen=True)
 class UGCLUConfig(Checked):
   """UG-CLU's options (docs/method.md §7 defaults; [derived] choices are options).
@@ -31,6 +35,9 @@ class UGCLUConfig(Checked):
     learn_temperature: learn-side weights (0: uniform; negative: hard samples up).
     mask: use the balanced saliency mask on unlearn requests.
     mask_threshold: :math:`\\gamma`.
+    mask_kind: ``balanced`` (the saliency mask) or ``random``: the ablation, a
+      random mask with the balanced mask's number of ones in every parameter
+      (:func:`ugclu_jax.random_mask_like`, seed stream ``ugclu.random_mask``).
     learn_mask: also mask learn requests with ``F_L / F_R >= learn_mask_threshold``.
     learn_mask_threshold: :math:`\\gamma_L`.
     fisher_batches: batches for each Fisher diagonal.
@@ -63,6 +70,7 @@ class UGCLUConfig(Checked):
   learn_temperature: float = 0.0
   mask: bool = True
   mask_threshold: float = field(1.0, NON_NEGATIVE)
+  mask_kind: str = "balanced"
   learn_mask: bool = False
   learn_mask_threshold: float = field(1.0, NON_NEGATIVE)
   fisher_batches: int = field(8, COUNT)
