@@ -1,7 +1,8 @@
 """Split Fashion-MNIST on all 60,000 training images, 5 tasks x 2 classes: the base of the
 scenarios that `experiments/run_all.py` runs (it sets the model, the stream and the seeds).
 
-Every method of the `default` config, the oracle and its twin. The oracle is converged:
+Every method of the `default` config (the oracle's twin among them) and the
+random-mask ablation `ugclu_randmask`. The oracle is converged:
 500 training images per class are held out as a validation split (no method learns
 them), and the oracle stops early on them within 30 epochs. A learn request runs 2
 epochs over its 10,800 images at batch 128; an unlearn request runs 300 iterations.
@@ -17,7 +18,7 @@ def get_config() -> ExperimentConfig:
     name="full",
     seed=0,
     stream="L:t0 L:t1 L:t2 U:c1,5 L:t3 U:r0.1 L:t4 U:t3",
-    methods=default_config().methods,
+    methods=(*default_config().methods, "ugclu_randmask"),
     data=DataConfig(
       name="fashion_mnist",
       classes_per_task=2,
