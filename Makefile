@@ -7,7 +7,7 @@ WORKDIR ?= runs/default
 TEST_WORKERS ?= 2
 CONFIG  ?= default
 
-.PHONY: setup test data run smoke bench stress format clean
+.PHONY: setup test data run smoke bench stress experiments format clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ STRESS_TABLE ?= experiments/stress.md
 stress: $(STAMP)
 	@bash scripts/get_data.sh
 	$(PY) experiments/stress.py --out runs/stress --table $(STRESS_TABLE) $(STRESS_ARGS)
+
+# Every scenario of experiments/README.md, 5 seeds each, and its tables (resumable;
+# python experiments/run_all.py --help), e.g. make experiments EXPERIMENTS_ARGS="--only fmnist_mlp_mixed".
+EXPERIMENTS_ARGS ?=
+experiments: $(STAMP)
+	@bash scripts/get_data.sh
+	$(PY) experiments/run_all.py $(EXPERIMENTS_ARGS)
 
 # The one style (pyproject.toml's [tool.ruff]); tests/test_style.py checks it.
 format: $(STAMP)
