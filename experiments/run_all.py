@@ -97,7 +97,6 @@ SMOKE = [
 ]
 
 BEGIN, END = "<!-- run_all: start -->", "<!-- run_all: end -->"
-LABELS = {"retrain": "retrain (oracle)", "retrain_twin": "retrain_twin (noise floor)"}
 
 
 def _args(argv):
@@ -207,7 +206,7 @@ def table(name: str, report: dict, history: list[dict]) -> list[str]:
     share = row["oracle_time_share"]
     grads = row["oracle_grad_share"]
     lines.append(
-      f"| {LABELS.get(m, m)} | {gap} | {delta} | {lower} | {_pct(row['avg_acc'])} | "
+      f"| {R.method_label(m)} | {gap} | {delta} | {lower} | {_pct(row['avg_acc'])} | "
       f"{_pct(row['forgetting'])} | {_pct(row['relapse'])} | "
       f"{'—' if share is None else f'{share:.2f}'} | {'—' if grads is None else f'{grads:.2f}'} |"
     )

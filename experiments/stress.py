@@ -30,7 +30,6 @@ import sys
 import time
 
 import numpy as np
-from scipy import stats
 
 from ugclu_jax import config as C
 from ugclu_jax import data as D
@@ -192,15 +191,13 @@ def paired_lines(runs, reference: str = "ugclu") -> list:
     if m in (reference, ORACLE) or reference not in gaps:
       continue
     keys = sorted(set(gaps[reference]) & set(gaps[m]))
-    d = np.array([gaps[reference][k] - gaps[m][k] for k in keys])
-    if d.size < 2:
+    d = R.paired_difference([gaps[reference][k] for k in keys], [gaps[m][k] for k in keys])
+    if d is None or d["n"] < 2:
       continue
-    mean = float(d.mean())
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
-    p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    lo, hi = d["ci95"]
     lines.append(
-      f"| {m} | {d.size} | {100 * mean:+.1f} | [{100 * (mean - half):+.1f}, "
-      f"{100 * (mean + half):+.1f}] | {int(np.sum(d < 0))}/{d.size} | {p:.3g} |"
+      f"| {m} | {d['n']} | {100 * d['mean']:+.1f} | [{100 * lo:+.1f}, "
+      f"{100 * hi:+.1f}] | {d['reference_lower']}/{d['n']} | {d['wilcoxon_p']:.3g} |"
     )
   if not lines:
     return []

@@ -205,8 +205,8 @@ def _inline_request(
     )
     m = ug.balanced_saliency_mask(f_t, f_r, threshold=1.0)
     if random_mask:  # The ablation: as many ones per parameter, at random positions.
-      seed = np.random.SeedSequence(seed_for(ctx.seed, "ugclu.random_mask"))
-      m = ug.random_mask_like(m, jax.random.key(int(seed.generate_state(1)[0])))
+      key = jax.random.key(D.seed_int(seed_for(ctx.seed, "ugclu.random_mask")))
+      m = ug.random_mask_like(m, key)
   hp = ug.RequestHParams.create(
     learning_rate=lr, a_target=a_t, a_remain=1.0, beta=lr, damping=0.0, num_iterations=n
   )

@@ -596,7 +596,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
   return lines
 
 
-def _label(name: str) -> str:
+def method_label(name: str) -> str:
+  """A method's name in tables and plots: the oracle and its twin say what they are."""
   return {ORACLE: f"{name} (oracle)", ORACLE_TWIN: f"{name} (noise floor)"}.get(name, name)
 
 
@@ -661,7 +662,7 @@ def _collapsed_lines(report: Mapping[str, Any], order: Sequence[str]) -> list[st
     ]
   rows = [
     [
-      _label(c["method"]),
+      method_label(c["method"]),
       f"{c['index']} `{c['request']}`",
       "?" if c["seed"] is None else str(c["seed"]),
       c["reason"],
@@ -693,7 +694,9 @@ def _paired_lines(report: Mapping[str, Any]) -> list[str]:
   for name in _method_order(report):
     half = (ci.get(name) or {}).get("avg_gap") if isinstance(ci, Mapping) else None
     gap = means[name]["avg_gap"]
-    rows.append([_label(name), _DASH if gap is None else _fmt(gap, "avg_gap", _num(half), True)])
+    rows.append(
+      [method_label(name), _DASH if gap is None else _fmt(gap, "avg_gap", _num(half), True)]
+    )
   lines += _table(["method", "gap ± 95 % CI"], rows) + [""]
   rows = []
   for name, entry in paired["methods"].items():
@@ -706,7 +709,7 @@ def _paired_lines(report: Mapping[str, Any]) -> list[str]:
       p = d.get("wilcoxon_p")
       rows.append(
         [
-          _label(name),
+          method_label(name),
           key,
           str(d["n"]),
           f"{100 * d['mean']:+.1f}",
@@ -750,7 +753,7 @@ def markdown(report: Mapping[str, Any]) -> str:
   mia = _find_config(config, "mia")
   if mia is not None:
     lines.append(f"- MIA variant: `{mia}`")
-  lines.append(f"- methods: {', '.join(_label(n) for n in order)}")
+  lines.append(f"- methods: {', '.join(method_label(n) for n in order)}")
   lines += _provenance_lines(report.get("provenance"))
   lines += [
     "",
@@ -763,7 +766,7 @@ def markdown(report: Mapping[str, Any]) -> str:
   lines += ["## Summary", ""]
   means, stds = summary(report), _summary_std(report)
   rows = [
-    [_label(n)] + [_fmt(means[n][k], k, stds[n][k], agg) for _, k in _SUMMARY_HEADERS]
+    [method_label(n)] + [_fmt(means[n][k], k, stds[n][k], agg) for _, k in _SUMMARY_HEADERS]
     for n in order
   ]
   lines += _table(["method"] + [h for h, _ in _SUMMARY_HEADERS], rows)
@@ -781,7 +784,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         continue
       cells = [_fmt(_metric(req, k), k, _std_metric(req, k), agg) for _, k in _REQUEST_COLUMNS]
       cells.append(_fmt(_num(req.get("seconds")), "seconds", _std_metric(req, "seconds"), agg))
-      rows.append([_label(n)] + cells)
+      rows.append([method_label(n)] + cells)
     lines += _table(["method"] + [h for h, _ in _REQUEST_COLUMNS] + ["time (s)"], rows)
 
   lines += [
@@ -792,7 +795,7 @@ def markdown(report: Mapping[str, Any]) -> str:
   ]
   n_tasks = _n_tasks(report)
   for n in order:
-    lines += ["", f"### {_label(n)}", ""]
+    lines += ["", f"### {method_label(n)}", ""]
     rows = []
     for req in _requests(report["methods"][n]):
       acc = list(req.get("acc_per_task", []))
@@ -944,7 +947,9 @@ def _plot_acc_matrix(report: Mapping[str, Any], name: str, path: str) -> None:
     light=lambda v: v > 60,
   )
   _matrix_axes(report, name, ax, *mean.shape)
-  ax.set_title(f"{_label(name)}: test accuracy (%)" + (" mean±std" if agg else ""), fontsize=9)
+  ax.set_title(
+    f"{method_label(name)}: test accuracy (%)" + (" mean±std" if agg else ""), fontsize=9
+  )
   _save(fig, path)
 
 
@@ -969,7 +974,7 @@ def _plot_acc_difference(report: Mapping[str, Any], name: str, diff: np.ndarray,
     light=lambda v: abs(v) < 0.6 * span,
   )
   _matrix_axes(report, name, ax, *diff.shape)
-  ax.set_title(f"{_label(name)} minus the oracle: test accuracy (points)", fontsize=9)
+  ax.set_title(f"{method_label(name)} minus the oracle: test accuracy (points)", fontsize=9)
   _save(fig, path)
 
 
@@ -1012,7 +1017,7 @@ def _plot_metrics_per_request(report: Mapping[str, Any], path: str) -> None:
         marker="o" if len(stream) <= TICK_LABELS else None,
         markersize=3,
         linewidth=2.0 if oracle else 1.2,
-        label=_label(name),
+        label=method_label(name),
         zorder=3 if oracle else 2,
       )
       if agg and np.isfinite(ss).any():
@@ -1073,7 +1078,7 @@ def _plot_gap_time(report: Mapping[str, Any], path: str) -> None:
         ax.text(0.0, yi, f" {_DASH}", va="center", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-  axes[0].set_yticks(y, [_label(n) for n in order])
+  axes[0].set_yticks(y, [method_label(n) for n in order])
   axes[0].invert_yaxis()
   fig.suptitle("gap to the oracle and time" + (" (mean ± std)" if agg else ""), fontsize=11)
   _save(fig, path)
@@ -1100,7 +1105,7 @@ def _plot_gap_cost(report: Mapping[str, Any], path: str) -> None:
       share, 100.0 * gap, xerr=xerr, yerr=yerr, fmt="o", color=colors[n], capsize=3, ecolor="0.6"
     )
     ax.annotate(
-      _label(n), (share, 100.0 * gap), fontsize=7, xytext=(4, 3), textcoords="offset points"
+      method_label(n), (share, 100.0 * gap), fontsize=7, xytext=(4, 3), textcoords="offset points"
     )
   ax.set_xscale("log")
   ax.axvline(1.0, color="black", linestyle="--", linewidth=0.8)

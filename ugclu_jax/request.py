@@ -251,9 +251,9 @@ def run_seeds_on_device(
   Seed ``s`` runs from ``states[s]`` on its own batches ``target_index[s]``,
   ``remain_index[s]`` with its own mask ``masks[s]``; the data and ``hp`` are
   shared. Each seed's result equals its own :func:`run_request_on_device` up to
-  float rounding, and the ``S`` runs cost one program per chunk: on an
-  accelerator, or on a CPU whose cores a single run leaves idle, much less than
-  ``S`` runs.
+  float rounding, and the ``S`` runs are one program per chunk. Whether that costs
+  less than ``S`` runs depends on the device: on a 2-core CPU it did not
+  (``benchmarks/request_loop.py --seeds``, benchmarks/README.md).
 
   Build ``states`` by stacking fresh states along a new leading axis, e.g.
   ``jax.tree.map(lambda *a: jnp.stack(a), *[init_train_state(p, ms, tx) for p in ...])``.

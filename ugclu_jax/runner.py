@@ -275,9 +275,7 @@ def _initial(cfg, ds, method_names, mesh=None):
   apply_fn, params0, model_state0 = as_functional(model)
   initial = {n: (params0, model_state0) for n in method_names}
   if MT.ORACLE_TWIN in method_names:  # Its own initial weights (and, by its name, batches).
-    twin_seed = int(
-      np.random.SeedSequence(seed_for(cfg.seed, "run.twin_init")).generate_state(1)[0]
-    )
+    twin_seed = D.seed_int(seed_for(cfg.seed, "run.twin_init"))
     twin = get_model(
       cfg.train.model,
       num_classes=ds.num_classes,

@@ -2,6 +2,7 @@
 
 from ugclu_jax.data.batching import batch_indices
 from ugclu_jax.data.batching import epoch_permutation
+from ugclu_jax.data.batching import seed_int
 from ugclu_jax.data.batching import eval_batches
 from ugclu_jax.data.batching import make_batch
 from ugclu_jax.data.batching import num_eval_batches
@@ -74,6 +75,7 @@ __all__ = (
   "request_rng",
   "resolve_request",
   "sample_batch",
+  "seed_int",
   "split_validation",
   "store_add",
   "store_class_counts",

@@ -30,6 +30,12 @@ def _entropy(seed: Seed) -> list[int]:
   return entropy
 
 
+def seed_int(seed: Seed) -> int:
+  """One 32-bit integer drawn from a seed sequence (``np.random.SeedSequence``), for the
+  APIs that take a single int: ``jax.random.key``, ``nnx.Rngs``."""
+  return int(np.random.SeedSequence(_entropy(seed)).generate_state(1)[0])
+
+
 def as_indices(indices) -> np.ndarray:
   """``indices`` as a 1-D int64 array (one-line error for anything else)."""
   indices = np.asarray(indices)

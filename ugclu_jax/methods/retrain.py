@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ugclu_jax.data import eval_batches
+from ugclu_jax import evaluation as E
 from ugclu_jax.methods.base import (
   Context,
   Method,
@@ -46,20 +46,25 @@ def sgd_train(steps, tx, params, model_state, ctx: Context, *, learning_rate: fl
 
 
 def make_accuracy_fn(apply_fn, batch_size: int | None = None):
-  """``accuracy(params, model_state, (x, y), put, default_batch) -> float``:
-  evaluation-mode accuracy over padded batches of ``batch_size`` (None:
-  ``default_batch``); ``put`` places each batch on the devices."""
+  """``accuracy(params, model_state, (x, y), mesh, default_batch) -> float``:
+  evaluation-mode accuracy through :func:`ugclu_jax.evaluation.outputs` (padded
+  batches of ``batch_size``, None: ``default_batch``; split over ``mesh`` if any)."""
+  output_fn = E.make_output_fn(apply_fn)
 
-  @jax.jit
-  def correct(params, model_state, batch):
-    logits, _ = apply_fn(params, model_state, batch.x, train=False)
-    return jnp.sum((jnp.argmax(logits, -1) == batch.y) * batch.mask)
-
-  def accuracy(params, model_state, data, put, default_batch: int) -> float:
+  def accuracy(params, model_state, data, mesh, default_batch: int) -> float:
     x, y = data
-    batches = eval_batches(x, y, np.arange(y.size), batch_size or default_batch)
-    total = sum(float(correct(params, model_state, put(b))) for b in batches)
-    return total / max(1, y.size)
+    out = E.outputs(
+      output_fn,
+      params,
+      model_state,
+      x,
+      y,
+      np.arange(y.size),
+      batch_size or default_batch,
+      num_classes=0,  # Only an empty set reads it; early_stopped_train refuses one.
+      mesh=mesh,
+    )
+    return float(np.mean(out.correct))
 
   return accuracy
 
@@ -98,7 +103,7 @@ def early_stopped_train(
       on_iteration(j, metrics)
     k, epochs = min(n, k + epoch), epochs + 1
     synced = finish_request(ts)
-    acc = accuracy(*synced, ctx.validation, ctx.put, ctx.batch_size)
+    acc = accuracy(*synced, ctx.validation, ctx.mesh, ctx.batch_size)
     if acc > best_acc:
       best = jax.tree.map(jnp.copy, synced)  # ts's buffers go to the next step
       best_acc, best_epoch, since = acc, epochs, 0

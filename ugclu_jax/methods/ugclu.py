@@ -13,9 +13,9 @@ import functools
 from typing import Optional
 
 import jax
-import numpy as np
 
 from ugclu_jax import hparams as H
+from ugclu_jax.data import seed_int
 from ugclu_jax.methods.base import (
   Method,
   MethodState,
@@ -141,8 +141,8 @@ def ugclu(
     f_r = fisher(state.params, state.model_state, remain)
     mask = balanced_saliency_mask(f_t, f_r, threshold=threshold)
     if hp.mask_kind == "random":
-      seed = np.random.SeedSequence(seed_for(ctx.seed, "ugclu.random_mask"))
-      mask = random_mask_like(mask, jax.random.key(int(seed.generate_state(1)[0])))
+      key = jax.random.key(seed_int(seed_for(ctx.seed, "ugclu.random_mask")))
+      mask = random_mask_like(mask, key)
     return mask
 
   def run(kind, state, ctx):
