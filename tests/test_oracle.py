@@ -56,9 +56,8 @@ def test_early_stopping_keeps_the_best_epoch_and_counts_what_ran():
   epoch = int(np.ceil(ctx.access.target_indices.size / 32))
   scores, seen = iter([0.5, 0.7, 0.6, 0.65, 0.9]), []
 
-  def accuracy(
-    p, ms, data, put, default_batch
-  ):  # Epoch 2 is the best until patience runs out at 4.
+  # Epoch 2 is the best until patience runs out at 4.
+  def accuracy(p, ms, data, mesh, default_batch):
     seen.append(jax.tree.map(np.array, p))
     return next(scores)
 
