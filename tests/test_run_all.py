@@ -20,15 +20,24 @@ def test_every_experiment_is_a_valid_config():
   from ugclu_jax import config as C
 
   driver = _driver()
-  args = driver._args(["--include", "cpu,gpu"])
-  assert len(args.names) == 11 and "cifar10_resnet18_mixed" in args.names
+  args = driver._args(["--include", "cpu,gpu", "--out", "/nonexistent"])
+  assert len(args.names) == 14 and "cifar10_resnet18_mixed" in args.names
+  reported = set()
   for name in args.names:
     cmd = driver.command(name, args)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     cfg = C.apply_overrides(C.load_config(cmd[cmd.index("--config") + 1]), sets)
-    assert cfg.seeds == 5 and cfg.data.validation_per_class > 0
-    assert cfg.train.oracle_max_epochs is not None and "retrain_twin" in cfg.methods
+    assert cfg.data.validation_per_class > 0 and cfg.train.oracle_max_epochs is not None
     assert cfg.data.max_train_per_class is None  # The full training set.
+    if name.startswith("tune_"):
+      # Its own seeds and stream, and held-out samples in place of the test set.
+      assert (cfg.seed, cfg.seeds) == (1, 2) and cfg.data.test_on_validation
+      assert len(cfg.methods) == 4 * 10 + 2 and "ugclu@unlearn_lr=0.05" in cfg.methods
+      tuning = (cfg.seed, cfg.stream)
+    else:
+      assert cfg.seeds == 5 and "retrain_twin" in cfg.methods and not cfg.data.test_on_validation
+      reported |= {(cfg.seed + k, cfg.stream) for k in range(cfg.seeds)}
+  assert not any(s in {1, 2} or stream == tuning[1] for s, stream in reported)
   with pytest.raises(SystemExit):
     driver._args(["--only", "nope"])
 
@@ -73,3 +82,30 @@ def test_the_driver_runs_and_writes_its_tables(tmp_path):
   # The tables alone, again from the runs on disk: the same block.
   assert driver.main([*argv, "--tables-only"]) == 0
   assert readme.read_text() == text
+
+
+def test_the_tuning_chooses_and_the_scenarios_take_the_choice(tmp_path):
+  driver = _driver()
+  readme = tmp_path / "README.md"
+  out = ["--out", str(tmp_path / "runs"), "--readme", str(readme), "--scale", "smoke"]
+  argv = [*out, "--only", "tune_mlp", "--methods", "ugclu", "--set", "stream=L:t0 L:t1 U:t0"]
+  assert driver.main(argv) == 0
+  report = json.loads((tmp_path / "runs" / "tune_mlp" / "report.json").read_text())
+  assert report["seeds"] == [1, 2] and report["config"]["data"]["test_on_validation"] is True
+  choice = driver.select(report)
+  assert list(choice) == ["ugclu"]
+  entry = choice["ugclu"]
+  gaps = {spec: gap for spec, (gap, _) in entry["scores"].items()}
+  assert len(gaps) == 4 and gaps[entry["spec"]] == min(gaps.values())
+  for spec, gap in gaps.items():
+    assert gap == report["summary"][spec]["avg_gap"]
+  value = driver.candidates()[entry["spec"]][1]["unlearn_lr"]
+  assert entry["sets"] == [f"ugclu.unlearn_lr={value}"]
+  # A scenario of the same model runs with the choice, and its table says so.
+  cmd = driver.command("fmnist_mlp_task", driver._args([*out, "--only", "fmnist_mlp_task"]))
+  assert f"ugclu.unlearn_lr={value}" in cmd
+  assert f"ugclu.unlearn_lr={value}" not in driver.command(
+    "fmnist_cnn_task", driver._args([*out, "--only", "fmnist_cnn_task"])
+  )
+  text = readme.read_text()
+  assert "### `tune_mlp`" in text and f"**unlearn_lr={value}: " in text

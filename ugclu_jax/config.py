@@ -79,6 +79,10 @@ class DataConfig(Checked):
       validation split before ``max_train_per_class`` applies (a seeded draw; 0:
       none). No method trains on them; the oracle's early stopping
       (``train.oracle_max_epochs``) reads them.
+    test_on_validation: tuning runs: a second held-out split of
+      ``validation_per_class`` training samples per class replaces the test set
+      (drawn first, seed stream ``run.tuning_test``), so the run's "test"
+      numbers are validation numbers and the test set is never read.
   """
 
   KEY = "data"
@@ -94,6 +98,7 @@ class DataConfig(Checked):
   max_eval: int = field(5000, COUNT)
   max_train_per_class: Optional[int] = field(None, COUNT)
   validation_per_class: int = field(0, NON_NEGATIVE)
+  test_on_validation: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -231,6 +231,9 @@ class RequestRecord(NamedTuple):
     unlearned_acc: ``{j: FA_r(U_j)}``: the forget accuracy now on each earlier
       unlearned set (``EvalSets.unlearned``), for :func:`~ugclu_jax.metrics.relapse`.
     collapsed: :func:`collapse_reason`'s line, or None.
+    compensation: the mean relative size of UG-CLU's explicit compensation over the
+      request's fused steps, :math:`\lVert d - \tilde d \rVert / \lVert d \rVert`
+      (``hvp`` mode; None otherwise).
     forget_probs: ``[n, C]`` probabilities on the forget set, for the divergences
       to the oracle; None for a learn request and once compared.
     gap: the comparison with the oracle (:func:`compare_to_oracle`).
@@ -248,6 +251,7 @@ class RequestRecord(NamedTuple):
   collapsed: Optional[str]
   forget_probs: Optional[np.ndarray] = None
   gap: OracleGap = OracleGap()
+  compensation: Optional[float] = None
 
 
 def evaluate(
@@ -258,6 +262,7 @@ def evaluate(
   tasks,
   mia_variant: str,
   seed: int,
+  compensation: Optional[float] = None,
 ) -> RequestRecord:
   """The record of one model after one request (its gap to the oracle still unset).
 
@@ -269,6 +274,7 @@ def evaluate(
     tasks: the class lists of the tasks (columns of the accuracy matrix).
     mia_variant: the membership-inference attack (:mod:`ugclu_jax.mia`).
     seed: the run's seed (the attack's).
+    compensation: the method's measured compensation size (:class:`RequestRecord`).
   """
   forget = model_outputs(sets.forget) if sets.forget is not None else None
   remain = model_outputs(sets.remain)
@@ -300,6 +306,7 @@ def evaluate(
     },
     collapsed=collapsed,
     forget_probs=forget.probs if forget is not None else None,
+    compensation=compensation,
   )
 
 
@@ -358,6 +365,7 @@ def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
       "steps": q.cost.steps,
       "grad_evals": q.cost.grad_evals,
       "hvp_evals": q.cost.hvp_evals,
+      "compensation": q.compensation,
     }
     entries.append(
       {

@@ -54,6 +54,7 @@ SUMMARY_KEYS = (
   "unlearn_grad_evals",
   "oracle_time_share",
   "oracle_grad_share",
+  "compensation",
 )
 """The keys of each method's :func:`summary` entry, in table order."""
 
@@ -320,6 +321,7 @@ def _summarize_method(
     "relapse": _mean([_metric(r, "relapse") for r in reqs]),
     "seconds": _total([_num(r.get("seconds")) for r in reqs]),
     "compile_seconds": _total([_num(r.get("compile_seconds")) for r in reqs]),
+    "compensation": _mean([_metric(r, "compensation") for r in unlearn]),
   }
   for key in _COUNT_KEYS:
     out[key] = _total([_metric(r, key) for r in reqs])
@@ -378,7 +380,9 @@ def summary(report: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
   * ``unlearn_seconds``, ``unlearn_grad_evals``: totals over the unlearn requests;
     ``oracle_time_share``, ``oracle_grad_share``: those totals over the oracle's at
     the same requests (the cost of unlearning against retraining; ``None``
-    without an oracle; 1 for the oracle).
+    without an oracle; 1 for the oracle);
+  * ``compensation``: the mean over the unlearn requests of the measured relative
+    size of the explicit compensation (``hvp`` mode; ``None`` otherwise).
 
   Each is ``None`` where undefined. For an aggregated report (:func:`aggregate`)
   the values are the means over seeds of the per-seed summaries.

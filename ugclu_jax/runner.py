@@ -89,6 +89,11 @@ def _validate(cfg: C.ExperimentConfig) -> None:
     raise RunError(
       f"ugclu.curvature={cfg.ugclu.curvature!r} is unknown; valid: {', '.join(CURVATURES)}"
     )
+  if cfg.data.test_on_validation and not cfg.data.validation_per_class:
+    raise RunError(
+      "data.test_on_validation=true holds validation_per_class samples per class out "
+      "as the test set: set data.validation_per_class too"
+    )
   if cfg.train.oracle_max_epochs is not None and not cfg.data.validation_per_class:
     raise RunError(
       f"train.oracle_max_epochs={cfg.train.oracle_max_epochs} stops the oracle early on "
@@ -134,6 +139,8 @@ def _load_data(cfg: C.ExperimentConfig, log: Callable[[str], None]):
     ds = D.load_dataset(cfg.data.name, seed=cfg.seed)
   if cfg.data.validation_per_class:
     try:
+      if cfg.data.test_on_validation:
+        ds = D.split_validation(ds, cfg.data.validation_per_class, cfg.seed, as_test=True)
       ds = D.split_validation(ds, cfg.data.validation_per_class, cfg.seed)
     except ValueError as e:
       raise C.ConfigError(f"data.{e} (dataset {ds.name!r})") from None
@@ -196,7 +203,8 @@ def _build_method(
       eval_batch_size=cfg.data.eval_batch_size,
       name=name,
     )
-  if name in MT.UGCLU_VARIANTS:
+  base, overrides = MT.split_method_spec(name)
+  if base in MT.UGCLU_VARIANTS:
     return MT.ugclu(
       apply_fn,
       cfg.ugclu,
@@ -206,12 +214,12 @@ def _build_method(
       momentum=t.momentum,
       weight_decay=t.weight_decay,
       learn_clip=clip,
-      **MT.UGCLU_VARIANTS[name],
+      **{**MT.UGCLU_VARIANTS[base], **overrides},
     )
   # A baseline or a CLU pair "X+Y" of baselines.
   return MT.baseline(
     apply_fn,
-    name,
+    base,
     cfg.baselines,
     num_train=num_train,
     num_classes=num_classes,
@@ -219,6 +227,7 @@ def _build_method(
     momentum=t.momentum,
     weight_decay=t.weight_decay,
     clip_norm=clip,
+    **overrides,
   )
 
 
@@ -664,7 +673,8 @@ def _run(
           leave=False,
           disable=None if progress else True,
         ) as bar:
-          ctx = dataclasses.replace(ctx, progress=bar.update)
+          measured = {}
+          ctx = dataclasses.replace(ctx, progress=bar.update, record=measured.__setitem__)
           t0 = time.perf_counter()
           run = method.learn if req.kind == "learn" else method.unlearn
           with CompileClock() as clock:
@@ -679,6 +689,7 @@ def _run(
           tasks=tasks,
           mia_variant=cfg.mia_variant,
           seed=seed,
+          compensation=measured.get("compensation"),
         )
         log(
           f"[{r}] {req.token:<10} {name:<14} {seconds:7.1f}s (+{clock.seconds:.1f}s compile)  "

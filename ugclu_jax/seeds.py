@@ -31,6 +31,7 @@ STREAMS = {
     "train_subsample": 0x5EED,  # data.max_train_per_class: the training samples kept
     "test_pool": 0x7E57,  # the class-balanced test subsample of the whole run
     "validation": 0x7A11,  # data.validation_per_class: the held-out validation samples
+    "tuning_test": 0x7E5A,  # data.test_on_validation: the held-out samples used as test set
     "twin_init": 0x7214,  # the initial weights of the oracle's twin (retrain_twin)
   },
   "request": {

@@ -110,7 +110,7 @@ class RequestHParams(NamedTuple):
 
 
 class Steps(NamedTuple):
-  """The jitted step functions of one phase (one request kind, one mode).
+  r"""The jitted step functions of one phase (one request kind, one mode).
 
   Attributes:
     target: ``(state, batch, mask, hp, advance=0) -> (state, metrics)``: the
@@ -119,7 +119,9 @@ class Steps(NamedTuple):
     remain: ``(state, batch, hp) -> (state, metrics)``: one preserve step; ends
       an iteration (increments ``k``).
     fused: ``(state, target_batch, remain_batch, mask, hp) -> (state, metrics)``:
-      the ``hvp`` compensated or ``none`` joint step; ends an iteration.
+      the ``hvp`` compensated or ``none`` joint step; ends an iteration. In
+      ``hvp`` mode its metrics hold ``compensation``,
+      :math:`\lVert d - \tilde d \rVert / \lVert d \rVert`.
   """
 
   target: Callable
@@ -443,16 +445,14 @@ def make_steps(
       else:
         w = remain_batch.mask / jnp.maximum(jnp.sum(remain_batch.mask), 1)
         hvp_fn = lambda v: ggn_vp(logits_fn, fast, v, weights=w)
-    g = compensated_update(
-      d,
-      g_r,
-      a_remain=hp.a_remain,
-      hvp_fn=hvp_fn,
-      beta=hp.beta,
-      order=order,
-      damping=hp.damping,
-      remain_clip_norm=remain_clip_norm,
-    )
+      # The compensation's relative size, ||d - d~|| / ||d|| (beta ||(H_R + dI) d|| / ||d||
+      # at order 1): how far the step leaves the Euclidean joint step.
+      compensated = compensate(d, hvp_fn, beta=hp.beta, order=order, damping=hp.damping)
+      metrics["compensation"] = optax.tree.norm(optax.tree.sub(d, compensated)) / jnp.maximum(
+        optax.tree.norm(d), jnp.finfo(jnp.float32).tiny
+      )
+      d = compensated
+    g = compensated_update(d, g_r, a_remain=hp.a_remain, remain_clip_norm=remain_clip_norm)
     return _apply(tx, state, g, opt_state, model_state, None, 1), metrics
 
   jit = functools.partial(jax.jit, donate_argnums=0)

@@ -156,11 +156,13 @@ def limit_train_per_class(ds: Dataset, max_per_class: int, seed: int) -> Dataset
   return ds._replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep])
 
 
-def split_validation(ds: Dataset, per_class: int, seed: int) -> Dataset:
+def split_validation(ds: Dataset, per_class: int, seed: int, *, as_test: bool = False) -> Dataset:
   """Holds ``per_class`` training samples of each class out as a validation split.
 
   A seeded draw (seed stream ``run.validation``); the held-out samples leave the
-  training split, so no request learns them.
+  training split, so no request learns them. ``as_test=True`` makes them the
+  test split instead (seed stream ``run.tuning_test``; the test images are
+  dropped): the data of a tuning run, which must never read the test set.
 
   Returns:
     The dataset without them in its training split and with them as ``x_val``,
@@ -175,14 +177,13 @@ def split_validation(ds: Dataset, per_class: int, seed: int) -> Dataset:
       f"validation_per_class={per_class} leaves no training sample of class "
       f"{int(counts.argmin())}, which has {int(counts.min())}"
     )
-  held = per_class_subsample(ds.y_train, per_class, seed_for(seed, "run.validation"))
+  stream = "run.tuning_test" if as_test else "run.validation"
+  held = per_class_subsample(ds.y_train, per_class, seed_for(seed, stream))
   keep = np.setdiff1d(np.arange(ds.y_train.size), held)
-  return ds._replace(
-    x_train=ds.x_train[keep],
-    y_train=ds.y_train[keep],
-    x_val=ds.x_train[held],
-    y_val=ds.y_train[held],
-  )
+  out = ds._replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+  if as_test:
+    return out._replace(x_test=ds.x_train[held], y_test=ds.y_train[held])
+  return out._replace(x_val=ds.x_train[held], y_val=ds.y_train[held])
 
 
 def stratified_split(

@@ -48,7 +48,7 @@ class MethodState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-  """What a method may use for one request.
+  r"""What a method may use for one request.
 
   Attributes:
     access: the only way to read training data.
@@ -62,6 +62,9 @@ class Context:
       :mod:`ugclu_jax.parallel`), or ``None`` for the default device.
     validation: held-out ``(x, y)`` of the trained classes, for early stopping
       (the oracle's; ``data.validation_per_class``), or ``None``.
+    record: ``record(key, value)`` keeps a measurement of the request for its
+      report entry; the runner keeps ``"compensation"`` (UG-CLU's ``hvp`` mode:
+      the mean :math:`\lVert d - \tilde d \rVert / \lVert d \rVert` of its fused steps).
   """
 
   access: DataAccess
@@ -73,6 +76,7 @@ class Context:
   progress: Callable[[int], None] = lambda n: None
   mesh: Any = None
   validation: Any = None
+  record: Callable[[str, float], None] = lambda key, value: None
 
   def put(self, batch: Batch) -> Batch:
     """A host batch on the device(s), split along its batch axis over ``mesh`` if any."""

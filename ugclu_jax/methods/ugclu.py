@@ -13,6 +13,7 @@ import functools
 from typing import Optional
 
 import jax
+import numpy as np
 
 from ugclu_jax import hparams as H
 from ugclu_jax.data import seed_int
@@ -169,6 +170,13 @@ def ugclu(
     target = lambda j: ctx.put(access.target_batch(b, j, target_seed))
     remain = lambda k: ctx.put(access.remain_batch(b, k, remain_seed))
     on_iteration = monitor(ctx=ctx, name=name)
+    compensation = []  # Device scalars, read once at the end.
+
+    def on_step(k, ts, metrics):
+      if "compensation" in metrics:
+        compensation.append(metrics["compensation"])
+      on_iteration(k, metrics)
+
     ts, counts = run_request(
       steps,
       init_train_state(state.params, state.model_state, tx),
@@ -180,8 +188,10 @@ def ugclu(
       mask=m,
       hp=request_hp,
       has_remain=has_remain,
-      on_step=lambda k, ts, metrics: on_iteration(k, metrics),
+      on_step=on_step,
     )
+    if compensation:
+      ctx.record("compensation", float(np.mean([np.asarray(c) for c in compensation])))
     params, model_state = finish(ts, ctx=ctx, name=name, slow_step_size=hp.slow_step_size)
     cost = request_cost(counts)
     if use_mask:
