@@ -26,6 +26,8 @@ def test_two_kill_trials_resume_to_the_reference_report(tmp_path, capsys):
       "train.learn_epochs=2",
       "--set",
       "train.unlearn_iterations=40",
+      "--set",
+      "stream=L:t0 L:t1 U:c1 L:t2 U:r0.1",
       "--root",
       str(tmp_path),
     ]

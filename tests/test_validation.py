@@ -433,6 +433,8 @@ def test_the_largest_seed_runs(tmp_path):
       "data.max_train_per_class=20",
     ],
   )
-  report = runner.run_experiment(cfg, tmp_path / "run", progress=False, echo=lambda s: None)
+  report = runner.run_experiment(
+    cfg, tmp_path / "run", progress=False, render=False, echo=lambda s: None
+  )
   assert report["config"]["seed"] == 2**32 - 1
   assert len(report["methods"]["ugclu"]["requests"]) == 2
