@@ -397,6 +397,143 @@ def table(name: str, report: dict, history: list[dict], args=None) -> list[str]:
   return lines + [""]
 
 
+GAP_PARTS = (
+  ("FA", "forget_acc"),
+  ("RA", "remain_acc"),
+  ("TA", "test_acc"),
+  ("MIA", "mia_efficacy"),
+)
+COMPONENTS = ("ugclu_none", "ugclu_hvp", "ugclu_nomask", "ugclu_randmask", "ugclu_noadapt")
+
+
+def _ci(d) -> str:
+  """``+1.2 [−0.3, +2.7]`` (points) of a paired difference."""
+  lo_hi = d.get("ci95")
+  tail = f" [{100 * lo_hi[0]:+.1f}, {100 * lo_hi[1]:+.1f}]" if lo_hi else ""
+  return f"{100 * d['mean']:+.1f}{tail}"
+
+
+def _side(d) -> str | None:
+  """``lower`` / ``higher``: the reference's value against the method's, where the 95 %
+  interval of the paired difference excludes 0; None where it does not (or one seed)."""
+  lo_hi = d.get("ci95")
+  if not lo_hi:
+    return None
+  return "lower" if lo_hi[1] < 0 else "higher" if lo_hi[0] > 0 else None
+
+
+def _paired(pairs: dict, method: str, key: str) -> dict | None:
+  """The paired difference of ``key`` with ``method``, or None where undefined."""
+  d = (pairs.get(method) or {}).get(key)
+  return d if d and d.get("mean") is not None else None
+
+
+def _seed_reports(folder: pathlib.Path, report: dict) -> list[dict]:
+  return [json.loads((folder / r / "report.json").read_text()) for r in report.get("runs", [])]
+
+
+def _gap_parts(seed_reports, method) -> dict[tuple[int, str], dict[str, float]]:
+  """``(index, token) -> {part: mean over seeds of |metric - oracle's|}`` at unlearn requests."""
+  from ugclu_jax.methods import ORACLE
+
+  out = {}
+  for rep in seed_reports:
+    mine, theirs = rep["methods"][method]["requests"], rep["methods"][ORACLE]["requests"]
+    for q, o in zip(mine, theirs):
+      if not q["request"].startswith("U:"):
+        continue
+      cell = out.setdefault((q["index"], q["request"]), {})
+      for part, key in GAP_PARTS:
+        a, b = q["metrics"][key], o["metrics"][key]
+        if a is not None and b is not None:
+          cell.setdefault(part, []).append(abs(a - b))
+  return {k: {p: sum(v) / len(v) for p, v in cell.items()} for k, cell in out.items()}
+
+
+def answers(report: dict, folder: pathlib.Path) -> list[str]:
+  """The issue's questions, answered from one experiment's aggregated report and its seeds'
+  reports: the gap against every method and the noise floor, the cost, the components, the
+  implicit against the explicit compensation, where UG-CLU loses, and relapse."""
+  from ugclu_jax import report as R
+  from ugclu_jax.methods import ORACLE, ORACLE_TWIN
+
+  means = R.summary(report)
+  pairs = (report.get("paired") or {}).get("methods", {})
+  ref = (report.get("paired") or {}).get("reference", "ugclu")
+  if ref not in means or means[ref]["avg_gap"] is None:
+    return []
+  n = len(report.get("seeds", []))
+  others = [m for m in means if m not in (ref, ORACLE, ORACLE_TWIN) and m in pairs]
+  gaps = {m: means[m]["avg_gap"] for m in [ref, *others] if means[m]["avg_gap"] is not None}
+  ranked = sorted(gaps, key=gaps.get)
+  side = {m: _side(_paired(pairs, m, "avg_gap")) for m in others if _paired(pairs, m, "avg_gap")}
+  named = lambda which: ", ".join(m for m in others if side.get(m) == which) or "none"
+  lines = [
+    f"Answers from these runs ({n} paired seeds; differences are {ref}'s minus the other's):",
+    "",
+  ]
+  lines.append(
+    f"- **Gap.** {ref}: {_pct(gaps[ref])} %, rank {ranked.index(ref) + 1} of {len(ranked)} "
+    f"(lowest: {ranked[0]}, {_pct(gaps[ranked[0]])} %). Lower than, 95 % paired CI: "
+    f"{named('lower')}. Higher than: {named('higher')}. Not separated: "
+    f"{', '.join(m for m in others if m in side and side[m] is None) or 'none'}."
+  )
+  d = _paired(pairs, ORACLE_TWIN, "avg_gap")
+  if d and means[ORACLE_TWIN]["avg_gap"] is not None:
+    verdict = {"higher": "above it", "lower": "below it", None: "not separated from it"}
+    lines.append(
+      f"- **Noise floor.** The oracle's twin lands {_pct(means[ORACLE_TWIN]['avg_gap'])} % from "
+      f"the oracle; {ref} is {verdict[_side(d)]} ({_ci(d)} points)."
+    )
+  row = means[ref]
+  if row["oracle_time_share"] is not None:
+    lines.append(
+      f"- **Cost.** {ref}'s unlearn requests take {row['oracle_time_share']:.2f} of the "
+      f"oracle's retraining time at those requests and {row['oracle_grad_share']:.2f} of its "
+      "gradient evaluations (compilation excluded)."
+    )
+  parts = [
+    f"`{m}` {_ci(pairs[m]['avg_gap'])}"
+    for m in means
+    if _paired(pairs, m, "avg_gap") and (m in COMPONENTS or m.startswith(ref + "@"))
+  ]
+  if parts:
+    lines.append(
+      "- **Components** (gap difference in points; negative: the full method is closer): "
+      + "; ".join(parts)
+      + "."
+    )
+  if _paired(pairs, "ugclu_hvp", "avg_gap") and _paired(pairs, "ugclu_hvp", "avg_acc"):
+    lines.append(
+      f"- **Implicit against explicit.** {ref} (fast-slow) minus `ugclu_hvp`: gap "
+      f"{_ci(pairs['ugclu_hvp']['avg_gap'])}, final accuracy {_ci(pairs['ugclu_hvp']['avg_acc'])}."
+    )
+  seeds = _seed_reports(folder, report)
+  if seeds and ranked[0] != ref:
+    best = ranked[0]
+    mine, theirs = _gap_parts(seeds, ref), _gap_parts(seeds, best)
+    worst = max(
+      mine,
+      key=lambda k: sum(mine[k].values()) / len(mine[k]) - sum(theirs[k].values()) / len(theirs[k]),
+    )
+    part = max(mine[worst], key=lambda p: mine[worst][p] - theirs[worst].get(p, 0.0))
+    lines.append(
+      f"- **Where {ref} loses most to {best}:** request [{worst[0]}] `{worst[1]}`, on {part}: "
+      f"|Δ| to the oracle {_pct(mine[worst][part])} % against {_pct(theirs[worst][part])} % "
+      "(means over seeds)."
+    )
+  relapse = {m: means[m]["relapse"] for m in [ref, *others] if means[m]["relapse"] is not None}
+  if ref in relapse:
+    top = max(relapse, key=relapse.get)
+    lines.append(
+      f"- **Relapse** (forget accuracy regained by later requests, mean): {ref} "
+      f"{_pct(relapse[ref])} %; highest {top} {_pct(relapse[top])} %; {ref} minus "
+      + ", ".join(f"{m} {_ci(pairs[m]['relapse'])}" for m in others if _paired(pairs, m, "relapse"))
+      + "."
+    )
+  return lines + [""]
+
+
 def tables(args) -> str:
   """The block between the markers: every experiment that has an aggregated report."""
   out = [
@@ -424,7 +561,7 @@ def tables(args) -> str:
     if experiments()[name].get("seeds"):
       out += tuning_table(name, report, history)
     else:
-      out += table(name, report, history, args)
+      out += table(name, report, history, args) + answers(report, path.parent)
     found += 1
   if not found:
     out += ["No experiment has finished yet.", ""]

@@ -79,6 +79,11 @@ def test_the_driver_runs_and_writes_its_tables(tmp_path):
   history = json.loads((tmp_path / "runs" / "fmnist_mlp_task" / "run_all.json").read_text())
   assert len(history) == 1 and history[0]["returncode"] == 0
   assert "1 invocation(s)" in text
+  # The answers are the report's numbers.
+  ugclu = report["summary"]["ugclu"]
+  assert f"- **Gap.** ugclu: {100 * ugclu['avg_gap']:.1f} %, rank 1 of 1" in text
+  assert f"twin lands {100 * gap:.1f} % from the oracle; ugclu is " in text
+  assert f"take {ugclu['oracle_time_share']:.2f} of the oracle's retraining time" in text
   # The tables alone, again from the runs on disk: the same block.
   assert driver.main([*argv, "--tables-only"]) == 0
   assert readme.read_text() == text
