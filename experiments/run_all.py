@@ -99,6 +99,12 @@ ABLATIONS = (
 )
 
 
+# The gap against the unlearn budget: the first unlearn request of the mixed stream,
+# run once per budget (train.unlearn_iterations), every method on the same batches.
+CURVE_STREAM = "L:t0 L:t1 L:t2 U:c1,5"
+CURVE_BUDGETS = (25, 50, 100, 200, 300, 600, 1200)
+
+
 def candidates(methods=None) -> dict[str, tuple[str, dict]]:
   """``spec -> (method, {key: value})``: every grid point as a method spec
   (``ugclu@unlearn_lr=0.01``), of ``methods`` (default: all of :data:`GRIDS`)."""
@@ -144,6 +150,20 @@ def experiments() -> dict[str, dict]:
     "what": f"Fashion-MNIST, MLP, {what}: the compensation ablation",
     "group": "cpu",
     "model": "mlp",
+  }
+  out["fmnist_mlp_gap_curve"] = {
+    "config": "full",
+    "overrides": [
+      "train.model=mlp",
+      f"stream={CURVE_STREAM}",
+      "methods=ugclu,ugclu_hvp,ft,neggrad_plus,salun,scrub",
+    ],
+    "what": "Fashion-MNIST, MLP: the gap at the first unlearn request of (d) against its "
+    "iterations",
+    "group": "cpu",
+    "model": "mlp",
+    "budgets": CURVE_BUDGETS,
+    "seeds": (1000, 1001),
   }
   for model in ("mlp", "cnn"):
     stream, what = SCENARIOS["mixed"]
@@ -201,6 +221,14 @@ def _args(argv):
   p.add_argument("--methods", default=None, help="comma-separated methods (default: config's)")
   p.add_argument("--scale", choices=("full", "smoke"), default="full")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more overrides")
+  p.add_argument(
+    "--budgets", default=None, help="comma-separated unlearn budgets of the curves (CURVE_BUDGETS)"
+  )
+  p.add_argument(
+    "--no-render",
+    action="store_true",
+    help="runs write report.json only (tuning runs never render: their plots would be many)",
+  )
   p.add_argument("--list", action="store_true", help="list the experiments and stop")
   p.add_argument("--tables-only", action="store_true", help="only write the tables")
   args = p.parse_args(argv)
@@ -216,8 +244,19 @@ def _args(argv):
       p.error(f"unknown experiment {unknown[0]!r}; known: {', '.join(known)}")
   if args.seeds < 1:
     p.error(f"--seeds must be >= 1, got {args.seeds}")
+  try:
+    args.budgets = tuple(int(n) for n in args.budgets.split(",")) if args.budgets else None
+  except ValueError:
+    p.error(f"--budgets takes comma-separated integers, got {args.budgets!r}")
+  if args.budgets is not None and min(args.budgets) < 1:
+    p.error(f"--budgets must be >= 1, got {args.budgets}")
   args.names = names
   return args
+
+
+def budgets(name: str, args) -> tuple[int, ...]:
+  """The unlearn budgets of curve ``name`` (``--budgets`` or its own)."""
+  return args.budgets or experiments()[name]["budgets"]
 
 
 def tuned(model: str, out) -> dict | None:
@@ -253,16 +292,28 @@ def select(report: dict) -> dict[str, dict]:
   return out
 
 
-def command(name: str, args) -> list[str]:
-  """The runner command of experiment ``name``; a scenario takes its model's tuned values
-  when the model's tuning has run."""
+def _is_tuning(e: dict) -> bool:
+  return "seeds" in e and "budgets" not in e
+
+
+def workdirs(name: str, args) -> list[pathlib.Path]:
+  """The run folders of experiment ``name``: one, or one per budget of a curve."""
+  e, root = experiments()[name], pathlib.Path(args.out) / name
+  return [root / f"iters_{n}" for n in budgets(name, args)] if "budgets" in e else [root]
+
+
+def command(name: str, args, budget: int | None = None) -> list[str]:
+  """The runner command of experiment ``name`` (of one ``budget`` of a curve); a scenario
+  takes its model's tuned values when the model's tuning has run."""
   e = experiments()[name]
   seeds = e.get("seeds")
   first, count = (seeds[0], len(seeds)) if seeds else (args.first_seed, args.seeds)
   sets = [*e["overrides"], f"seed={first}", f"seeds={count}"]
   if args.scale == "smoke":
     sets += SMOKE
-  if seeds:  # A tuning run: the candidates of the chosen methods.
+  if budget is not None:
+    sets.append(f"train.unlearn_iterations={budget}")
+  if _is_tuning(e):  # A tuning run: the candidates of the chosen methods.
     chosen = args.methods.split(",") if args.methods else None
     sets.append(f"methods={','.join(candidates(chosen))}")
   else:
@@ -272,23 +323,34 @@ def command(name: str, args) -> list[str]:
     sets += [item for entry in choice.values() for item in entry["sets"]]
   sets += args.set
   cmd = [sys.executable, "-m", "ugclu_jax", "run", "--config", e["config"]]
-  cmd += ["--workdir", str(pathlib.Path(args.out) / name), "--no-progress", "--resume"]
+  folder = pathlib.Path(args.out) / name
+  if budget is not None:
+    folder = folder / f"iters_{budget}"
+  cmd += ["--workdir", str(folder), "--no-progress", "--resume"]
+  if args.no_render or _is_tuning(e):
+    cmd.append("--no-render")
   for item in sets:
     cmd += ["--set", item]
   return cmd
 
 
 def run(name: str, args) -> dict:
-  """Runs (or resumes) one experiment; its record (command, seconds, exit code)."""
-  cmd = command(name, args)
+  """Runs (or resumes) one experiment (each budget of a curve in turn); its record
+  (command, seconds, exit code)."""
+  each = budgets(name, args) if "budgets" in experiments()[name] else (None,)
   workdir = pathlib.Path(args.out) / name
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  proc = subprocess.run(cmd, cwd=ROOT)
+  codes = []
+  for budget in each:
+    cmd = command(name, args, budget)
+    codes.append(subprocess.run(cmd, cwd=ROOT).returncode)
+    if codes[-1]:
+      break
   record = {
     "command": shlex.join(["python", *cmd[1:]]),
     "seconds": round(time.perf_counter() - start, 1),
-    "returncode": proc.returncode,
+    "returncode": max(codes),
     "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
   }
   log = workdir / "run_all.json"
@@ -534,6 +596,61 @@ def answers(report: dict, folder: pathlib.Path) -> list[str]:
   return lines + [""]
 
 
+def curve_table(name: str, reports: dict, history: list[dict], readme: pathlib.Path) -> list[str]:
+  """The Markdown section of a curve: each method's gap per budget, and its figure (written
+  to ``figures/<name>.png`` beside ``readme``)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from ugclu_jax import report as R
+  from ugclu_jax.methods import ORACLE
+
+  ns = sorted(reports)
+  means = {n: R.summary(reports[n]) for n in ns}
+  ci = {n: reports[n].get("summary_ci95") or {} for n in ns}
+  methods = [m for m in means[ns[0]] if m != ORACLE]
+  lines = _header(name, reports[ns[0]], history) + [
+    "Gap to the oracle (percent, mean ± 95 % CI over the seeds) after the unlearn request, "
+    "by its number of iterations; the last row is UG-CLU's training time for the request "
+    "over the oracle's retraining.",
+    "",
+    "| method | " + " | ".join(f"{n} it." for n in ns) + " |",
+    "|---|" + "---:|" * len(ns),
+  ]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for m in methods:
+    gaps = [means[n][m]["avg_gap"] for n in ns]
+    half = [(ci[n].get(m) or {}).get("avg_gap") for n in ns]
+    cells = [_pct(g) + ("" if h is None else f" ± {_pct(h)}") for g, h in zip(gaps, half)]
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    ax.errorbar(
+      ns,
+      [100 * g for g in gaps],
+      yerr=[100 * (h or 0.0) for h in half],
+      marker="o",
+      capsize=3,
+      label=m,
+    )
+  shares = [means[n]["ugclu"]["oracle_time_share"] if "ugclu" in means[n] else None for n in ns]
+  lines.append(
+    "| ugclu: time / oracle's | "
+    + " | ".join("—" if x is None else f"{x:.2f}" for x in shares)
+    + " |"
+  )
+  ax.set(xscale="log", xlabel="unlearn iterations", ylabel="gap to the oracle (%)")
+  ax.set_xticks(ns, [str(n) for n in ns])
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  figure = readme.parent / "figures" / f"{name}.png"
+  figure.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(figure, dpi=100)
+  plt.close(fig)
+  return lines + ["", f"![gap against iterations](figures/{name}.png)", ""]
+
+
 def tables(args) -> str:
   """The block between the markers: every experiment that has an aggregated report."""
   out = [
@@ -551,6 +668,19 @@ def tables(args) -> str:
   found = 0
   for name in experiments():
     path = pathlib.Path(args.out) / name / "report.json"
+    if "budgets" in experiments()[name]:
+      reports = {}
+      for n, folder in zip(budgets(name, args), workdirs(name, args)):
+        if (folder / "report.json").is_file():
+          report = json.loads((folder / "report.json").read_text())
+          if "seeds" in report:
+            reports[n] = report
+      if reports:
+        log = path.parent / "run_all.json"
+        history = json.loads(log.read_text()) if log.is_file() else []
+        out += curve_table(name, reports, history, pathlib.Path(args.readme))
+        found += 1
+      continue
     if not path.is_file():
       continue
     report = json.loads(path.read_text())
@@ -558,7 +688,7 @@ def tables(args) -> str:
       continue
     log = path.parent / "run_all.json"
     history = json.loads(log.read_text()) if log.is_file() else []
-    if experiments()[name].get("seeds"):
+    if _is_tuning(experiments()[name]):
       out += tuning_table(name, report, history)
     else:
       out += table(name, report, history, args) + answers(report, path.parent)

@@ -236,6 +236,20 @@ def test_resume_of_a_finished_run_only_rerenders(finished, tmp_path, capsys):
   assert (workdir / "report.md").read_text() == (finished / "report.md").read_text()
 
 
+def test_no_render_writes_the_report_alone_and_report_renders_it_later(finished, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished, workdir)
+  for path in [workdir / "report.md", *workdir.glob("*.png")]:
+    path.unlink()
+  code, out, err = _main(capsys, *_run_args(workdir, "--resume", "--no-render"))
+  assert code == 0, err
+  assert (workdir / "report.json").is_file() and not (workdir / "report.md").exists()
+  assert not list(workdir.glob("*.png"))
+  code, out, err = _main(capsys, "report", str(workdir))
+  assert code == 0, err
+  assert (workdir / "report.md").read_text() == (finished / "report.md").read_text()
+
+
 # --- One-line errors, exit codes, run.log -----------------------------------------------------
 
 

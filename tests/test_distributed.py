@@ -34,6 +34,7 @@ TINY = [
   "--set",
   "train.unlearn_iterations=10",
   "--no-progress",
+  "--no-render",
 ]
 
 
@@ -160,16 +161,18 @@ def one_process(tmp_path_factory):
   """The one-process run (stopped before its last request, then resumed), and a copy of
   its workdir from before that request."""
   folder = tmp_path_factory.mktemp("one")
-  cfg = C.apply_overrides(C.load_config("smoke"), TINY[1:-1:2])
+  cfg = C.apply_overrides(C.load_config("smoke"), TINY[1:-2:2])
 
   def stop(line):
     if line.startswith("[2]"):
       raise _Stop
 
   with pytest.raises(_Stop):
-    runner.run_experiment(cfg, folder / "run", progress=False, echo=stop)
+    runner.run_experiment(cfg, folder / "run", progress=False, render=False, echo=stop)
   shutil.copytree(folder / "run", folder / "partial")
-  runner.run_experiment(cfg, folder / "run", resume=True, progress=False, echo=lambda s: None)
+  runner.run_experiment(
+    cfg, folder / "run", resume=True, progress=False, render=False, echo=lambda s: None
+  )
   return folder / "run", folder / "partial"
 
 

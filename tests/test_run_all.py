@@ -58,7 +58,10 @@ def test_the_driver_runs_and_writes_its_tables(tmp_path):
     "--first-seed",
     "0",
     "--only",
-    "fmnist_mlp_task",
+    "fmnist_mlp_task,fmnist_mlp_gap_curve",
+    "--budgets",
+    "5,10",
+    "--no-render",
     "--methods",
     "ugclu,retrain_twin",
     "--set",
@@ -84,6 +87,19 @@ def test_the_driver_runs_and_writes_its_tables(tmp_path):
   assert f"- **Gap.** ugclu: {100 * ugclu['avg_gap']:.1f} %, rank 1 of 1" in text
   assert f"twin lands {100 * gap:.1f} % from the oracle; ugclu is " in text
   assert f"take {ugclu['oracle_time_share']:.2f} of the oracle's retraining time" in text
+  # The curve: one run per budget, the gap of each in its table and figure.
+  curve = tmp_path / "runs" / "fmnist_mlp_gap_curve"
+  for n in (5, 10):
+    run = json.loads((curve / f"iters_{n}" / "report.json").read_text())
+    assert run["config"]["train"]["unlearn_iterations"] == n and run["seeds"] == [1000, 1001]
+    assert run["stream"] == ["L:t0", "L:t1", "U:t0"]  # The --set stream above.
+  gaps = [
+    json.loads((curve / f"iters_{n}" / "report.json").read_text())["summary"]["ugclu"]["avg_gap"]
+    for n in (5, 10)
+  ]
+  assert "| method | 5 it. | 10 it. |" in text
+  assert f"| ugclu | {100 * gaps[0]:.1f} ± " in text
+  assert (tmp_path / "figures" / "fmnist_mlp_gap_curve.png").is_file()
   # The tables alone, again from the runs on disk: the same block.
   assert driver.main([*argv, "--tables-only"]) == 0
   assert readme.read_text() == text

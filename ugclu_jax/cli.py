@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     help="delete the run in --workdir (report, plots, checkpoints, log, config) and start over",
   )
   run.add_argument("--no-progress", action="store_true", help="no progress bars")
+  run.add_argument(
+    "--no-render",
+    action="store_true",
+    help="write report.json only, without report.md and the plots (render them later: "
+    "python -m ugclu_jax report WORKDIR)",
+  )
   dist = run.add_argument_group(
     "several processes",
     "One process of a data-parallel run over the devices of several processes\n"
@@ -180,7 +186,12 @@ def _run(args) -> None:
 
   cfg = C.apply_overrides(C.load_config(args.config), args.set)
   runner.run_experiment(
-    cfg, args.workdir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    cfg,
+    args.workdir,
+    resume=args.resume,
+    overwrite=args.overwrite,
+    progress=not args.no_progress,
+    render=not args.no_render,
   )
 
 
