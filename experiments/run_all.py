@@ -214,6 +214,12 @@ def _args(argv):
   p.add_argument(
     "--readme", default="experiments/README.md", help="file with the markers (%(default)s)"
   )
+  p.add_argument(
+    "--results",
+    default="experiments/results",
+    help="where each finished experiment's report.json files and run_all.json are copied, "
+    "to be committed (%(default)s; 'none': nowhere)",
+  )
   p.add_argument("--seeds", type=int, default=5, help="seeds per experiment (%(default)s)")
   p.add_argument("--first-seed", type=int, default=1000, help="the first seed (%(default)s)")
   p.add_argument("--only", default=None, help="comma-separated experiment names")
@@ -357,6 +363,22 @@ def run(name: str, args) -> dict:
   history = json.loads(log.read_text()) if log.is_file() else []
   log.write_text(json.dumps(history + [record], indent=1) + "\n")
   return record
+
+
+def archive(name: str, args) -> int:
+  """Copies experiment ``name``'s report.json files (aggregate and seeds) and its
+  run_all.json from ``--out`` to ``--results``, where the tables can be regenerated from
+  (``--tables-only --out RESULTS``); returns how many files."""
+  if args.results == "none":
+    return 0
+  src, dst = pathlib.Path(args.out) / name, pathlib.Path(args.results) / name
+  files = [*src.glob("**/report.json"), src / "run_all.json"]
+  for path in files:
+    if path.is_file():
+      target = dst / path.relative_to(src)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(path.read_bytes())
+  return len(files)
 
 
 def _pct(x, digits=1) -> str:
@@ -724,6 +746,12 @@ def main(argv=None) -> int:
       print(f"== {name}: exit {record['returncode']} after {record['seconds']} s", flush=True)
       if record["returncode"] != 0:
         failed.append(name)
+  for name in experiments():  # Every finished one, also one run by an earlier invocation.
+    if (
+      all((w / "report.json").is_file() for w in workdirs(name, args))
+      and pathlib.Path(args.out).resolve() != pathlib.Path(args.results).resolve()
+    ):
+      archive(name, args)
   write_tables(pathlib.Path(args.readme), tables(args))
   print(f"wrote the tables into {args.readme}")
   if failed:

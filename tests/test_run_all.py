@@ -21,10 +21,11 @@ def test_every_experiment_is_a_valid_config():
 
   driver = _driver()
   args = driver._args(["--include", "cpu,gpu", "--out", "/nonexistent"])
-  assert len(args.names) == 14 and "cifar10_resnet18_mixed" in args.names
+  assert len(args.names) == 15 and "cifar10_resnet18_mixed" in args.names
   reported = set()
   for name in args.names:
-    cmd = driver.command(name, args)
+    curve = "budgets" in driver.experiments()[name]
+    cmd = driver.command(name, args, driver.budgets(name, args)[-1] if curve else None)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     cfg = C.apply_overrides(C.load_config(cmd[cmd.index("--config") + 1]), sets)
     assert cfg.data.validation_per_class > 0 and cfg.train.oracle_max_epochs is not None
@@ -34,6 +35,9 @@ def test_every_experiment_is_a_valid_config():
       assert (cfg.seed, cfg.seeds) == (1, 2) and cfg.data.test_on_validation
       assert len(cfg.methods) == 4 * 10 + 2 and "ugclu@unlearn_lr=0.05" in cfg.methods
       tuning = (cfg.seed, cfg.stream)
+    elif curve:  # The gap curve: one run per budget.
+      assert (cfg.seed, cfg.seeds) == (1000, 2) and not cfg.data.test_on_validation
+      assert cfg.train.unlearn_iterations == driver.budgets(name, args)[-1]
     else:
       assert cfg.seeds == 5 and "retrain_twin" in cfg.methods and not cfg.data.test_on_validation
       reported |= {(cfg.seed + k, cfg.stream) for k in range(cfg.seeds)}
@@ -51,6 +55,8 @@ def test_the_driver_runs_and_writes_its_tables(tmp_path):
     str(tmp_path / "runs"),
     "--readme",
     str(readme),
+    "--results",
+    str(tmp_path / "results"),
     "--scale",
     "smoke",
     "--seeds",
@@ -100,8 +106,14 @@ def test_the_driver_runs_and_writes_its_tables(tmp_path):
   assert "| method | 5 it. | 10 it. |" in text
   assert f"| ugclu | {100 * gaps[0]:.1f} ± " in text
   assert (tmp_path / "figures" / "fmnist_mlp_gap_curve.png").is_file()
-  # The tables alone, again from the runs on disk: the same block.
+  # The tables alone, again from the runs on disk: the same block; and from the copies
+  # made to be committed, which hold no checkpoint.
   assert driver.main([*argv, "--tables-only"]) == 0
+  assert readme.read_text() == text
+  results = tmp_path / "results"
+  assert (results / "fmnist_mlp_task" / "seed_1" / "report.json").is_file()
+  assert not list(results.glob("**/checkpoints"))
+  assert driver.main([*argv, "--tables-only", "--out", str(results)]) == 0
   assert readme.read_text() == text
 
 
@@ -109,6 +121,7 @@ def test_the_tuning_chooses_and_the_scenarios_take_the_choice(tmp_path):
   driver = _driver()
   readme = tmp_path / "README.md"
   out = ["--out", str(tmp_path / "runs"), "--readme", str(readme), "--scale", "smoke"]
+  out += ["--results", "none"]
   argv = [*out, "--only", "tune_mlp", "--methods", "ugclu", "--set", "stream=L:t0 L:t1 U:t0"]
   assert driver.main(argv) == 0
   report = json.loads((tmp_path / "runs" / "tune_mlp" / "report.json").read_text())
