@@ -84,7 +84,8 @@ GRIDS = {
 # implicit compensation; with forget_freq=1 every iteration is one target step and
 # one remain gradient, so `none`, `fast_slow` (one remain step after each target
 # step) and `hvp` (beta swept until beta ||H_R d|| / ||d|| is 0.1 to 1, measured)
-# differ in the compensation alone. Plus the slow-weight interpolation below 1.
+# differ in the compensation alone. Plus the slow-weight interpolation below 1, and no
+# mask at the masked step's length.
 ABLATIONS = (
   "ugclu",
   "ugclu_none",
@@ -95,6 +96,7 @@ ABLATIONS = (
   "ugclu_hvp@forget_freq=1@beta=0.1",
   "ugclu_hvp@forget_freq=1@beta=0.2",
   "ugclu@slow_step_size=0.5",
+  "ugclu_normmask",
   "retrain_twin",
 )
 

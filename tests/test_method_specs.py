@@ -72,7 +72,8 @@ def spec_run(tmp_path_factory):
       "train.learn_epochs=1",
       "train.unlearn_iterations=20",
       "data.max_eval=300",
-      "methods=ugclu_hvp,ugclu_hvp@beta=0.1,ugclu,ft,ft@ft_lr=0.05,ft@ft_lr=0.005",
+      "methods=ugclu_hvp,ugclu_hvp@beta=0.1,ugclu,ugclu@clip=0,ugclu_normmask@clip=0,ugclu_nomask@clip=0,ft,ft@ft_lr=0.05,"
+      "ft@ft_lr=0.005",
     ],
   )
   assert cfg.baselines.ft_lr == 0.05 and cfg.ugclu.beta == 0.0
@@ -91,6 +92,14 @@ def test_a_spec_with_the_default_value_is_the_plain_method(spec_run):
   assert _metrics(spec_run, "ft@ft_lr=0.005", "forget_acc") != _metrics(
     spec_run, "ft", "forget_acc"
   )
+
+
+def test_the_norm_mask_ablation_is_neither_the_masked_nor_the_unmasked_method(spec_run):
+  # Without the clip (which makes every step as long whenever both directions exceed it),
+  # the masked, the rescaled unmasked and the unmasked direction all differ.
+  names = ("ugclu@clip=0", "ugclu_normmask@clip=0", "ugclu_nomask@clip=0")
+  ra = [_metrics(spec_run, m, "remain_acc") + _metrics(spec_run, m, "forget_acc") for m in names]
+  assert ra[0] != ra[1] and ra[1] != ra[2] and ra[0] != ra[2]
 
 
 def test_the_explicit_compensation_is_measured_in_hvp_mode_only(spec_run):

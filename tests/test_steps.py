@@ -78,6 +78,18 @@ class EquationsTest(parameterized.TestCase):
     d, _ = ug.target_direction(g, mask, 100.0)  # Below the clip: unchanged.
     chex.assert_trees_all_close(d, {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0])})
 
+  def test_the_mask_as_a_norm_keeps_every_coordinate_at_the_masked_length(self):
+    g = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([12.0])}
+    mask = {"a": jnp.array([1.0, 1.0]), "b": jnp.array([0.0])}
+    # ||M ⊙ g|| = 5, ||g|| = 13: g scaled by 5/13, then clipped like the masked one.
+    d, norm = ug.target_direction(g, mask, None, mask_as_norm=True)
+    self.assertAlmostEqual(float(norm), 5.0, places=5)
+    chex.assert_trees_all_close(d, jax.tree.map(lambda t: t * 5 / 13, g), rtol=1e-6)
+    d, _ = ug.target_direction(g, mask, 2.5, mask_as_norm=True)
+    chex.assert_trees_all_close(d, jax.tree.map(lambda t: t * 2.5 / 13, g), rtol=1e-6)
+    d, _ = ug.target_direction(g, None, None, mask_as_norm=True)  # No mask: g itself.
+    chex.assert_trees_all_close(d, g)
+
   def test_joint_direction_scales_then_clips_the_preserve_part(self):
     d = {"a": jnp.array([1.0, 1.0])}
     g_r = {"a": jnp.array([3.0, 4.0])}

@@ -157,7 +157,7 @@ def cosine_factor(k: jax.Array, n: jax.Array) -> jax.Array:
 
 
 def target_direction(
-  grad: Params, mask: Optional[Params], clip_norm: Optional[float]
+  grad: Params, mask: Optional[Params], clip_norm: Optional[float], *, mask_as_norm: bool = False
 ) -> tuple[Params, jax.Array]:
   r"""The target direction of §5, :math:`d = \mathrm{clip}_c(M \odot g)`.
 
@@ -166,8 +166,18 @@ def target_direction(
   only the salient coordinates. ``grad`` is the target gradient already
   scaled by :math:`a_T` (:math:`g = a_T \nabla J_T`); ``mask`` a 0/1 pytree
   :math:`M` (None: :math:`M = 1`); ``clip_norm`` None: no clip.
+
+  ``mask_as_norm=True`` is the ablation "no mask at the masked step's size":
+  :math:`d = \mathrm{clip}_c(g \, \lVert M \odot g \rVert / \lVert g \rVert)`,
+  every coordinate moves and the step is as long as the masked one.
   """
-  return clip_by_global_norm(apply_mask(grad, mask), clip_norm)
+  masked = apply_mask(grad, mask)
+  if mask_as_norm and mask is not None:
+    scale = optax.tree.norm(masked) / jnp.maximum(
+      optax.tree.norm(grad), jnp.finfo(jnp.float32).tiny
+    )
+    masked = optax.tree.scale(scale, grad)
+  return clip_by_global_norm(masked, clip_norm)
 
 
 def compensated_update(
@@ -308,6 +318,7 @@ def make_steps(
   train: bool = True,
   remain_clip_norm: Optional[float] = None,
   max_forget_loss: Optional[float] = None,
+  mask_as_norm: bool = False,
 ) -> Steps:
   """Builds the jitted steps of one phase.
 
@@ -331,6 +342,9 @@ def make_steps(
       in remain and fused steps (None: off).
     max_forget_loss: bounded ascent (unlearn): forget samples whose loss
       exceeds it are no longer pushed (:func:`ugclu_jax.unlearn_loss`).
+    mask_as_norm: the mask sets only the target direction's length, not its
+      coordinates (:func:`target_direction`; the no-mask ablation at a matched
+      step size).
 
   Returns:
     :class:`Steps`, each jitted once with the state donated.
@@ -378,7 +392,9 @@ def make_steps(
 
     def direction(g, factor):
       a_t = a_target(hp, factor)
-      d, norm = target_direction(optax.tree.scale(a_t, g), mask, clip_norm)
+      d, norm = target_direction(
+        optax.tree.scale(a_t, g), mask, clip_norm, mask_as_norm=mask_as_norm
+      )
       return d, {"target_grad_norm": norm, "a_target": a_t}
 
     # The mask is applied once, here, before the clip (§5: the clip measures the
@@ -420,7 +436,9 @@ def make_steps(
     (t_loss, (model_state, _)), g_t = jax.value_and_grad(target_loss, has_aux=True)(
       fast, state.model_state, target_batch
     )
-    d, norm = target_direction(optax.tree.scale(a_t, g_t), mask, clip_norm)
+    d, norm = target_direction(
+      optax.tree.scale(a_t, g_t), mask, clip_norm, mask_as_norm=mask_as_norm
+    )
     (r_loss, (model_state, _)), g_r = jax.value_and_grad(remain_loss, has_aux=True)(
       fast, model_state, remain_batch
     )

@@ -20,6 +20,7 @@ UGCLU_VARIANTS = {
   "ugclu_nomask": {"mask": False},
   "ugclu_noadapt": {"temperature": 0.0},
   "ugclu_randmask": {"mask_kind": "random"},
+  "ugclu_normmask": {"mask_kind": "norm"},
 }
 ORACLE = "retrain"
 # The oracle retrained from other initial weights and batches: its gap to the

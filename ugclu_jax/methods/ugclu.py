@@ -114,6 +114,7 @@ def ugclu(
         order=order,
         remain_clip_norm=clip_norm if kind == "unlearn" else learn_clip,
         max_forget_loss=max_forget_loss(hp.ascent_bound, num_classes),
+        mask_as_norm=hp.mask_kind == "norm",
       ),
     )
   fisher = make_fisher_fn(apply_fn)

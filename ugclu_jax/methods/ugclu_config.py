@@ -9,7 +9,7 @@ import dataclasses
 from ugclu_jax.hparams import COUNT, NON_NEGATIVE, POSITIVE, UNIT, Checked, field
 
 
-MASK_KINDS = ("balanced", "random")
+MASK_KINDS = ("balanced", "random", "norm")
 """The values of :attr:`UGCLUConfig.mask_kind`."""
 
 
@@ -35,9 +35,12 @@ class UGCLUConfig(Checked):
     learn_temperature: learn-side weights (0: uniform; negative: hard samples up).
     mask: use the balanced saliency mask on unlearn requests.
     mask_threshold: :math:`\\gamma`.
-    mask_kind: ``balanced`` (the saliency mask) or ``random``: the ablation, a
+    mask_kind: ``balanced`` (the saliency mask), ``random``: the ablation, a
       random mask with the balanced mask's number of ones in every parameter
-      (:func:`ugclu_jax.random_mask_like`, seed stream ``ugclu.random_mask``).
+      (:func:`ugclu_jax.random_mask_like`, seed stream ``ugclu.random_mask``),
+      or ``norm``: no mask at the masked step's size, every coordinate moves
+      and the target direction is as long as the balanced-masked one
+      (:func:`ugclu_jax.target_direction`'s ``mask_as_norm``).
     learn_mask: also mask learn requests with ``F_L / F_R >= learn_mask_threshold``.
     learn_mask_threshold: :math:`\\gamma_L`.
     fisher_batches: batches for each Fisher diagonal.
