@@ -21,10 +21,15 @@ def x64():
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent XLA cache for the session, shared with the CLI subprocesses."""
+  """One persistent XLA cache for the session, shared by the xdist workers and the CLI
+  subprocesses (each program is compiled once per run of the suite)."""
   import os
 
-  path = str(tmp_path_factory.mktemp("jax_cache"))
+  base = tmp_path_factory.getbasetemp()
+  # Under xdist each worker's base is <run>/popen-gw<N>: the cache goes to <run>.
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  path = str(root / "jax_cache")
+  os.makedirs(path, exist_ok=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = path
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   jax.config.update("jax_compilation_cache_dir", path)

@@ -65,13 +65,13 @@ class HvpTest(chex.TestCase, parameterized.TestCase):
     with jax.enable_x64(True):
       model = SmallCNN(
         num_classes=4,
-        input_size=(12, 12),
+        input_size=(8, 8),
         rngs=nnx.Rngs(0),
         param_dtype=jnp.float64,
         dtype=jnp.float64,
       )
       apply_fn, params, state = as_functional(model)
-      x, y = _data(jax.random.key(3), (12, 12, 1), n=4, classes=4, dtype=jnp.float64)
+      x, y = _data(jax.random.key(3), (8, 8, 1), n=4, classes=4, dtype=jnp.float64)
 
       def loss_fn(p):
         return ug.cross_entropy(logits=apply_fn(p, state, x, train=True)[0], labels=y)

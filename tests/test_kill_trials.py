@@ -13,11 +13,11 @@ def _script():
   return module
 
 
-def test_two_kill_trials_resume_to_the_reference_report(tmp_path, capsys):
+def test_a_kill_trial_resumes_to_the_reference_report(tmp_path, capsys):
   code = _script().main(
     [
       "--trials",
-      "2",
+      "1",
       "--seed",
       "1",
       "--config",
@@ -34,6 +34,5 @@ def test_two_kill_trials_resume_to_the_reference_report(tmp_path, capsys):
   )
   out = capsys.readouterr().out
   assert code == 0, out
-  assert "2/2 trials resumed to the reference report.json" in out, out
-  for i in range(2):
-    assert (tmp_path / f"trial_{i:03d}" / "report.json").is_file()
+  assert "1/1 trials resumed to the reference report.json" in out, out
+  assert (tmp_path / "trial_000" / "report.json").is_file()

@@ -370,8 +370,13 @@ def test_report_entries_from_a_hand_built_history():
       "steps": 5,
       "grad_evals": 10,
       "hvp_evals": 0,
+      "compensation": None,
     },
   }
+  # A measured compensation (UG-CLU's hvp mode) reaches its entry and the JSON round trip.
+  q = HISTORY[0]._replace(compensation=0.25)
+  assert E.report_entries([q])[0]["metrics"]["compensation"] == 0.25
+  assert E.record_from_json(json.loads(json.dumps(E.record_to_json(q)))) == q
 
 
 def test_records_round_trip_through_json_without_per_sample_outputs():
