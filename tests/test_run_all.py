@@ -93,6 +93,7 @@ def test_the_driver_runs_and_writes_its_tables(tmp_path):
   assert f"- **Gap.** ugclu: {100 * ugclu['avg_gap']:.1f} %, rank 1 of 1" in text
   assert f"twin lands {100 * gap:.1f} % from the oracle; ugclu is " in text
   assert f"take {ugclu['oracle_time_share']:.2f} of the oracle's retraining time" in text
+  assert "- **Where ugclu is farthest from the oracle** (no other method has a lower gap)" in text
   # The curve: one run per budget, the gap of each in its table and figure.
   curve = tmp_path / "runs" / "fmnist_mlp_gap_curve"
   for n in (5, 10):
