@@ -707,7 +707,7 @@ def tables(args) -> str:
           report = json.loads((folder / "report.json").read_text())
           if "seeds" in report:
             reports[n] = report
-      if reports:
+      if len(reports) == len(budgets(name, args)):  # Only a finished curve.
         log = path.parent / "run_all.json"
         history = json.loads(log.read_text()) if log.is_file() else []
         out += curve_table(name, reports, history, pathlib.Path(args.readme))
