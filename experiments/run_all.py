@@ -595,6 +595,22 @@ def answers(report: dict, folder: pathlib.Path) -> list[str]:
       f"{_ci(pairs['ugclu_hvp']['avg_gap'])}, final accuracy {_ci(pairs['ugclu_hvp']['avg_acc'])}."
     )
   seeds = _seed_reports(folder, report)
+  clean = "ugclu_none@forget_freq=1"  # The compensation ablation's reference (ABLATIONS).
+  if seeds and clean in means:
+    per_seed = [R.summary(rep) for rep in seeds]
+    cells = []
+    for m in means:
+      if m != clean and (m.endswith("@forget_freq=1") or "@forget_freq=1@" in m):
+        d = R.paired_difference(
+          [q[m]["avg_gap"] for q in per_seed], [q[clean]["avg_gap"] for q in per_seed]
+        )
+        if d and d["mean"] is not None:
+          cells.append(f"`{m}` {_ci(d)}")
+    if cells:
+      lines.append(
+        f"- **Compensation alone** (gap minus `{clean}`'s, the same steps without any "
+        "compensation; negative: the compensation helps): " + "; ".join(cells) + "."
+      )
   rivals = [m for m in ranked if not m.startswith("ugclu")]  # Other methods, not variants.
   if seeds and rivals and gaps[rivals[0]] < gaps[ref]:
     best = rivals[0]
