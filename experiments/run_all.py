@@ -658,6 +658,7 @@ def curve_table(name: str, reports: dict, history: list[dict], readme: pathlib.P
   ns = sorted(reports)
   means = {n: R.summary(reports[n]) for n in ns}
   ci = {n: reports[n].get("summary_ci95") or {} for n in ns}
+  std = {n: reports[n].get("summary_std") or {} for n in ns}
   methods = [m for m in means[ns[0]] if m != ORACLE]
   lines = _header(name, reports[ns[0]], history) + [
     "Gap to the oracle (percent, mean ± 95 % CI over the seeds) after the unlearn request, "
@@ -673,10 +674,11 @@ def curve_table(name: str, reports: dict, history: list[dict], readme: pathlib.P
     half = [(ci[n].get(m) or {}).get("avg_gap") for n in ns]
     cells = [_pct(g) + ("" if h is None else f" ± {_pct(h)}") for g, h in zip(gaps, half)]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    spread = [(std[n].get(m) or {}).get("avg_gap") for n in ns]
     ax.errorbar(
       ns,
       [100 * g for g in gaps],
-      yerr=[100 * (h or 0.0) for h in half],
+      yerr=[100 * (h or 0.0) for h in spread],
       marker="o",
       capsize=3,
       label=m,
@@ -687,7 +689,8 @@ def curve_table(name: str, reports: dict, history: list[dict], readme: pathlib.P
     + " | ".join("—" if x is None else f"{x:.2f}" for x in shares)
     + " |"
   )
-  ax.set(xscale="log", xlabel="unlearn iterations", ylabel="gap to the oracle (%)")
+  ax.set(xscale="log", xlabel="unlearn iterations", ylabel="gap to the oracle (%, mean ± std)")
+  ax.set_ylim(bottom=0)
   ax.set_xticks(ns, [str(n) for n in ns])
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
