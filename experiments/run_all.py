@@ -42,6 +42,7 @@ import json
 import pathlib
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -282,9 +283,9 @@ def select(report: dict) -> dict[str, dict]:
   overrides that make it the method's setting, and every candidate's ``(gap, avg acc)``."""
   from ugclu_jax import report as R
 
-  summary = R.summary(report)
+  summary, points = R.summary(report), candidates()
   out = {}
-  for spec, (method, point) in candidates().items():
+  for spec, (method, _) in points.items():
     row = summary.get(spec)
     if row is None or row["avg_gap"] is None:
       continue
@@ -296,7 +297,7 @@ def select(report: dict) -> dict[str, dict]:
     )
     prefix, _ = GRIDS[method]
     entry["spec"] = best
-    entry["sets"] = [f"{prefix}.{k}={v}" for k, v in candidates()[best][1].items()]
+    entry["sets"] = [f"{prefix}.{k}={v}" for k, v in points[best][1].items()]
   return out
 
 
@@ -379,7 +380,7 @@ def archive(name: str, args) -> int:
     if path.is_file():
       target = dst / path.relative_to(src)
       target.parent.mkdir(parents=True, exist_ok=True)
-      target.write_bytes(path.read_bytes())
+      shutil.copyfile(path, target)
   return len(files)
 
 
@@ -416,7 +417,7 @@ def _uses(report: dict, choice: dict | None) -> bool:
 
 def tuning_table(name: str, report: dict, history: list[dict]) -> list[str]:
   """The Markdown section of a tuning run: every candidate's gap, and the choice."""
-  choice = select(report)
+  choice, points = select(report), candidates()
   lines = _header(name, report, history) + [
     "Gap (percent, mean over the tuning seeds and unlearn requests) of each candidate; "
     "the chosen one in bold.",
@@ -427,7 +428,7 @@ def tuning_table(name: str, report: dict, history: list[dict]) -> list[str]:
   for method, entry in choice.items():
     cells = []
     for spec, (gap, _) in entry["scores"].items():
-      point = ", ".join(f"{k}={v}" for k, v in candidates()[spec][1].items()) or "(none)"
+      point = ", ".join(f"{k}={v}" for k, v in points[spec][1].items()) or "(none)"
       cell = f"{point}: {_pct(gap)}"
       cells.append(f"**{cell}**" if spec == entry["spec"] else cell)
     lines.append(f"| {method} | {' · '.join(cells)} | {', '.join(entry['sets']) or '—'} |")
@@ -458,15 +459,8 @@ def table(name: str, report: dict, history: list[dict], args=None) -> list[str]:
   for m, row in means.items():  # Table order: ugclu first, the oracle last.
     half = (ci.get(m) or {}).get("avg_gap")
     gap = _pct(row["avg_gap"]) + ("" if half is None else f" ± {_pct(half)}")
-    d = (paired.get(m) or {}).get("avg_gap")
-    if d is None:
-      delta, lower = "—", "—"
-    else:
-      lo_hi = d.get("ci95")
-      delta = f"{100 * d['mean']:+.1f}" + (
-        "" if not lo_hi else f" [{100 * lo_hi[0]:+.1f}, {100 * lo_hi[1]:+.1f}]"
-      )
-      lower = f"{d['reference_lower']}/{d['n']}"
+    d = _paired(paired, m, "avg_gap")
+    delta, lower = ("—", "—") if d is None else (_ci(d), f"{d['reference_lower']}/{d['n']}")
     share = row["oracle_time_share"]
     grads = row["oracle_grad_share"]
     if measured:

@@ -156,6 +156,11 @@ def cosine_factor(k: jax.Array, n: jax.Array) -> jax.Array:
   return 0.5 * (1.0 + jnp.cos(jnp.pi * k / n.astype(jnp.float32)))
 
 
+def _norm_ratio(a: Params, b: Params) -> jax.Array:
+  r""":math:`\lVert a \rVert / \lVert b \rVert` (global norms), 0 where ``b`` is 0."""
+  return optax.tree.norm(a) / jnp.maximum(optax.tree.norm(b), jnp.finfo(jnp.float32).tiny)
+
+
 def target_direction(
   grad: Params, mask: Optional[Params], clip_norm: Optional[float], *, mask_as_norm: bool = False
 ) -> tuple[Params, jax.Array]:
@@ -173,10 +178,7 @@ def target_direction(
   """
   masked = apply_mask(grad, mask)
   if mask_as_norm and mask is not None:
-    scale = optax.tree.norm(masked) / jnp.maximum(
-      optax.tree.norm(grad), jnp.finfo(jnp.float32).tiny
-    )
-    masked = optax.tree.scale(scale, grad)
+    masked = optax.tree.scale(_norm_ratio(masked, grad), grad)
   return clip_by_global_norm(masked, clip_norm)
 
 
@@ -466,11 +468,9 @@ def make_steps(
       # The compensation's relative size, ||d - d~|| / ||d|| (beta ||(H_R + dI) d|| / ||d||
       # at order 1): how far the step leaves the Euclidean joint step.
       compensated = compensate(d, hvp_fn, beta=hp.beta, order=order, damping=hp.damping)
-      metrics["compensation"] = optax.tree.norm(optax.tree.sub(d, compensated)) / jnp.maximum(
-        optax.tree.norm(d), jnp.finfo(jnp.float32).tiny
-      )
+      metrics["compensation"] = _norm_ratio(optax.tree.sub(d, compensated), d)
       d = compensated
-    g = compensated_update(d, g_r, a_remain=hp.a_remain, remain_clip_norm=remain_clip_norm)
+    g = joint_direction(d, g_r, a_remain=hp.a_remain, clip_norm=remain_clip_norm)
     return _apply(tx, state, g, opt_state, model_state, None, 1), metrics
 
   jit = functools.partial(jax.jit, donate_argnums=0)

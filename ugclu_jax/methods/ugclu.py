@@ -192,7 +192,7 @@ def ugclu(
       on_step=on_step,
     )
     if compensation:
-      ctx.record("compensation", float(np.mean([np.asarray(c) for c in compensation])))
+      ctx.record("compensation", float(np.mean(jax.device_get(compensation))))
     params, model_state = finish(ts, ctx=ctx, name=name, slow_step_size=hp.slow_step_size)
     cost = request_cost(counts)
     if use_mask:
