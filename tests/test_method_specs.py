@@ -65,6 +65,7 @@ def test_checkpoints_keep_methods_named_by_specs(tmp_path):
 
 @pytest.fixture(scope="module")
 def spec_run(tmp_path_factory):
+  learn_lr = C.load_config("smoke").train.learning_rate
   cfg = C.apply_overrides(
     C.load_config("smoke"),
     [
@@ -73,7 +74,7 @@ def spec_run(tmp_path_factory):
       "train.unlearn_iterations=20",
       "data.max_eval=300",
       "methods=ugclu_hvp,ugclu_hvp@beta=0.1,ugclu,ugclu@clip=0,ugclu_normmask@clip=0,ugclu_nomask@clip=0,ft,ft@ft_lr=0.05,"
-      "ft@ft_lr=0.005",
+      f"ft@ft_lr=0.005,ugclu_hvp@beta=0.1@learn_beta={learn_lr}",
     ],
   )
   assert cfg.baselines.ft_lr == 0.05 and cfg.ugclu.beta == 0.0
@@ -118,6 +119,21 @@ def test_the_explicit_compensation_is_measured_in_hvp_mode_only(spec_run):
   summary = R.summary(spec_run)
   assert summary["ugclu_hvp"]["compensation"] == pytest.approx(np.mean(default[2:]))
   assert summary["ugclu"]["compensation"] is None
+
+
+def test_learn_beta_sets_the_learn_requests_beta_alone(spec_run):
+  # At the learn rate on learn requests (beta = 0's value there), the learn requests are
+  # the default's; the unlearn requests take beta = 0.1.
+  learn_lr = spec_run["config"]["train"]["learning_rate"]
+  split = f"ugclu_hvp@beta=0.1@learn_beta={learn_lr}"
+  for key in ("remain_acc", "test_acc", "compensation"):
+    assert _metrics(spec_run, split, key)[:2] == _metrics(spec_run, "ugclu_hvp", key)[:2]
+  assert _metrics(spec_run, split, "compensation")[1] is not None
+  for a, b in zip(
+    _metrics(spec_run, "ugclu_hvp", "compensation")[2:],
+    _metrics(spec_run, split, "compensation")[2:],
+  ):
+    assert 3 < b / a < 30
 
 
 def test_a_tuning_run_holds_its_test_set_out_of_the_training_data():

@@ -454,6 +454,27 @@ def test_aggregate_intervals_and_paired_differences_by_hand():
   assert rp.paired_difference([0.1, 0.2], [0.1, 0.2])["wilcoxon_p"] == 1.0
 
 
+def test_a_method_diverged_on_one_seed_has_no_mean_and_no_paired_difference():
+  # ft diverged at its last request on seed 1: its mean over seeds 0 and 2 would flatter it.
+  reports = [_seeded(s, g) for s, g in zip((0, 1, 2), (0.04, 0.06, 0.11))]
+  last = reports[1]["methods"]["ft"]["requests"][-1]
+  last["diverged"] = "method 'ft', request 'L:t2' (#3): loss became non-finite"
+  assert all(rp.summary(reports[1])["ft"][k] is None for k in rp.DIVERGED_KEYS)
+  assert rp.summary(reports[1])["ft"]["seconds"] is not None
+  agg = rp.aggregate(reports)
+  assert agg["diverged"] == {"ft": [1]}
+  s = rp.summary(agg)
+  assert all(s["ft"][k] is None for k in rp.DIVERGED_KEYS)
+  assert s["ugclu"]["avg_gap"] == pytest.approx(0.07) and s["ft"]["seconds"] is not None
+  assert set(agg["paired"]["methods"]["ft"].values()) == {None}
+  assert agg["paired"]["methods"]["retrain"]["avg_gap"] is not None
+  req = agg["methods"]["ft"]["requests"][-1]
+  assert req["diverged_per_seed"] == [None, last["diverged"], None]
+  assert [(d["method"], d["seed"]) for d in rp.divergences(agg)] == [("ft", 1)]
+  assert "| ft | 3 `L:t2` | 1 | method 'ft'" in rp.markdown(agg)
+  assert "Diverged" not in rp.markdown(rp.aggregate([_seeded(0, 0.1), _seeded(1, 0.2)]))
+
+
 def test_aggregate_markdown_and_plot(tmp_path):
   agg = rp.aggregate([_seeded(s, g) for s, g in zip((0, 1, 2), (0.04, 0.06, 0.11))])
   md = rp.markdown(agg)

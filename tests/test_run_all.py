@@ -21,7 +21,7 @@ def test_every_experiment_is_a_valid_config():
 
   driver = _driver()
   args = driver._args(["--include", "cpu,gpu", "--out", "/nonexistent"])
-  assert len(args.names) == 15 and "cifar10_resnet18_mixed" in args.names
+  assert len(args.names) == 16 and "cifar10_resnet18_mixed" in args.names
   reported = set()
   for name in args.names:
     curve = "budgets" in driver.experiments()[name]
@@ -44,6 +44,43 @@ def test_every_experiment_is_a_valid_config():
   assert not any(s in {1, 2} or stream == tuning[1] for s, stream in reported)
   with pytest.raises(SystemExit):
     driver._args(["--only", "nope"])
+
+
+def test_the_beta_sweep_differs_in_the_unlearn_requests_beta_alone():
+  from ugclu_jax import config as C
+  from ugclu_jax import methods as MT
+
+  driver = _driver()
+  args = driver._args(["--only", "fmnist_mlp_beta_sweep", "--out", "/nonexistent"])
+  cmd = driver.command("fmnist_mlp_beta_sweep", args)
+  cfg = C.apply_overrides(
+    C.load_config("full"), [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+  )
+  assert cfg.on_nonfinite == "drop" and cfg.stream == driver.CURVE_STREAM
+  specs = [MT.split_method_spec(m) for m in cfg.methods if m.startswith("ugclu")]
+  assert {base for base, _ in specs} == {"ugclu_hvp"} and len(specs) == len(driver.BETA_SWEEP)
+  # learn_beta is the learn rate, beta = 0's value on learn requests (ugclu_hvp's).
+  assert {o["learn_beta"] for _, o in specs} == {cfg.train.learning_rate}
+  assert sorted(o["beta"] for _, o in specs) == sorted(map(float, driver.BETA_SWEEP))
+
+
+def test_a_diverged_method_is_a_table_row_that_says_so():
+  driver = _driver()
+  row = {"avg_gap": None, "avg_acc": None, "forgetting": None, "relapse": None}
+  row |= {"oracle_time_share": None, "oracle_grad_share": None, "compensation": None}
+  method = "ugclu_hvp@forget_freq=1@beta=0.2@learn_beta=0.02"
+  report = {
+    "config": {},
+    "stream": ["L:t0", "U:t0"],
+    "seeds": [1000, 1001, 1002],
+    "methods": {method: {"requests": []}, "retrain": {"requests": []}},
+    "summary": {method: row, "retrain": {**row, "avg_gap": 0.0}},
+    "paired": {"reference": method, "methods": {}},
+    "diverged": {method: [1001, 1002]},
+  }
+  text = "\n".join(driver.table("fmnist_mlp_beta_sweep", report, []))
+  assert f"| {method} | diverged on 2 of 3 seeds | — |" in text
+  assert "| retrain (oracle) | 0.0 | — |" in text
 
 
 def test_the_driver_runs_and_writes_its_tables(tmp_path):

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,10 +188,11 @@ def test_sigkill_mid_request_then_resume(smoke_run, tmp_path):
   assert json.loads((workdir / "report.json").read_text())["provenance"] == got["provenance"]
 
 
-def test_the_order_of_the_methods_changes_no_result(tmp_path):
+def _short_config():
+  """The smoke config on a four-request stream, at a few iterations per request."""
   from ugclu_jax import config as C
 
-  base = C.apply_overrides(
+  return C.apply_overrides(
     C.load_config("smoke"),
     [
       "stream=L:t0 L:t1 U:c1 L:t2",
@@ -199,6 +201,12 @@ def test_the_order_of_the_methods_changes_no_result(tmp_path):
       "data.max_eval=300",
     ],
   )
+
+
+def test_the_order_of_the_methods_changes_no_result(tmp_path):
+  from ugclu_jax import config as C
+
+  base = _short_config()
   reports = []
   for order in ("ugclu,ft,retrain", "ft,retrain,ugclu"):  # The oracle never first.
     cfg = C.apply_overrides(base, [f"methods={order}"])
@@ -212,6 +220,49 @@ def test_the_order_of_the_methods_changes_no_result(tmp_path):
   assert reports[0]["methods"] == reports[1]["methods"]
   ft = reports[0]["methods"]["ft"]["requests"]
   assert ft[2]["metrics"]["avg_gap"] is not None and ft[3]["metrics"]["relapse"] is not None
+
+
+def test_a_diverging_method_is_dropped_and_the_others_run_on(tmp_path):
+  """on_nonfinite=drop: the diverged method reports where and why and no metrics from
+  then on, the others' results are those of a run without it, a resume keeps it
+  dropped; on_nonfinite=stop (the default) stops the run."""
+  from ugclu_jax import config as C
+  from ugclu_jax import methods as MT
+
+  bad = "ugclu_hvp@beta=1e30"  # Its first fused step (L:t1, with a store) overflows.
+  base = _short_config()
+  quiet = dict(progress=False, render=False, echo=lambda s: None)
+  cfg = C.apply_overrides(base, [f"methods=ft,{bad},retrain", "on_nonfinite=drop"])
+  report = runner.run_experiment(cfg, tmp_path / "drop", **quiet)
+  alone = runner.run_experiment(
+    C.apply_overrides(base, ["methods=ft,retrain"]), tmp_path / "alone", **quiet
+  )
+  for name in ("ft", "retrain"):
+    assert R.without_timings(report)["methods"][name] == R.without_timings(alone)["methods"][name]
+  reqs = report["methods"][bad]["requests"]
+  assert "diverged" not in reqs[0] and reqs[0]["metrics"]["test_acc"] > 0.5
+  reasons = {r["diverged"] for r in reqs[1:]}
+  assert len(reasons) == 1 and re.match(rf"method '{re.escape(bad)}', request 'L:t1'", *reasons)
+  for r in reqs[1:]:
+    defined = {k for k, v in r["metrics"].items() if v is not None}
+    assert defined == {"steps", "grad_evals", "hvp_evals"}
+    assert r["acc_per_task"] == [None] * len(r["acc_per_task"])
+  assert all(R.summary(report)[bad][k] is None for k in R.DIVERGED_KEYS)
+  assert R.summary(report)["ft"]["avg_gap"] is not None
+  assert [(d["method"], d["index"]) for d in R.divergences(report)] == [
+    (bad, 1),
+    (bad, 2),
+    (bad, 3),
+  ]
+  assert "## Diverged methods" in R.markdown(report)
+
+  # Resumed after the unlearn request (the last checkpoint gone): still dropped, same report.
+  shutil.rmtree(tmp_path / "drop" / "checkpoints" / "4")
+  resumed = runner.run_experiment(cfg, tmp_path / "drop", resume=True, **quiet)
+  assert R.without_timings(resumed) == R.without_timings(report)
+
+  with pytest.raises(MT.NonFiniteError, match=re.escape(bad)):
+    runner.run_experiment(C.apply_overrides(cfg, ["on_nonfinite=stop"]), tmp_path / "stop", **quiet)
 
 
 def test_a_checkpoint_without_typed_history_is_refused():

@@ -186,6 +186,8 @@ def test_runner_keeps_only_the_checks_a_config_cannot_make():
     runner._validate(C.ExperimentConfig(methods=("magic",)))
   with pytest.raises(runner.RunError, match=r"^ugclu.mask_kind='topk' is unknown; valid: balanced"):
     runner._validate(C.ExperimentConfig(ugclu=C.UGCLUConfig(mask_kind="topk")))
+  with pytest.raises(runner.RunError, match=r"^on_nonfinite='skip' is unknown; valid: stop, drop$"):
+    runner._validate(C.ExperimentConfig(on_nonfinite="skip"))
 
 
 # ---------------------------------------------------------------------------

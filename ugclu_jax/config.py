@@ -175,6 +175,10 @@ class ExperimentConfig(Checked):
     methods: method names, distinct; ``retrain`` (the oracle) is added when the
       stream unlearns anything.
     mia_variant: ``entropy_logreg`` (SFR-on) or ``confidence_svc`` (SalUn).
+    on_nonfinite: what a method whose loss or parameters become non-finite does:
+      ``stop`` the run (exit status 3), or ``drop`` the method: its remaining
+      requests report ``diverged`` and no metrics, and the other methods go on
+      (for sweeps; the oracle always stops the run).
     data, train, ugclu, baselines: see their classes.
   """
 
@@ -184,6 +188,7 @@ class ExperimentConfig(Checked):
   stream: str = "L:t0 L:t1 U:t0"
   methods: tuple[str, ...] = field(("ugclu",), NON_EMPTY, DISTINCT)
   mia_variant: str = "entropy_logreg"
+  on_nonfinite: str = "stop"
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   ugclu: UGCLUConfig = UGCLUConfig()

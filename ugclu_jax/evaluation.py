@@ -237,6 +237,9 @@ class RequestRecord(NamedTuple):
     forget_probs: ``[n, C]`` probabilities on the forget set, for the divergences
       to the oracle; None for a learn request and once compared.
     gap: the comparison with the oracle (:func:`compare_to_oracle`).
+    diverged: why the method's training became non-finite, at this request or
+      an earlier one (the run's ``on_nonfinite="drop"``); its metrics are then
+      all None. None for a model that trained.
   """
 
   index: int
@@ -252,6 +255,25 @@ class RequestRecord(NamedTuple):
   forget_probs: Optional[np.ndarray] = None
   gap: OracleGap = OracleGap()
   compensation: Optional[float] = None
+  diverged: Optional[str] = None
+
+
+def diverged_record(sets: EvalSets, cost: M.Cost, reason: str, num_tasks: int) -> RequestRecord:
+  """The record of a method dropped from the run (``reason``: why it diverged): no
+  model to evaluate, so every metric is None and no task counts as learned."""
+  return RequestRecord(
+    index=sets.index,
+    request=sets.request,
+    cost=cost,
+    forget_acc=None,
+    remain_acc=None,
+    test_acc=None,
+    mia_efficacy=None,
+    acc_per_task=(None,) * num_tasks,
+    unlearned_acc={},
+    collapsed=None,
+    diverged=reason,
+  )
 
 
 def evaluate(
@@ -335,6 +357,9 @@ def compare_to_oracle(
   }
 
 
+_COST_METRICS = ("steps", "grad_evals", "hvp_evals")
+
+
 def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
   r"""One method's ``report.json`` requests, computed from its records alone.
 
@@ -343,7 +368,9 @@ def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
   ``avg_acc`` :math:`= \mathrm{ACC}_r`, ``forgetting`` :math:`= F_r` and ``bwt``
   :math:`= \mathrm{BWT}_r`, and ``relapse`` :math:`=` :func:`~ugclu_jax.metrics.mean_relapse`
   of the histories :math:`[\mathrm{FA}_{r_U}(U), \mathrm{FA}_r(U)]` of the earlier
-  unlearned sets (the first from the unlearning request's record).
+  unlearned sets (the first from the unlearning request's record). A diverged
+  record (:func:`diverged_record`) reports its cost counters and ``diverged``, and
+  None for every other metric.
 
   Args:
     records: the method's records, one per request in stream order from the first.
@@ -367,6 +394,8 @@ def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
       "hvp_evals": q.cost.hvp_evals,
       "compensation": q.compensation,
     }
+    if q.diverged is not None:  # No model: its costs, no quality.
+      metrics = {k: (v if k in _COST_METRICS else None) for k, v in metrics.items()}
     entries.append(
       {
         "index": q.index,
@@ -376,6 +405,7 @@ def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
         "metrics": metrics,
         "acc_per_task": list(q.acc_per_task),
         "collapsed": q.collapsed,
+        **({"diverged": q.diverged} if q.diverged is not None else {}),
       }
     )
   return entries

@@ -58,6 +58,20 @@ SUMMARY_KEYS = (
 )
 """The keys of each method's :func:`summary` entry, in table order."""
 
+DIVERGED_KEYS = (
+  "avg_gap",
+  "avg_acc",
+  "forgetting",
+  "bwt",
+  "relapse",
+  "oracle_time_share",
+  "oracle_grad_share",
+  "compensation",
+)
+"""The summary keys that a diverged method leaves undefined: on every seed of an
+aggregate where it diverged on one (a mean over the seeds where it survived would
+flatter it)."""
+
 _FRACTION_METRICS = frozenset(
   {
     "forget_acc",
@@ -307,6 +321,10 @@ def _share(mine: Sequence[float | None], oracle: Sequence[float | None]) -> floa
   return sum(a for a, _ in pairs) / total if pairs and total > 0 else None
 
 
+def _diverged(entry: Mapping[str, Any]) -> bool:
+  return any(r.get("diverged") for r in _requests(entry))
+
+
 def _summarize_method(
   entry: Mapping[str, Any], oracle: Mapping[str, Any] | None = None
 ) -> dict[str, float | None]:
@@ -331,6 +349,8 @@ def _summarize_method(
   both = sorted(set(mine) & set(theirs))
   for j, key in enumerate(("oracle_time_share", "oracle_grad_share")):
     out[key] = _share([mine[i][j] for i in both], [theirs[i][j] for i in both])
+  if _diverged(entry):  # A dropped method has no result.
+    out.update(dict.fromkeys(DIVERGED_KEYS))
   return {k: out[k] for k in SUMMARY_KEYS}
 
 
@@ -384,7 +404,8 @@ def summary(report: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
   * ``compensation``: the mean over the unlearn requests of the measured relative
     size of the explicit compensation (``hvp`` mode; ``None`` otherwise).
 
-  Each is ``None`` where undefined. For an aggregated report (:func:`aggregate`)
+  Each is ``None`` where undefined, and the :data:`DIVERGED_KEYS` of a method that
+  diverged (``on_nonfinite="drop"``). For an aggregated report (:func:`aggregate`)
   the values are the means over seeds of the per-seed summaries.
 
   Args:
@@ -472,8 +493,9 @@ def _aggregate_request(reqs: Sequence[Mapping[str, Any]], index: int) -> dict[st
     "acc_per_task": acc,
     "acc_per_task_std": acc_std,
   }
-  if any("collapsed" in r for r in reqs):
-    out["collapsed_per_seed"] = [r.get("collapsed") for r in reqs]
+  for key in ("collapsed", "diverged"):
+    if any(key in r for r in reqs):
+      out[f"{key}_per_seed"] = [r.get(key) for r in reqs]
   return out
 
 
@@ -485,14 +507,17 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   (sample, ``ddof=1``; 0.0 where one seed defines the value):
 
   * per request: ``seconds`` / ``seconds_std``, ``metrics`` / ``metrics_std``,
-    ``acc_per_task`` / ``acc_per_task_std``, and ``collapsed_per_seed`` (each
-    seed's ``collapsed`` reason or ``None``) where the reports carry it;
+    ``acc_per_task`` / ``acc_per_task_std``, and ``collapsed_per_seed`` and
+    ``diverged_per_seed`` (each seed's reason or ``None``) where the reports carry them;
   * ``summary`` / ``summary_std``: mean and std over seeds of each seed's
     :func:`summary`; ``summary_ci95``: the half width of the mean's 95 %
     Student-t interval (:func:`ci95_half_width`; ``None`` for one seed);
   * ``paired``: ``{"reference": "ugclu", "methods": {name: {key: ...}}}``, the
     :func:`paired_difference` of the reference (``ugclu``, else the first
     method) minus each other method over the seeds, for :data:`PAIRED_KEYS`;
+  * ``diverged``: ``{name: [seeds]}``, the methods dropped as diverged on some seed
+    (only where there are any); their :data:`DIVERGED_KEYS` summary values and paired
+    differences are None;
   * ``seeds``: the seeds of the inputs (``config["seed"]``, ``None`` if absent);
   * ``config``: the first report's config without its ``seed``.
 
@@ -531,17 +556,26 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
   summaries = [summary(rep) for rep in reports]
+  diverged = {
+    name: [s for s, rep in zip(seeds, reports) if _diverged(rep["methods"][name])]
+    for name in _method_order(first)
+  }
+  diverged = {name: s for name, s in diverged.items() if s}
   summary_mean, summary_std, summary_ci = {}, {}, {}
   for name in _method_order(first):
     summary_mean[name], summary_std[name], summary_ci[name] = {}, {}, {}
     for k in SUMMARY_KEYS:
       values = [s[name][k] for s in summaries]
+      if name in diverged and k in DIVERGED_KEYS:
+        values = []
       summary_mean[name][k], summary_std[name][k] = _mean_std(values)
       summary_ci[name][k] = ci95_half_width([v for v in map(_num, values) if v is not None])
   reference = "ugclu" if "ugclu" in first["methods"] else _method_order(first)[0]
   paired = {
     name: {
-      k: paired_difference([s[reference][k] for s in summaries], [s[name][k] for s in summaries])
+      k: None
+      if {name, reference} & set(diverged)
+      else paired_difference([s[reference][k] for s in summaries], [s[name][k] for s in summaries])
       for k in PAIRED_KEYS
     }
     for name in _method_order(first)
@@ -558,6 +592,7 @@ def aggregate(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     "summary_std": summary_std,
     "summary_ci95": summary_ci,
     "paired": {"reference": reference, "methods": paired},
+    **({"diverged": diverged} if diverged else {}),
   }
 
 
@@ -626,12 +661,29 @@ def collapses(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     collapsed request (and seed); ``seed`` is the run's seed.
   """
   _check_report(report, "collapses")
+  return _flagged(report, "collapsed")
+
+
+def divergences(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The requests at and after which a method had diverged and was dropped (the run's
+  ``on_nonfinite="drop"``), as :func:`collapses` lists its entries.
+
+  Args:
+    report: a report.json dict (requests carry ``diverged`` where a method was
+      dropped), or an aggregated report (``diverged_per_seed``).
+  """
+  _check_report(report, "divergences")
+  return _flagged(report, "diverged")
+
+
+def _flagged(report: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+  """Every request (and seed) whose ``key`` (``{key}_per_seed`` aggregated) is a reason."""
   agg = _is_aggregated(report)
   seeds = report["seeds"] if agg else [_config(report).get("seed")]
   out = []
   for name in _method_order(report):
     for req in _requests(report["methods"][name]):
-      reasons = req.get("collapsed_per_seed") if agg else [req.get("collapsed")]
+      reasons = req.get(f"{key}_per_seed") if agg else [req.get(key)]
       if not isinstance(reasons, (list, tuple)):
         continue
       for seed, reason in zip(seeds, reasons):
@@ -674,6 +726,33 @@ def _collapsed_lines(report: Mapping[str, Any], order: Sequence[str]) -> list[st
     for c in found
   ]
   return lines + _table(["method", "request", "seed", "reason"], rows)
+
+
+def _diverged_lines(report: Mapping[str, Any]) -> list[str]:
+  """The "Diverged methods" section: the first dropped request of each method and seed."""
+  first = {}
+  for d in divergences(report):
+    first.setdefault((d["method"], d["seed"]), d)
+  if not first:
+    return []
+  rows = [
+    [
+      method_label(d["method"]),
+      f"{d['index']} `{d['request']}`",
+      "?" if d["seed"] is None else str(d["seed"]),
+      d["reason"],
+    ]
+    for d in first.values()
+  ]
+  return [
+    "",
+    "## Diverged methods",
+    "",
+    "Dropped from the run (`on_nonfinite=drop`) at this request; no metrics from then on, "
+    "and no summary values over seeds.",
+    "",
+    *_table(["method", "request", "seed", "reason"], rows),
+  ]
 
 
 def _paired_lines(report: Mapping[str, Any]) -> list[str]:
@@ -775,6 +854,7 @@ def markdown(report: Mapping[str, Any]) -> str:
   ]
   lines += _table(["method"] + [h for h, _ in _SUMMARY_HEADERS], rows)
   lines += _collapsed_lines(report, order)
+  lines += _diverged_lines(report)
   lines += _paired_lines(report)
 
   lines += ["", "## Requests"]

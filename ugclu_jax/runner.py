@@ -56,6 +56,10 @@ from ugclu_jax.methods.ugclu_config import MASK_KINDS
 from ugclu_jax.steps import CURVATURES, MODES
 
 
+ON_NONFINITE = ("stop", "drop")
+"""The values of ``on_nonfinite`` (:class:`~ugclu_jax.config.ExperimentConfig`)."""
+
+
 class RunError(ValueError):
   """The run cannot start or continue (bad settings, workdir conflicts)."""
 
@@ -102,6 +106,10 @@ def _validate(cfg: C.ExperimentConfig) -> None:
   if cfg.mia_variant not in mia.MIA_VARIANTS:
     raise RunError(
       f"mia_variant={cfg.mia_variant!r} is unknown; valid: {', '.join(mia.MIA_VARIANTS)}"
+    )
+  if cfg.on_nonfinite not in ON_NONFINITE:
+    raise RunError(
+      f"on_nonfinite={cfg.on_nonfinite!r} is unknown; valid: {', '.join(ON_NONFINITE)}"
     )
   for name in cfg.methods:
     try:
@@ -304,6 +312,18 @@ def _initial(cfg, ds, method_names, mesh=None):
   store = D.store_init(cfg.data.store_size, ds.num_classes)
   learned = np.zeros(ds.y_train.shape, bool)
   return apply_fn, methods, states, store, learned
+
+
+def _placeholder(state: MT.MethodState, mesh) -> MT.MethodState:
+  """A dropped method's state for the checkpoint, which keeps one tree for every
+  method: its buffers that the diverged step consumed (donated) become zeros."""
+
+  def leaf(a):
+    if isinstance(a, jax.Array) and a.is_deleted():
+      return PL.replicate(np.zeros(a.shape, a.dtype), mesh)
+    return a
+
+  return MT.MethodState(*jax.tree.map(leaf, tuple(state)))
 
 
 def load_state(workdir, log: Callable[[str], None] = lambda s: None) -> dict:
@@ -596,6 +616,7 @@ def _run(
 
     return outputs
 
+  dropped = {}  # Methods that diverged under on_nonfinite="drop": why.
   with PrimaryCheckpointer(ckpt_dir) as ckpt:
     step = None
     if meta is not None:
@@ -605,6 +626,7 @@ def _run(
       }
       store, learned = D.Store(*tree["store"]), tree["learned"].astype(bool)
       history = _history_from_meta(meta, method_names, ckpt.step_dir(step))
+      dropped.update({n: q[-1].diverged for n, q in history.items() if q and q[-1].diverged})
       start = meta["cursor"]
       log(f"resuming {workdir} at request {start} of {len(requests)}")
     else:
@@ -656,6 +678,9 @@ def _run(
       for name in method_names:
         method = methods[name]
         is_oracle = name in MT.ORACLES
+        if name in dropped:
+          records[name] = E.diverged_record(sets, M.Cost(0.0, 0, 0, 0), dropped[name], len(tasks))
+          continue
         ctx = MT.Context(
           access=oracle_access if is_oracle else access,
           request=req,
@@ -677,8 +702,20 @@ def _run(
           ctx = dataclasses.replace(ctx, progress=bar.update, record=measured.__setitem__)
           t0 = time.perf_counter()
           run = method.learn if req.kind == "learn" else method.unlearn
-          with CompileClock() as clock:
-            states[name], cost = run(states[name], ctx)
+          try:
+            with CompileClock() as clock:
+              states[name], cost = run(states[name], ctx)
+          except MT.NonFiniteError as exc:
+            if cfg.on_nonfinite == "stop" or is_oracle:
+              raise
+            seconds = time.perf_counter() - t0
+            dropped[name] = str(exc)
+            states[name] = _placeholder(states[name], mesh)
+            records[name] = E.diverged_record(
+              sets, M.Cost(seconds, 0, 0, 0), dropped[name], len(tasks)
+            )
+            log(f"warning: [{r}] {req.token} {name} diverged and is dropped: {exc}")
+            continue
           seconds = time.perf_counter() - t0 - clock.seconds
 
         # --- Evaluate ----------------------------------------------------------------

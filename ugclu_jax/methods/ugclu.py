@@ -162,7 +162,7 @@ def ugclu(
       learning_rate=lr,
       a_target=a_t,
       a_remain=hp.a_remain,
-      beta=hp.beta or lr,
+      beta=(hp.beta if unlearn else hp.learn_beta or hp.beta) or lr,
       damping=hp.damping,
       num_iterations=n,
     )

@@ -45,6 +45,9 @@ class UGCLUConfig(Checked):
     learn_mask_threshold: :math:`\\gamma_L`.
     fisher_batches: batches for each Fisher diagonal.
     beta: :math:`\\beta` of the explicit compensation (``hvp``); 0 = the step's lr.
+    learn_beta: :math:`\\beta` on learn requests (a learn step with a store is a
+      fused step too); 0 = as ``beta``. Set it to sweep ``beta`` on the unlearn
+      requests alone.
     order: compensation order (1, or the Neumann series length).
     damping: :math:`\\delta`.
     curvature: ``hessian`` or ``ggn`` (:data:`ugclu_jax.steps.CURVATURES`).
@@ -78,6 +81,7 @@ class UGCLUConfig(Checked):
   learn_mask_threshold: float = field(1.0, NON_NEGATIVE)
   fisher_batches: int = field(8, COUNT)
   beta: float = field(0.0, NON_NEGATIVE)
+  learn_beta: float = field(0.0, NON_NEGATIVE)
   order: int = field(1, COUNT)
   damping: float = field(0.0, NON_NEGATIVE)
   curvature: str = "hessian"
