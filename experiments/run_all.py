@@ -721,6 +721,23 @@ def curve_table(name: str, reports: dict, history: list[dict], readme: pathlib.P
   return lines + ["", f"![gap against iterations](figures/{name}.png)", ""]
 
 
+def figures(name: str, report: dict, readme: pathlib.Path) -> list[str]:
+  """The figures of one experiment's aggregated report, drawn into
+  ``figures/<name>/`` beside ``readme``, and their Markdown: the gap against the cost,
+  the metrics per request and UG-CLU's accuracy matrix against the oracle's."""
+  from ugclu_jax import report as R
+
+  folder = readme.parent / "figures" / name
+  main = [m for m in ("ugclu", (report.get("paired") or {}).get("reference")) if m]
+  main = [m for m in main if m in report["methods"]][:1]
+  paths = [pathlib.Path(p) for p in R.plot(report, str(folder), methods=main)]
+  shown = [p for p in paths if not p.name.startswith(("acc_matrix_", "gap_time"))]
+  return [
+    " ".join(f"![{p.stem}](figures/{name}/{p.name})" for p in shown),
+    "",
+  ]
+
+
 def tables(args) -> str:
   """The block between the markers: every experiment that has an aggregated report."""
   out = [
@@ -761,7 +778,9 @@ def tables(args) -> str:
     if _is_tuning(experiments()[name]):
       out += tuning_table(name, report, history)
     else:
-      out += table(name, report, history, args) + answers(report, path.parent)
+      out += table(name, report, history, args)
+      out += figures(name, report, pathlib.Path(args.readme))
+      out += answers(report, path.parent)
     found += 1
   if not found:
     out += ["No experiment has finished yet.", ""]

@@ -4,6 +4,7 @@ import copy
 import json
 import math
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -487,6 +488,18 @@ def test_aggregate_markdown_and_plot(tmp_path):
   assert len(paths) == 8  # gap_cost.png too: the oracle is there
   for p in paths:
     _assert_png(p)
+  # Heat maps of one method only; the summary figures as before.
+  some = rp.plot(agg, str(tmp_path / "some"), methods=["ugclu"])
+  names = [pathlib.Path(p).name for p in some]
+  assert names == [
+    "acc_matrix_ugclu.png",
+    "acc_diff_ugclu.png",
+    "metrics_per_request.png",
+    "gap_time.png",
+    "gap_cost.png",
+  ]
+  with pytest.raises(ValueError, match="method 'nope' is not in the report"):
+    rp.plot(agg, str(tmp_path / "none"), methods=["nope"])
 
 
 def test_aggregate_rejects_mismatches():

@@ -144,6 +144,10 @@ def test_the_driver_runs_and_writes_its_tables(tmp_path):
   assert "| method | 5 it. | 10 it. |" in text
   assert f"| ugclu | {100 * gaps[0]:.1f} ± " in text
   assert (tmp_path / "figures" / "fmnist_mlp_gap_curve.png").is_file()
+  # A scenario's figures: gap against cost, metrics per request, UG-CLU against the oracle.
+  for png in ("gap_cost", "metrics_per_request", "acc_diff_ugclu"):
+    assert f"![{png}](figures/fmnist_mlp_task/{png}.png)" in text
+    assert (tmp_path / "figures" / "fmnist_mlp_task" / f"{png}.png").is_file()
   # The tables alone, again from the runs on disk: the same block; and from the copies
   # made to be committed, which hold no checkpoint.
   assert driver.main([*argv, "--tables-only"]) == 0

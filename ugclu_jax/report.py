@@ -1200,7 +1200,9 @@ def _plot_gap_cost(report: Mapping[str, Any], path: str) -> None:
   _save(fig, path)
 
 
-def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
+def plot(
+  report: Mapping[str, Any], out_dir: str, methods: Sequence[str] | None = None
+) -> list[str]:
   """Draws a report's figures as PNG files.
 
   Writes ``acc_matrix_<method>.png`` (a heat map of test accuracy per task and
@@ -1219,6 +1221,8 @@ def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
   Args:
     report: a report.json dict, or an aggregated report (:func:`aggregate`).
     out_dir: the folder to write into (created if needed).
+    methods: the methods whose heat maps are drawn (default: all of them); the
+      summary figures show every method either way.
 
   Returns:
     The paths written: accuracy heat maps, then difference maps (methods in table
@@ -1229,13 +1233,17 @@ def plot(report: Mapping[str, Any], out_dir: str) -> list[str]:
   stems = [_file_stem(n) for n in order]
   if len(set(stems)) != len(stems):
     raise ValueError(f"plot: method names {order} collide as file names {stems}")
+  unknown = [m for m in methods or () if m not in order]
+  if unknown:
+    raise ValueError(f"plot: method {unknown[0]!r} is not in the report ({', '.join(order)})")
+  drawn = [(n, s) for n, s in zip(order, stems) if methods is None or n in methods]
   os.makedirs(out_dir, exist_ok=True)
   paths = []
-  for name, stem in zip(order, stems):
+  for name, stem in drawn:
     path = os.path.join(out_dir, f"acc_matrix_{stem}.png")
     _plot_acc_matrix(report, name, path)
     paths.append(path)
-  for name, stem in zip(order, stems):
+  for name, stem in drawn:
     diff = None if name == ORACLE else accuracy_difference(report, name)
     if diff is not None:
       path = os.path.join(out_dir, f"acc_diff_{stem}.png")
