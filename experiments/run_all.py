@@ -555,6 +555,20 @@ def _gap_parts(seed_reports, method) -> dict[tuple[int, str], dict[str, float]]:
   return {k: {p: sum(v) / len(v) for p, v in cell.items()} for k, cell in out.items()}
 
 
+def _deficit(report: dict, method: str) -> tuple[float, int, int, str] | None:
+  """``(points, task, request index, token)``: where ``method``'s mean test accuracy on a
+  learned task falls farthest below the oracle's (its accuracy-difference map's minimum)."""
+  import numpy as np
+
+  from ugclu_jax import report as R
+
+  diff = R.accuracy_difference(report, method)
+  if diff is None or not np.isfinite(diff).any():
+    return None
+  r, t = np.unravel_index(np.nanargmin(diff), diff.shape)
+  return float(100 * diff[r, t]), int(t), int(r), report["stream"][r]
+
+
 def answers(report: dict, folder: pathlib.Path) -> list[str]:
   """The issue's questions, answered from one experiment's aggregated report and its seeds'
   reports: the gap against every method and the noise floor, the cost, the components, the
@@ -650,6 +664,15 @@ def answers(report: dict, folder: pathlib.Path) -> list[str]:
       f"- **Where {ref} is farthest from the oracle** (no other method has a lower gap): "
       f"request [{worst[0]}] `{worst[1]}`, on {part}: |Δ| {_pct(mine[worst][part])} % "
       "(mean over seeds)."
+    )
+  deficits = [_deficit(report, m) for m in (ref, *rivals[:1])]
+  if deficits[0] is not None:
+    text = lambda m, d: f"{m} {d[0]:+.1f} points on t{d[1]} after [{d[2]}] `{d[3]}`"
+    lines.append(
+      "- **Between unlearn requests** (the gap is measured at unlearn requests only): the "
+      "largest test-accuracy deficit to the oracle on a learned task, mean over seeds: "
+      + "; ".join(text(m, d) for m, d in zip((ref, *rivals[:1]), deficits) if d is not None)
+      + "."
     )
   relapse = {m: means[m]["relapse"] for m in [ref, *others] if means[m]["relapse"] is not None}
   if ref in relapse:

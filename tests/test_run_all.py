@@ -4,7 +4,10 @@ import importlib.util
 import json
 import pathlib
 
+import numpy as np
 import pytest
+
+from ugclu_jax import report as R
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -131,6 +134,10 @@ def test_the_driver_runs_and_writes_its_tables(tmp_path):
   assert f"twin lands {100 * gap:.1f} % from the oracle; ugclu is " in text
   assert f"take {ugclu['oracle_time_share']:.2f} of the oracle's retraining time" in text
   assert "- **Where ugclu is farthest from the oracle** (no other method has a lower gap)" in text
+  points, task, index, token = driver._deficit(report, "ugclu")
+  assert f"ugclu {points:+.1f} points on t{task} after [{index}] `{token}`" in text
+  diff = R.accuracy_difference(report, "ugclu")
+  assert points == pytest.approx(100 * np.nanmin(diff)) and token == report["stream"][index]
   # The curve: one run per budget, the gap of each in its table and figure.
   curve = tmp_path / "runs" / "fmnist_mlp_gap_curve"
   for n in (5, 10):
