@@ -761,9 +761,56 @@ def figures(name: str, report: dict, readme: pathlib.Path) -> list[str]:
   ]
 
 
+def overview(reports: dict[str, dict]) -> list[str]:
+  """One row per scenario (``name -> aggregated report``): UG-CLU's gap, its rank among
+  UG-CLU and the other methods (its variants left out), the other method with the lowest
+  gap and the paired difference to it, the noise floor, the cost and the final accuracies."""
+  from ugclu_jax import report as R
+  from ugclu_jax.methods import ORACLE, ORACLE_TWIN
+
+  lines = [
+    "**Across the scenarios** (5 paired seeds each; gap in percent, mean ± 95 % CI; Δ: "
+    "UG-CLU's gap minus the method's, in points; rank among UG-CLU and the other methods, "
+    "UG-CLU's variants left out):",
+    "",
+    "| experiment | UG-CLU gap | rank | lowest other method | Δ to it [95 % CI] | noise floor | "
+    "Δ to the noise floor | unlearn time / oracle's | final acc: UG-CLU / oracle |",
+    "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+  ]
+  for name, report in reports.items():
+    means, ci = R.summary(report), report.get("summary_ci95") or {}
+    pairs = (report.get("paired") or {}).get("methods", {})
+    if "ugclu" not in means or means["ugclu"]["avg_gap"] is None:
+      continue
+    others = {
+      m: row["avg_gap"]
+      for m, row in means.items()
+      if not m.startswith("ugclu") and m not in (ORACLE, ORACLE_TWIN) and row["avg_gap"] is not None
+    }
+    if not others:  # An ablation: UG-CLU's variants only.
+      continue
+    gap = means["ugclu"]["avg_gap"]
+    best = min(others, key=others.get)
+    d_best, d_twin = _paired(pairs, best, "avg_gap"), _paired(pairs, ORACLE_TWIN, "avg_gap")
+    twin = (means.get(ORACLE_TWIN) or {}).get("avg_gap")
+    half = (ci.get("ugclu") or {}).get("avg_gap")
+    share = means["ugclu"]["oracle_time_share"]
+    lines.append(
+      f"| `{name}` | {_pct(gap)}{'' if half is None else f' ± {_pct(half)}'} | "
+      f"{1 + sum(g < gap for g in others.values())} of {len(others) + 1} | "
+      f"{best} {_pct(others[best])} | "
+      f"{'—' if d_best is None else _ci(d_best)} | {_pct(twin)} | "
+      f"{'—' if d_twin is None else _ci(d_twin)} | "
+      f"{'—' if share is None else f'{share:.2f}'} | "
+      f"{_pct(means['ugclu']['avg_acc'])} / {_pct((means.get(ORACLE) or {}).get('avg_acc'))} |"
+    )
+  return lines + [""]
+
+
 def tables(args) -> str:
-  """The block between the markers: every experiment that has an aggregated report."""
-  out = [
+  """The block between the markers: every experiment that has an aggregated report, the
+  scenarios' overview first."""
+  head = [
     BEGIN,
     "",
     "Written by `python experiments/run_all.py` from the runs' report.json files. Gap: mean "
@@ -775,7 +822,7 @@ def tables(args) -> str:
     "same requests.",
     "",
   ]
-  found = 0
+  out, found, scenarios = [], 0, {}
   for name in experiments():
     path = pathlib.Path(args.out) / name / "report.json"
     if "budgets" in experiments()[name]:
@@ -801,13 +848,15 @@ def tables(args) -> str:
     if _is_tuning(experiments()[name]):
       out += tuning_table(name, report, history)
     else:
+      scenarios[name] = report
       out += table(name, report, history, args)
       out += figures(name, report, pathlib.Path(args.readme))
       out += answers(report, path.parent)
     found += 1
   if not found:
     out += ["No experiment has finished yet.", ""]
-  return "\n".join(out + [END]) + "\n"
+  head += overview(scenarios) if scenarios else []
+  return "\n".join(head + out + [END]) + "\n"
 
 
 def write_tables(readme: pathlib.Path, block: str) -> None:
