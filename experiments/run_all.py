@@ -497,7 +497,7 @@ def table(name: str, report: dict, history: list[dict], args=None) -> list[str]:
     grads = row["oracle_grad_share"]
     if measured:
       comp = row.get("compensation")
-      extra = f" {'—' if comp is None else f'{100 * comp:.1f}'} |"
+      extra = f" {'—' if comp is None else _pct(comp) if comp < 100 else f'{100 * comp:.1e}'} |"
     else:
       extra = ""
     lines.append(
