@@ -103,3 +103,18 @@ def test_compile_clock_counts_compilation_only():
     f(x).block_until_ready()  # compiled already: nothing to count
   assert first.seconds > 0.0
   assert again.seconds == 0.0
+
+
+def test_compile_clock_counts_a_cache_hit_once():
+  # On a persistent-cache hit JAX reports the retrieval and, around it, the backend
+  # compile duration (which includes it): the clock counts the outer one only, so the
+  # training time (wall minus compilation) cannot turn negative.
+  import jax.monitoring
+
+  with host.CompileClock() as clock:
+    jax.monitoring.record_event_duration_secs(
+      "/jax/compilation_cache/cache_retrieval_time_sec", 0.5
+    )
+    jax.monitoring.record_event_duration_secs("/jax/core/compile/backend_compile_duration", 0.6)
+    jax.monitoring.record_event_duration_secs("/jax/core/compile/jaxpr_trace_duration", 0.2)
+  assert clock.seconds == pytest.approx(0.6)

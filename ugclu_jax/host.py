@@ -56,14 +56,15 @@ def keep_freed_host_memory() -> bool:
 
 
 # JAX's monitoring events for the work of turning a traced function into an executable:
-# lowering, XLA compilation, or loading it from the persistent cache instead. Tracing is
-# left out: a jit traced inside another reports its own trace duration, which the outer
-# one's already includes, so a sum would count it twice.
+# lowering, and XLA compilation or loading the executable from the persistent cache
+# (both reported as the backend compile duration). Left out, because a sum would count
+# them twice: tracing (a jit traced inside another reports its own trace duration, which
+# the outer one's already includes) and the cache's retrieval time (reported inside the
+# backend compile duration of the same call).
 COMPILE_EVENTS = frozenset(
   {
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
     "/jax/core/compile/backend_compile_duration",
-    "/jax/compilation_cache/cache_retrieval_time_sec",
   }
 )
 
