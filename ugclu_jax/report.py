@@ -716,16 +716,21 @@ def _collapsed_lines(report: Mapping[str, Any], order: Sequence[str]) -> list[st
       "No model collapsed after any request (one class predicted for most of "
       "the remaining test set, or accuracy at chance)."
     ]
+  return lines + _flag_table(found)
+
+
+def _flag_table(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+  """A table of :func:`collapses` or :func:`divergences` entries, one row each."""
   rows = [
     [
-      method_label(c["method"]),
-      f"{c['index']} `{c['request']}`",
-      "?" if c["seed"] is None else str(c["seed"]),
-      c["reason"],
+      method_label(e["method"]),
+      f"{e['index']} `{e['request']}`",
+      "?" if e["seed"] is None else str(e["seed"]),
+      e["reason"],
     ]
-    for c in found
+    for e in entries
   ]
-  return lines + _table(["method", "request", "seed", "reason"], rows)
+  return _table(["method", "request", "seed", "reason"], rows)
 
 
 def _diverged_lines(report: Mapping[str, Any]) -> list[str]:
@@ -735,15 +740,6 @@ def _diverged_lines(report: Mapping[str, Any]) -> list[str]:
     first.setdefault((d["method"], d["seed"]), d)
   if not first:
     return []
-  rows = [
-    [
-      method_label(d["method"]),
-      f"{d['index']} `{d['request']}`",
-      "?" if d["seed"] is None else str(d["seed"]),
-      d["reason"],
-    ]
-    for d in first.values()
-  ]
   return [
     "",
     "## Diverged methods",
@@ -751,7 +747,7 @@ def _diverged_lines(report: Mapping[str, Any]) -> list[str]:
     "Dropped from the run (`on_nonfinite=drop`) at this request; no metrics from then on, "
     "and no summary values over seeds.",
     "",
-    *_table(["method", "request", "seed", "reason"], rows),
+    *_flag_table(list(first.values())),
   ]
 
 

@@ -616,7 +616,6 @@ def _run(
 
     return outputs
 
-  dropped = {}  # Methods that diverged under on_nonfinite="drop": why.
   with PrimaryCheckpointer(ckpt_dir) as ckpt:
     step = None
     if meta is not None:
@@ -626,7 +625,6 @@ def _run(
       }
       store, learned = D.Store(*tree["store"]), tree["learned"].astype(bool)
       history = _history_from_meta(meta, method_names, ckpt.step_dir(step))
-      dropped.update({n: q[-1].diverged for n, q in history.items() if q and q[-1].diverged})
       start = meta["cursor"]
       log(f"resuming {workdir} at request {start} of {len(requests)}")
     else:
@@ -678,8 +676,9 @@ def _run(
       for name in method_names:
         method = methods[name]
         is_oracle = name in MT.ORACLES
-        if name in dropped:
-          records[name] = E.diverged_record(sets, M.Cost(0.0, 0, 0, 0), dropped[name], len(tasks))
+        dropped = history[name][-1].diverged if history[name] else None
+        if dropped is not None:  # It diverged earlier (on_nonfinite="drop"): no training.
+          records[name] = E.diverged_record(sets, M.Cost(), dropped, len(tasks))
           continue
         ctx = MT.Context(
           access=oracle_access if is_oracle else access,
@@ -709,11 +708,8 @@ def _run(
             if cfg.on_nonfinite == "stop" or is_oracle:
               raise
             seconds = time.perf_counter() - t0
-            dropped[name] = str(exc)
             states[name] = _placeholder(states[name], mesh)
-            records[name] = E.diverged_record(
-              sets, M.Cost(seconds, 0, 0, 0), dropped[name], len(tasks)
-            )
+            records[name] = E.diverged_record(sets, M.Cost(seconds), str(exc), len(tasks))
             log(f"warning: [{r}] {req.token} {name} diverged and is dropped: {exc}")
             continue
           seconds = time.perf_counter() - t0 - clock.seconds
