@@ -9,7 +9,8 @@ Each experiment is one run of the runner with ``seeds=S`` (default 5) in
 ``OUT/<name>/``: the stream once per seed, every method and ablation on the same
 batches, the converged oracle and its twin (the noise floor), and the aggregate
 report with 95 % intervals and paired differences with ``ugclu``
-(``python -m ugclu_jax run --config CONFIG --set seeds=S ... --resume``). Finished
+(``python -m ugclu_jax run --config CONFIG --set seeds=S ... --resume``; ``--jobs N``
+runs N seeds at a time, each in a process of its own, with the same reports). Finished
 runs are only re-rendered and interrupted ones resumed, so the same command
 continues a stopped sweep. Each run's wall time goes into ``OUT/<name>/run_all.json``.
 
@@ -254,6 +255,13 @@ def _args(argv):
   )
   p.add_argument("--seeds", type=int, default=5, help="seeds per experiment (%(default)s)")
   p.add_argument("--first-seed", type=int, default=1000, help="the first seed (%(default)s)")
+  p.add_argument(
+    "--jobs",
+    type=int,
+    default=1,
+    help="seeds of one experiment run at a time, each in a process of its own (the runner's "
+    "--jobs; the same reports). %(default)s: one after another",
+  )
   p.add_argument("--only", default=None, help="comma-separated experiment names")
   p.add_argument("--include", default="cpu", help="groups: cpu, gpu or cpu,gpu (%(default)s)")
   p.add_argument("--methods", default=None, help="comma-separated methods (default: config's)")
@@ -282,6 +290,8 @@ def _args(argv):
       p.error(f"unknown experiment {unknown[0]!r}; known: {', '.join(known)}")
   if args.seeds < 1:
     p.error(f"--seeds must be >= 1, got {args.seeds}")
+  if args.jobs < 1:
+    p.error(f"--jobs must be >= 1, got {args.jobs}")
   try:
     args.budgets = tuple(int(n) for n in args.budgets.split(",")) if args.budgets else None
   except ValueError:
@@ -365,6 +375,8 @@ def command(name: str, args, budget: int | None = None) -> list[str]:
   if budget is not None:
     folder = folder / f"iters_{budget}"
   cmd += ["--workdir", str(folder), "--no-progress", "--resume"]
+  if args.jobs > 1:
+    cmd += ["--jobs", str(args.jobs)]
   if args.no_render or _is_tuning(e):
     cmd.append("--no-render")
   for item in sets:

@@ -296,31 +296,44 @@ def test_full_disk_is_one_line_and_reaches_run_log(tmp_path, capsys, monkeypatch
   assert not list(workdir.glob("*.tmp"))
 
 
+# EWC's penalty at 1e7, unclipped: the loss is non-finite on the second learn request.
+DIVERGING = [
+  "--set",
+  "methods=ewc",
+  "--set",
+  "stream=L:t0 L:t1",
+  "--set",
+  "baselines.ewc_lambda=1e7",
+  "--set",
+  "train.clip_norm=0",
+]
+
+
 def test_divergence_exits_3_and_reaches_run_log(tmp_path, capsys):
   workdir = tmp_path / "diverged"
-  code, _, err = _main(
-    capsys,
-    "run",
-    "--config",
-    "smoke",
-    "--workdir",
-    str(workdir),
-    "--no-progress",
-    "--set",
-    "methods=ewc",
-    "--set",
-    "stream=L:t0 L:t1",
-    "--set",
-    "baselines.ewc_lambda=1e7",
-    "--set",
-    "train.learn_epochs=1",
-    "--set",
-    "train.clip_norm=0",
-  )
+  code, _, err = _main(capsys, *_run_args(workdir), *DIVERGING)
   assert code == errors.TRAINING, err
   _one_line(err)
   assert err.startswith("error:") and "ewc_lambda" in err
   assert (workdir / "run.log").read_text().splitlines()[-1].endswith(err)
+
+
+def test_a_seed_failing_in_its_process_is_one_line_with_its_exit_code(tmp_path, capsys):
+  workdir = tmp_path / "diverged"
+  code, _, err = _main(capsys, *_run_args(workdir, "--jobs", "2", "--set", "seeds=2"), *DIVERGING)
+  assert code == errors.TRAINING, err
+  _one_line(err)
+  assert re.match(r"error: seed [01]: ", err) and "ewc_lambda" in err, err
+  assert (workdir / "run.log").read_text().splitlines()[-1].endswith(err)
+  assert not (workdir / "report.json").exists()
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1"])
+def test_jobs_below_one_is_refused_before_any_work(jobs, tmp_path, capsys):
+  code, _, err = _main(capsys, *_run_args(tmp_path / "w", "--jobs", jobs))
+  assert code == errors.USAGE and f"--jobs {jobs}: must be at least 1" in err, err
+  _one_line(err)
+  assert not (tmp_path / "w").exists()
 
 
 def test_config_errors_are_one_line(tmp_path, capsys):
@@ -362,8 +375,8 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint(tmp_path, capsys, monk
 # --- Signals ----------------------------------------------------------------------------------
 
 
-def _start(workdir):
-  cmd = [sys.executable, "-m", "ugclu_jax", *_run_args(workdir)]
+def _start(workdir, *extra):
+  cmd = [sys.executable, "-m", "ugclu_jax", *_run_args(workdir, *extra)]
   return subprocess.Popen(
     cmd,
     stdout=subprocess.PIPE,
@@ -432,3 +445,28 @@ def test_signal_stops_with_a_resume_command(signum, finished, tmp_path, capsys):
   got = json.loads((workdir / "report.json").read_text())
   expected = json.loads((finished / "report.json").read_text())
   assert R.without_timings(got) == R.without_timings(expected)
+
+
+def test_sigterm_stops_the_seeds_processes_and_the_command_resumes_them(finished, tmp_path):
+  """``--jobs 2``: SIGTERM to the command ends the seeds' processes too; the printed
+  command resumes them, and seed 0's report is the one of its run alone."""
+  workdir = tmp_path / "jobs"
+  proc = _start(workdir, "--set", "seeds=2", "--jobs", "2")
+  _wait_for(proc, r"\[seed 1\] \[0\] L:t0 +retrain")  # Both seeds' processes run.
+  pids = [int(p) for p in re.findall(r"\(process (\d+)\)", (workdir / "run.log").read_text())]
+  assert len(pids) == 2
+  os.kill(proc.pid, signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, err
+  err = err.strip()
+  _one_line(err)
+  for pid in pids:
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)  # Ended (and reaped) before the command returned.
+  command = shlex.split(err.split("continue with: ", 1)[1])
+  assert command[-3:] == ["--jobs", "2", "--resume"]
+  resumed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  got = R.load(workdir / "seed_0")
+  assert R.without_timings(got) == R.without_timings(R.load(finished))
+  assert json.loads((workdir / "report.json").read_text())["seeds"] == [0, 1]

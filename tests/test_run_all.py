@@ -45,8 +45,14 @@ def test_every_experiment_is_a_valid_config():
       assert cfg.seeds == 5 and "retrain_twin" in cfg.methods and not cfg.data.test_on_validation
       reported |= {(cfg.seed + k, cfg.stream) for k in range(cfg.seeds)}
   assert not any(s in {1, 2} or stream == tuning[1] for s, stream in reported)
+  assert "--jobs" not in cmd  # One seed after another unless asked.
   with pytest.raises(SystemExit):
     driver._args(["--only", "nope"])
+  with pytest.raises(SystemExit):
+    driver._args(["--jobs", "0"])
+  args = driver._args(["--jobs", "3", "--out", "/nonexistent"])
+  cmd = driver.command("fmnist_mlp_task", args)
+  assert cmd[cmd.index("--jobs") + 1] == "3"
 
 
 def test_the_beta_sweep_differs_in_the_unlearn_requests_beta_alone():

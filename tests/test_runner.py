@@ -379,6 +379,14 @@ def test_three_seeds_aggregate(tmp_path):
     {k: v for k, v in report.items() if k != "runs"}
   )
   assert agg["seeds"] == [0, 1, 2]
+  # Two seeds at a time, each in a process of its own: the same reports, and each seed's
+  # lines reach echo.
+  lines = []
+  par = runner.run_experiment(cfg, tmp_path / "par", progress=False, echo=lines.append, jobs=2)
+  assert R.without_timings(par) == R.without_timings(report)
+  for s, d in zip((0, 1, 2), dirs):
+    assert R.without_timings(R.load(tmp_path / "par" / f"seed_{s}")) == R.without_timings(R.load(d))
+    assert any(line.startswith(f"[seed {s}] done: ") for line in lines), lines
   fa = [R.load(d)["methods"]["ugclu"]["requests"][2]["metrics"]["forget_acc"] for d in dirs]
   got = agg["methods"]["ugclu"]["requests"][2]
   np.testing.assert_allclose(got["metrics"]["forget_acc"], np.mean(fa), rtol=1e-9)

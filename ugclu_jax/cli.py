@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
   )
   run.add_argument("--no-progress", action="store_true", help="no progress bars")
   run.add_argument(
+    "--jobs",
+    type=int,
+    default=1,
+    metavar="N",
+    help="with seeds > 1: run up to N seeds at a time, each in a process of its own (the "
+    "same reports; on an accelerator the processes share it). Default 1: one after another",
+  )
+  run.add_argument(
     "--no-render",
     action="store_true",
     help="write report.json only, without report.md and the plots (render them later: "
@@ -137,6 +145,8 @@ def _resume_command(args) -> str:
     cmd += ["--set", item]
   if args.no_progress:
     cmd.append("--no-progress")
+  if args.jobs != 1:
+    cmd += ["--jobs", str(args.jobs)]
   if args.distributed:
     cmd.append("--distributed")
     for flag in ("coordinator", "num_processes", "process_id"):
@@ -173,6 +183,14 @@ def _distributed(args) -> dict:
 
 def _run(args) -> None:
   distributed = _distributed(args)  # Checked before anything starts.
+  if args.jobs < 1:
+    raise ValueError(f"--jobs {args.jobs}: must be at least 1")
+  if args.jobs > 1 and args.distributed:
+    raise ValueError("--jobs runs seeds in processes of their own: not with --distributed")
+  if args.jobs > 1:
+    # The seeds' processes share the accelerator: none may take most of its memory up
+    # front, this one (which only waits for them) included.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   if args.distributed:
     from ugclu_jax import parallel
 
@@ -192,6 +210,7 @@ def _run(args) -> None:
     overwrite=args.overwrite,
     progress=not args.no_progress,
     render=not args.no_render,
+    jobs=args.jobs,
   )
 
 

@@ -357,7 +357,8 @@ def compare_to_oracle(
   }
 
 
-_COST_METRICS = ("steps", "grad_evals", "hvp_evals")
+# A request's cost counters: what a dropped (diverged) method still reports.
+COST_METRICS = ("steps", "grad_evals", "hvp_evals")
 
 
 def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
@@ -395,7 +396,7 @@ def report_entries(records: Sequence[RequestRecord]) -> list[dict]:
       "compensation": q.compensation,
     }
     if q.diverged is not None:  # No model: its costs, no quality.
-      metrics = {k: (v if k in _COST_METRICS else None) for k, v in metrics.items()}
+      metrics = {k: (v if k in COST_METRICS else None) for k, v in metrics.items()}
     entries.append(
       {
         "index": q.index,

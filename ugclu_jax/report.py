@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 # The oracle's and its twin's names (a light import: no JAX).
+from ugclu_jax.evaluation import COST_METRICS
 from ugclu_jax.methods import ORACLE, ORACLE_TWIN
 
 UNLEARN_PREFIX = "U:"
@@ -85,9 +86,10 @@ _FRACTION_METRICS = frozenset(
     "relapse",
   }
 )
-_COUNT_KEYS = ("steps", "grad_evals", "hvp_evals")
 # A request's wall-clock fields: training time without compilation, and compilation.
 TIMING_KEYS = ("seconds", "compile_seconds")
+# The summary's keys that come from them.
+_SUMMARY_TIMING_KEYS = (*TIMING_KEYS, "unlearn_seconds", "oracle_time_share")
 _REQUEST_COLUMNS = (
   ("FA", "forget_acc"),
   ("RA", "remain_acc"),
@@ -341,7 +343,7 @@ def _summarize_method(
     "compile_seconds": _total([_num(r.get("compile_seconds")) for r in reqs]),
     "compensation": _mean([_metric(r, "compensation") for r in unlearn]),
   }
-  for key in _COUNT_KEYS:
+  for key in COST_METRICS:
     out[key] = _total([_metric(r, key) for r in reqs])
   mine, theirs = _unlearn_costs(entry), _unlearn_costs(oracle)
   out["unlearn_seconds"] = _total([c[0] for c in mine.values()])
@@ -372,7 +374,8 @@ def _provenance_lines(record) -> list[str]:
 
 def without_timings(report: Mapping[str, Any]) -> dict[str, Any]:
   """A deep copy of ``report`` without its wall-clock fields: ``seconds``,
-  ``compile_seconds`` and the ``provenance`` record (:mod:`ugclu_jax.provenance`).
+  ``compile_seconds``, the ``provenance`` record (:mod:`ugclu_jax.provenance`) and,
+  in an aggregate, the summaries' entries computed from them.
 
   Two runs with one seed, or a run and its resumed copy, give equal results.
   """
@@ -383,6 +386,13 @@ def without_timings(report: Mapping[str, Any]) -> dict[str, Any]:
       for key in TIMING_KEYS:
         request.pop(key, None)
         request.pop(f"{key}_std", None)
+  for section in ("summary", "summary_std", "summary_ci95"):
+    for row in out.get(section, {}).values():
+      for key in _SUMMARY_TIMING_KEYS:
+        row.pop(key, None)
+  for row in (out.get("paired") or {}).get("methods", {}).values():
+    for key in _SUMMARY_TIMING_KEYS:
+      row.pop(key, None)
   return out
 
 
@@ -606,7 +616,7 @@ def _fmt_number(x: float, key: str) -> str:
     return f"{100.0 * x:.1f}"
   if key in TIMING_KEYS:
     return f"{x:.2f}"
-  if key in _COUNT_KEYS:
+  if key in COST_METRICS:
     return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
   return f"{x:.4f}"
 

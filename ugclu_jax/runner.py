@@ -70,6 +70,15 @@ class WorkdirBusy(RunError):
   exit_code = errors.ENVIRONMENT
 
 
+class SeedFailed(Exception):
+  """A seed's run failed in its own process (:func:`run_experiment` with ``jobs > 1``);
+  the message and the exit code are that run's."""
+
+  def __init__(self, seed: int, line: str, exit_code: int):
+    super().__init__(f"seed {seed}: {line}")
+    self.seed, self.exit_code = seed, exit_code
+
+
 # ----------------------------------------------------------------------------
 # Validation (before any work)
 # ----------------------------------------------------------------------------
@@ -475,6 +484,7 @@ def run_experiment(
   progress: bool = True,
   render: bool = True,
   echo: Callable[[str], None] = print,
+  jobs: int = 1,
 ) -> dict:
   """Runs (or resumes) an experiment in ``workdir`` and returns the report dict.
 
@@ -489,9 +499,14 @@ def run_experiment(
   outputs first). Once the run holds the workdir, a failure is also written to
   run.log.
 
-  With ``cfg.seeds > 1`` it runs the stream once per seed (:func:`_run_seeds`).
+  With ``cfg.seeds > 1`` it runs the stream once per seed (:func:`_run_seeds`), up
+  to ``jobs`` seeds at a time, each in its own process.
   """
   workdir = pathlib.Path(workdir)
+  if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+    raise RunError(f"jobs must be an integer >= 1, got {jobs!r}")
+  if jobs > 1 and jax.distributed.is_initialized():
+    raise RunError("jobs > 1 runs seeds in processes of their own: not in a multi-process run")
   if cfg.seeds > 1:
     return _run_seeds(
       cfg,
@@ -501,6 +516,7 @@ def run_experiment(
       progress=progress,
       render=render,
       echo=echo,
+      jobs=jobs,
     )
   messages = []
   cfg, ds, tasks, requests, method_names = prepare(cfg, messages.append)
@@ -771,12 +787,14 @@ def _run(
 SEED_DIR = "seed_{}"  # A seed's run inside the workdir of a run of several seeds.
 
 
-def _run_seeds(cfg, workdir, *, resume, overwrite, progress, render, echo) -> dict:
+def _run_seeds(cfg, workdir, *, resume, overwrite, progress, render, echo, jobs=1) -> dict:
   """``cfg.seeds`` runs of the stream, seeds ``cfg.seed``, ``cfg.seed + 1``, ...
 
   Each seed is a whole run (:func:`run_experiment` with ``seeds=1``) in
   ``workdir/seed_<s>/``, with its own report, plots, log and checkpoints; they run
-  one after another, and ``--resume`` continues each where it stopped. The
+  one after another, or ``jobs`` at a time in processes of their own
+  (:func:`_seeds_in_processes`: the same reports), and ``--resume`` continues each
+  where it stopped. The
   workdir's ``report.json`` is their :func:`ugclu_jax.report.aggregate` (mean, std,
   95 % intervals, paired differences with ``ugclu``), rendered as ``report.md``
   and plots; ``config.json`` is ``cfg``. The workdir is locked for the whole run.
@@ -803,13 +821,18 @@ def _run_seeds(cfg, workdir, *, resume, overwrite, progress, render, echo) -> di
       raise RunError(f"--resume: the config differs from the one of the run in {workdir}")
     _write_json(stored, C.to_dict(cfg))
     started = utc_now()
-    reports = []
-    for k, (run_cfg, s) in enumerate(zip(runs, seeds)):
-      sub = workdir / SEED_DIR.format(s)
-      log(f"seed {s} ({k + 1} of {len(seeds)}): {sub}")
-      reports.append(
-        run_experiment(run_cfg, sub, resume=resume, progress=progress, render=render, echo=echo)
+    subs = [workdir / SEED_DIR.format(s) for s in seeds]
+    if jobs > 1:
+      reports = _seeds_in_processes(
+        runs, subs, resume=resume, render=render, jobs=jobs, log=log, echo=echo
       )
+    else:
+      reports = []
+      for k, (run_cfg, sub) in enumerate(zip(runs, subs)):
+        log(f"seed {run_cfg.seed} ({k + 1} of {len(seeds)}): {sub}")
+        reports.append(
+          run_experiment(run_cfg, sub, resume=resume, progress=progress, render=render, echo=echo)
+        )
     report = R.aggregate(reports)
     report["runs"] = [SEED_DIR.format(s) for s in seeds]
     report["provenance"] = {"started": started, "finished": utc_now()}
@@ -818,6 +841,111 @@ def _run_seeds(cfg, workdir, *, resume, overwrite, progress, render, echo) -> di
       _render(report, workdir, log)
     log(f"done: {workdir / 'report.json'} (seeds {', '.join(map(str, seeds))})")
   return report
+
+
+def _seeds_in_processes(runs, subs, *, resume, render, jobs, log, echo) -> list[dict]:
+  """The seeds' runs ``runs`` in workdirs ``subs``, up to ``jobs`` at a time, each in a
+  process of its own (``spawn``: a fresh interpreter, :func:`_seed_process`); their
+  reports in the order of ``runs``.
+
+  A seed's run depends on its config alone, so its report is the one a run in this
+  process would give. Each run writes its own run.log; its lines also reach ``echo``,
+  prefixed with the seed (``log`` takes this process's own: which seed runs where).
+  The first failure stops the others (SIGTERM: each ends as an interrupted run does,
+  at a request's boundary, ready for ``--resume``) and is raised as
+  :class:`SeedFailed`, with the failed run's message and exit code. An interrupt of
+  this process (SIGINT, SIGTERM) stops them the same way before it propagates.
+  """
+  import multiprocessing
+  from multiprocessing.connection import wait
+
+  ctx = multiprocessing.get_context("spawn")
+  cache = jax.config.jax_compilation_cache_dir or None
+  queue = list(enumerate(zip(runs, subs)))
+  live = {}  # receiving end -> (process, seed)
+  failure = None
+  try:
+    while live or (queue and failure is None):
+      while queue and failure is None and len(live) < jobs:  # Start seeds.
+        k, (run_cfg, sub) = queue.pop(0)
+        receiver, sender = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+          target=_seed_process,
+          args=(run_cfg, str(sub), resume, render, cache, sender),
+          name=f"ugclu_jax seed {run_cfg.seed}",
+        )
+        proc.start()
+        sender.close()  # The child holds the only sending end: EOF when it ends.
+        live[receiver] = (proc, run_cfg.seed)
+        log(f"seed {run_cfg.seed} ({k + 1} of {len(runs)}): {sub} (process {proc.pid})")
+      for receiver in wait(list(live)):
+        proc, seed = live[receiver]
+        try:
+          kind, *payload = receiver.recv()
+        except EOFError:  # The process ended.
+          del live[receiver]
+          receiver.close()
+          proc.join()
+          if proc.exitcode != 0 and failure is None:
+            line = f"its process ended with exit code {proc.exitcode}"
+            failure = SeedFailed(seed, line, errors.INTERNAL)
+            _stop(live)
+          continue
+        if kind == "line":
+          echo(f"[seed {seed}] {payload[0]}")
+        elif kind == "error" and failure is None:
+          failure = SeedFailed(seed, *payload)
+          _stop(live)
+  except BaseException:
+    _stop(live)
+    while live:  # Until every process has ended; what they still send is dropped.
+      for receiver in wait(list(live), timeout=1.0):
+        try:
+          receiver.recv()
+        except EOFError:
+          proc, _ = live.pop(receiver)
+          receiver.close()
+          proc.join()
+    raise
+  if failure is not None:
+    raise failure
+  from ugclu_jax import report as R
+
+  return [R.load(sub) for sub in subs]
+
+
+def _stop(live) -> None:
+  """SIGTERM to the seeds' processes that still run (their runs end as interrupted)."""
+  for proc, _ in live.values():
+    if proc.exitcode is None:
+      proc.terminate()
+
+
+def _seed_process(cfg, workdir: str, resume: bool, render: bool, cache, conn) -> None:
+  """One seed's run in a process of its own (:func:`_seeds_in_processes`): set up as the
+  command line sets up its process, log lines and the outcome sent through ``conn``."""
+  from ugclu_jax.host import keep_freed_host_memory
+
+  keep_freed_host_memory()
+  # Several processes may share one accelerator: each allocates what it uses.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  errors.install_signal_handlers()
+  if cache is not None:
+    jax.config.update("jax_compilation_cache_dir", cache)
+  try:
+    run_experiment(
+      cfg,
+      workdir,
+      resume=resume,
+      progress=False,
+      render=render,
+      echo=lambda line: conn.send(("line", line)),
+    )
+  except (Exception, KeyboardInterrupt) as e:
+    conn.send(("error", errors.message(e), errors.exit_code(e)))
+    raise SystemExit(errors.exit_code(e)) from None
+  finally:
+    conn.close()
 
 
 # ----------------------------------------------------------------------------
