@@ -310,21 +310,17 @@ DIVERGING = [
 
 
 def test_divergence_exits_3_and_reaches_run_log(tmp_path, capsys):
-  workdir = tmp_path / "diverged"
-  code, _, err = _main(capsys, *_run_args(workdir), *DIVERGING)
-  assert code == errors.TRAINING, err
-  _one_line(err)
-  assert err.startswith("error:") and "ewc_lambda" in err
-  assert (workdir / "run.log").read_text().splitlines()[-1].endswith(err)
-
-
-def test_a_seed_failing_in_its_process_is_one_line_with_its_exit_code(tmp_path, capsys):
+  """A seed run in a process of its own (``--jobs 2``) fails as a run alone does: one line
+  naming the seed, exit code 3, the last line of its run.log and of the workdir's."""
   workdir = tmp_path / "diverged"
   code, _, err = _main(capsys, *_run_args(workdir, "--jobs", "2", "--set", "seeds=2"), *DIVERGING)
   assert code == errors.TRAINING, err
   _one_line(err)
-  assert re.match(r"error: seed [01]: ", err) and "ewc_lambda" in err, err
+  seed = re.match(r"error: seed ([01]): ", err)
+  assert seed and "ewc_lambda" in err, err
   assert (workdir / "run.log").read_text().splitlines()[-1].endswith(err)
+  alone = (workdir / f"seed_{seed[1]}" / "run.log").read_text().splitlines()[-1]
+  assert alone.endswith(err.replace(f"seed {seed[1]}: ", "")), alone
   assert not (workdir / "report.json").exists()
 
 
@@ -447,9 +443,10 @@ def test_signal_stops_with_a_resume_command(signum, finished, tmp_path, capsys):
   assert R.without_timings(got) == R.without_timings(expected)
 
 
-def test_sigterm_stops_the_seeds_processes_and_the_command_resumes_them(finished, tmp_path):
-  """``--jobs 2``: SIGTERM to the command ends the seeds' processes too; the printed
-  command resumes them, and seed 0's report is the one of its run alone."""
+def test_sigterm_stops_the_seeds_processes_with_a_resume_command_that_keeps_jobs(tmp_path):
+  """``--jobs 2``: SIGTERM to the command ends the seeds' processes too, and the command
+  it prints to continue keeps ``--jobs`` (the resumed seeds' reports equal those of a run
+  alone: test_signal_stops_with_a_resume_command, tests/test_runner.py)."""
   workdir = tmp_path / "jobs"
   proc = _start(workdir, "--set", "seeds=2", "--jobs", "2")
   _wait_for(proc, r"\[seed 1\] \[0\] L:t0 +retrain")  # Both seeds' processes run.
@@ -460,13 +457,10 @@ def test_sigterm_stops_the_seeds_processes_and_the_command_resumes_them(finished
   assert proc.returncode == 143, err
   err = err.strip()
   _one_line(err)
+  assert err.startswith("interrupted by SIGTERM; continue with: ")
   for pid in pids:
     with pytest.raises(ProcessLookupError):
       os.kill(pid, 0)  # Ended (and reaped) before the command returned.
   command = shlex.split(err.split("continue with: ", 1)[1])
   assert command[-3:] == ["--jobs", "2", "--resume"]
-  resumed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  got = R.load(workdir / "seed_0")
-  assert R.without_timings(got) == R.without_timings(R.load(finished))
-  assert json.loads((workdir / "report.json").read_text())["seeds"] == [0, 1]
+  assert "SIGTERM" in (workdir / "run.log").read_text().splitlines()[-1]

@@ -382,7 +382,9 @@ def test_three_seeds_aggregate(tmp_path):
   # Two seeds at a time, each in a process of its own: the same reports, and each seed's
   # lines reach echo.
   lines = []
-  par = runner.run_experiment(cfg, tmp_path / "par", progress=False, echo=lines.append, jobs=2)
+  par = runner.run_experiment(
+    cfg, tmp_path / "par", progress=False, render=False, echo=lines.append, jobs=2
+  )
   assert R.without_timings(par) == R.without_timings(report)
   for s, d in zip((0, 1, 2), dirs):
     assert R.without_timings(R.load(tmp_path / "par" / f"seed_{s}")) == R.without_timings(R.load(d))
