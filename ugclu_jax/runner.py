@@ -860,7 +860,8 @@ def _seeds_in_processes(runs, subs, *, resume, render, jobs, log, echo) -> list[
   from multiprocessing.connection import wait
 
   ctx = multiprocessing.get_context("spawn")
-  cache = jax.config.jax_compilation_cache_dir or None
+  # This process's persistent compilation cache and its size cap (use_compilation_cache).
+  cache = (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)
   queue = list(enumerate(zip(runs, subs)))
   live = {}  # receiving end -> (process, seed)
   failure = None
@@ -923,15 +924,18 @@ def _stop(live) -> None:
 
 def _seed_process(cfg, workdir: str, resume: bool, render: bool, cache, conn) -> None:
   """One seed's run in a process of its own (:func:`_seeds_in_processes`): set up as the
-  command line sets up its process, log lines and the outcome sent through ``conn``."""
+  command line sets up its process (``cache``: the parent's compilation-cache directory
+  and size cap), log lines and the outcome sent through ``conn``."""
   from ugclu_jax.host import keep_freed_host_memory
 
   keep_freed_host_memory()
   # Several processes may share one accelerator: each allocates what it uses.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   errors.install_signal_handlers()
-  if cache is not None:
-    jax.config.update("jax_compilation_cache_dir", cache)
+  directory, max_size = cache
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_compilation_cache_max_size", max_size)
   try:
     run_experiment(
       cfg,
