@@ -310,6 +310,15 @@ DIVERGING = [
 
 
 def test_divergence_exits_3_and_reaches_run_log(tmp_path, capsys):
+  workdir = tmp_path / "diverged"
+  code, _, err = _main(capsys, *_run_args(workdir), *DIVERGING)
+  assert code == errors.TRAINING, err
+  _one_line(err)
+  assert err.startswith("error:") and "ewc_lambda" in err
+  assert (workdir / "run.log").read_text().splitlines()[-1].endswith(err)
+
+
+def test_divergence_in_a_seeds_process_exits_3_naming_the_seed(tmp_path, capsys):
   """A seed run in a process of its own (``--jobs 2``) fails as a run alone does: one line
   naming the seed, exit code 3, the last line of its run.log and of the workdir's."""
   workdir = tmp_path / "diverged"
@@ -328,6 +337,13 @@ def test_divergence_exits_3_and_reaches_run_log(tmp_path, capsys):
 def test_jobs_below_one_is_refused_before_any_work(jobs, tmp_path, capsys):
   code, _, err = _main(capsys, *_run_args(tmp_path / "w", "--jobs", jobs))
   assert code == errors.USAGE and f"--jobs {jobs}: must be at least 1" in err, err
+  _one_line(err)
+  assert not (tmp_path / "w").exists()
+
+
+def test_jobs_with_distributed_is_refused_before_any_work(tmp_path, capsys):
+  code, _, err = _main(capsys, *_run_args(tmp_path / "w", "--jobs", "2", "--distributed"))
+  assert code == errors.USAGE and "--jobs" in err and "--distributed" in err, err
   _one_line(err)
   assert not (tmp_path / "w").exists()
 

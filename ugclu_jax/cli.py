@@ -185,9 +185,9 @@ def _run(args) -> None:
   distributed = _distributed(args)  # Checked before anything starts.
   if args.jobs < 1:
     raise ValueError(f"--jobs {args.jobs}: must be at least 1")
-  if args.jobs > 1 and args.distributed:
-    raise ValueError("--jobs runs seeds in processes of their own: not with --distributed")
   if args.jobs > 1:
+    if args.distributed:
+      raise ValueError("--jobs runs seeds in processes of their own: not with --distributed")
     # The seeds' processes share the accelerator: none may take most of its memory up
     # front, this one (which only waits for them) included.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

@@ -386,13 +386,10 @@ def without_timings(report: Mapping[str, Any]) -> dict[str, Any]:
       for key in TIMING_KEYS:
         request.pop(key, None)
         request.pop(f"{key}_std", None)
-  for section in ("summary", "summary_std", "summary_ci95"):
+  for section in ("summary", "summary_std", "summary_ci95"):  # (PAIRED_KEYS hold no timing.)
     for row in out.get(section, {}).values():
       for key in _SUMMARY_TIMING_KEYS:
         row.pop(key, None)
-  for row in (out.get("paired") or {}).get("methods", {}).values():
-    for key in _SUMMARY_TIMING_KEYS:
-      row.pop(key, None)
   return out
 
 

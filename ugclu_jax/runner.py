@@ -884,9 +884,7 @@ def _seeds_in_processes(runs, subs, *, resume, render, jobs, log, echo) -> list[
         try:
           kind, *payload = receiver.recv()
         except EOFError:  # The process ended.
-          del live[receiver]
-          receiver.close()
-          proc.join()
+          _reap(live, receiver)
           if proc.exitcode != 0 and failure is None:
             line = f"its process ended with exit code {proc.exitcode}"
             failure = SeedFailed(seed, line, errors.INTERNAL)
@@ -904,15 +902,20 @@ def _seeds_in_processes(runs, subs, *, resume, render, jobs, log, echo) -> list[
         try:
           receiver.recv()
         except EOFError:
-          proc, _ = live.pop(receiver)
-          receiver.close()
-          proc.join()
+          _reap(live, receiver)
     raise
   if failure is not None:
     raise failure
   from ugclu_jax import report as R
 
   return [R.load(sub) for sub in subs]
+
+
+def _reap(live, receiver) -> None:
+  """Forgets a seed's process whose sending end closed (it ended) and joins it."""
+  proc, _ = live.pop(receiver)
+  receiver.close()
+  proc.join()
 
 
 def _stop(live) -> None:
